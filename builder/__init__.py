@@ -1,0 +1,1 @@
+"""Spaceport builder: turns a commit into a runnable artifact. Knows nothing of the controller."""

@@ -1,0 +1,1 @@
+"""Spaceport control plane."""

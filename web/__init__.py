@@ -1,0 +1,1 @@
+"""Spaceport web UI (server-rendered)."""
