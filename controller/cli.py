@@ -1,0 +1,154 @@
+"""The `spaceport` command. Every command honours SPACEPORT_DATA_DIR (or --data-dir)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from controller.config import Settings
+from controller.domain.errors import SpaceportError
+from controller.services import accounts
+from controller.services.platform import Platform
+
+app = typer.Typer(help="Spaceport: host Gradio, Streamlit, Docker and static apps.", no_args_is_help=True)
+users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
+tokens_app = typer.Typer(help="Manage access tokens.", no_args_is_help=True)
+orgs_app = typer.Typer(help="Manage organizations.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(orgs_app, name="orgs")
+err = Console(stderr=True)
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (default $SPACEPORT_DATA_DIR or ./.spaceport)")]
+
+
+def settings_for(data_dir: Path | None = None, **overrides: object) -> Settings:
+    if data_dir is not None:
+        os.environ["SPACEPORT_DATA_DIR"] = str(data_dir.resolve())
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def platform_for(data_dir: Path | None) -> Platform:
+    platform = Platform(settings_for(data_dir))
+    platform.migrate()
+    return platform
+
+
+def fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
+@users_app.command("create")
+def users_create(name: str, admin: bool = typer.Option(False, "--admin"), password: str | None = typer.Option(None, "--password"),
+                 email: str | None = None, data_dir: DataDir = None) -> None:
+    """Create a user and print a new write token (the last line of stdout)."""
+    platform = platform_for(data_dir)
+    try:
+        with platform.tx() as session:
+            user = accounts.create_user(session, name, password=password, admin=admin, email=email)
+            token = accounts.create_token(session, user, "cli")
+    except SpaceportError as exc:
+        fail(exc.message)
+    err.print(f"Created {'admin ' if admin else ''}user [bold]{name}[/bold]. Write token:")
+    print(token)
+
+
+@tokens_app.command("create")
+def tokens_create(user: str, name: str = "cli", scope: str = typer.Option("write", help="read or write"),
+                  data_dir: DataDir = None) -> None:
+    """Create a token for USER and print it."""
+    platform = platform_for(data_dir)
+    try:
+        with platform.tx() as session:
+            token = accounts.create_token(session, accounts.require_account(session, user), name, scope)
+    except SpaceportError as exc:
+        fail(exc.message)
+    print(token)
+
+
+@orgs_app.command("create")
+def orgs_create(org: str, member: Annotated[list[str] | None, typer.Option("--member")] = None,
+                data_dir: DataDir = None) -> None:
+    """Create an organization with members."""
+    platform = platform_for(data_dir)
+    try:
+        with platform.tx() as session:
+            accounts.create_org(session, org, member or [])
+    except SpaceportError as exc:
+        fail(exc.message)
+    err.print(f"Created organization [bold]{org}[/bold] with members: {', '.join(member or []) or 'none'}")
+
+
+@app.command()
+def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: DataDir = None,
+          worker: bool = typer.Option(True, help="Also run an embedded build worker and beat")) -> None:
+    """Run Spaceport: API, git, web UI and proxy on one port, plus an embedded worker."""
+    import uvicorn
+
+    from controller.app import create_app
+
+    settings = settings_for(data_dir)
+    if not settings.public_url:
+        os.environ["SPACEPORT_PUBLIC_URL"] = f"http://{'localhost' if host in ('0.0.0.0', '127.0.0.1') else host}:{port}"
+        settings = Settings()
+    Platform(settings).migrate()
+    children = [_spawn_worker(settings, beat=True)] if worker else []
+    err.print(f"Spaceport on [bold]{settings.public_url}[/bold], data in {settings.data_dir}")
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", loop="uvloop",
+                    http="httptools", ws="websockets", timeout_graceful_shutdown=5)
+    finally:
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def _spawn_worker(settings: Settings, *, beat: bool) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "SPACEPORT_DATA_DIR": str(settings.data_dir), "SPACEPORT_PUBLIC_URL": settings.public_url}
+    cmd = [sys.executable, "-m", "controller.cli", "worker", "--concurrency", "2"]
+    if beat:
+        cmd.append("--beat")
+    return subprocess.Popen(cmd, env=env)
+
+
+@app.command()
+def worker(concurrency: int = 2, beat: bool = typer.Option(False, "--beat", help="Embed the beat scheduler"),
+           data_dir: DataDir = None) -> None:
+    """Run a Celery worker for builds (and, with --beat, the idle sweep schedule)."""
+    settings = settings_for(data_dir)
+    Platform(settings).migrate()
+    from controller.tasks import celery_app
+
+    argv = ["worker", "--loglevel=INFO", f"--concurrency={concurrency}", "-Q", "spaceport", "--without-gossip", "--without-mingle"]
+    if beat:
+        argv += ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
+    celery_app.worker_main(argv)
+
+
+@app.command()
+def beat(data_dir: DataDir = None) -> None:
+    """Run the Celery beat scheduler on its own (production: one per site)."""
+    settings = settings_for(data_dir)
+    from controller.tasks import celery_app
+
+    celery_app.start(["beat", "--loglevel=INFO", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"])
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Settings: pydantic-settings, env prefix SPACEPORT_."""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything configurable about one Spaceport site. Paths default inside DATA_DIR."""
+
+    model_config = SettingsConfigDict(env_prefix="SPACEPORT_", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".spaceport"), description="Where repos, artifacts and the DB live")
+    database_url: str = Field(default="", description="SQLAlchemy URL; default SQLite in the data dir")
+    broker_url: str = Field(default="", description="Celery broker; default embedded (no server)")
+    runtime: Literal["local", "docker", "kubernetes"] = "local"
+    apps_domain: str = Field(default="", description="Apps are served at OWNER-NAME.APPS_DOMAIN")
+    public_url: str = Field(default="", description="External URL of this site, e.g. http://localhost:8000")
+    secret_key: str = Field(default="", description="Signs sessions, encrypts secrets; default kept in data dir")
+    docker_host: str = ""
+    registry_mirror: str = ""
+    base_image_aliases: dict[str, str] = Field(default_factory=dict)
+    extra_ca_dir: Path = Path("/usr/local/share/ca-certificates")
+    hardware_catalog: Path | None = None
+    sandbox: Literal["auto", "bwrap", "none"] = "auto"
+    allow_unsandboxed: bool = False
+    build_time_limit: float = 1800.0
+    reconcile_interval: float = 5.0
+    sweep_interval: float = 30.0
+    light_sleep_enabled: bool = True
+    deep_sleep_enabled: bool = True
+    deep_sleep_after: float = 3600.0
+    allow_signup: bool = False
+    embedded_worker: bool = True
+
+    def model_post_init(self, _context: object) -> None:
+        self.data_dir = self.data_dir.expanduser().resolve()
+
+    @cached_property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'spaceport.db'}"
+
+    @cached_property
+    def celery_broker(self) -> str:
+        return self.broker_url or "spacefs://"
+
+    @property
+    def repos_dir(self) -> Path:
+        return self.data_dir / "repos"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def runtime_dir(self) -> Path:
+        return self.data_dir / "runtime"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @cached_property
+    def key(self) -> str:
+        """The platform key: SECRET_KEY, or one generated once and kept (0600) in the data dir."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_urlsafe(48))
+            tmp.chmod(0o600)
+            tmp.replace(path)
+        return path.read_text().strip()
+
+    def ensure_dirs(self) -> None:
+        for d in (self.data_dir, self.repos_dir, self.artifacts_dir, self.logs_dir, self.runtime_dir, self.broker_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)

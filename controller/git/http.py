@@ -1,0 +1,199 @@
+"""Git smart HTTP through `git http-backend`: clone/fetch (read) and push (write) of space repos.
+
+Remote: http://HOST/spaces/OWNER/NAME (the `.git` suffix also works). Push authenticates with HTTP Basic
+USER:TOKEN. A push to a missing space in a namespace the pusher may write creates it. A push that moves
+main records a Build and enqueues it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from controller.api.deps import get_platform, token_from_header
+from controller.domain.errors import Forbidden, NotFound, SpaceportError, Unauthorized
+from controller.domain.naming import validate_name
+from controller.git import storage
+from controller.services import builds, spaces
+from controller.services.accounts import Principal, authenticate_token
+from controller.services.platform import Platform
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["git"])
+SERVICES = ("git-upload-pack", "git-receive-pack")
+
+
+@dataclass(frozen=True)
+class GitRequest:
+    owner: str
+    name: str
+    service: str  # git-upload-pack | git-receive-pack
+    path_info: str  # e.g. /info/refs or /git-receive-pack
+
+
+def _parse(owner: str, name: str, tail: str, query_service: str | None) -> GitRequest:
+    name = name.removesuffix(".git")
+    validate_name(owner, "owner")
+    validate_name(name, "space name")
+    if tail == "info/refs":
+        service = query_service or ""
+    elif tail in SERVICES:
+        service = tail
+    else:
+        raise NotFound("Only the smart HTTP protocol is served (info/refs, git-upload-pack, git-receive-pack).")
+    if service not in SERVICES:
+        raise NotFound("Dumb HTTP is not supported: use a git client that speaks smart HTTP (any git >= 1.6.6).")
+    return GitRequest(owner, name, service, "/" + tail)
+
+
+def _authorize(platform: Platform, req: GitRequest, auth_header: str | None) -> Path:
+    """Check access (creating the space on first push); return the bare repo path."""
+    with platform.tx() as session:
+        token = token_from_header(auth_header)
+        principal: Principal | None = authenticate_token(session, token) if token else None
+        space = spaces.find_space(session, req.owner, req.name)
+        if req.service == "git-receive-pack":
+            _authorize_push(session, platform, principal, req, space is None)
+        elif space is None or not spaces.can_read(session, principal, space):
+            if principal is None and space is not None:
+                raise Unauthorized("This space is private: authenticate with USER:TOKEN.")
+            raise NotFound(f"Space {req.owner}/{req.name} does not exist, or you may not see it.")
+    return storage.repo_path(platform.settings.repos_dir, req.owner, req.name)
+
+
+def _authorize_push(session: Session, platform: Platform, principal: Principal | None, req: GitRequest,
+                    missing: bool) -> None:
+    if principal is None:
+        raise Unauthorized("Pushing needs a write token: git push http://USER:TOKEN@HOST/spaces/OWNER/NAME")
+    if not principal.can_write:
+        raise Forbidden("This token is read-only; pushing needs a token with write scope.")
+    if missing:
+        spaces.create_space(session, platform.settings.repos_dir, principal, req.owner, req.name)
+        return
+    space = spaces.get_space(session, principal, req.owner, req.name)
+    if not spaces.can_write(session, principal, space):
+        raise Forbidden(f"You may not push to {req.owner}/{req.name}: only its owner or its organization's members can.")
+
+
+def _error(exc: SpaceportError) -> Response:
+    headers = {"WWW-Authenticate": 'Basic realm="Spaceport"'} if exc.status == 401 else {}
+    return PlainTextResponse(exc.message + "\n", status_code=exc.status, headers=headers)
+
+
+@router.get("/spaces/{owner}/{name}/info/refs", include_in_schema=False)
+async def info_refs(owner: str, name: str, request: Request) -> Response:
+    return await git_http(owner, name, "info/refs", request)
+
+
+@router.post("/spaces/{owner}/{name}/git-upload-pack", include_in_schema=False)
+async def upload_pack(owner: str, name: str, request: Request) -> Response:
+    return await git_http(owner, name, "git-upload-pack", request)
+
+
+@router.post("/spaces/{owner}/{name}/git-receive-pack", include_in_schema=False)
+async def receive_pack(owner: str, name: str, request: Request) -> Response:
+    return await git_http(owner, name, "git-receive-pack", request)
+
+
+async def git_http(owner: str, name: str, tail: str, request: Request) -> Response:
+    platform = get_platform(request)
+    try:
+        req = _parse(owner, name, tail, request.query_params.get("service"))
+        repo = await run_in_threadpool(_authorize, platform, req, request.headers.get("authorization"))
+    except SpaceportError as exc:
+        return _error(exc)
+    before = storage.head_sha(repo) if req.service == "git-receive-pack" else None
+    return await _run_backend(platform, request, req, repo, before)
+
+
+def _cgi_env(request: Request, req: GitRequest, repo: Path) -> dict[str, str]:
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "GIT_PROJECT_ROOT": str(repo.parent),
+        "GIT_HTTP_EXPORT_ALL": "1",
+        "PATH_INFO": f"/{repo.name}{req.path_info}",
+        "REQUEST_METHOD": request.method,
+        "QUERY_STRING": request.url.query,
+        "CONTENT_TYPE": request.headers.get("content-type", ""),
+        "REMOTE_ADDR": request.client.host if request.client else "",
+        "REMOTE_USER": "spaceport",
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
+    for header in ("content-encoding", "git-protocol"):
+        if header in request.headers:
+            env["HTTP_" + header.upper().replace("-", "_")] = request.headers[header]
+    if "content-length" in request.headers:
+        env["CONTENT_LENGTH"] = request.headers["content-length"]
+    return env
+
+
+async def _run_backend(platform: Platform, request: Request, req: GitRequest, repo: Path, before: str | None) -> Response:
+    proc = await asyncio.create_subprocess_exec(
+        "git", "http-backend", env=_cgi_env(request, req, repo),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    feeder = asyncio.create_task(_feed(request, proc))
+    assert proc.stdout is not None
+    status, headers = await _read_cgi_headers(proc.stdout)
+    body = _stream_body(platform, proc, feeder, req, repo, before)
+    return StreamingResponse(body, status_code=status, headers=headers)
+
+
+async def _feed(request: Request, proc: asyncio.subprocess.Process) -> None:
+    assert proc.stdin is not None
+    try:
+        async for chunk in request.stream():
+            proc.stdin.write(chunk)
+            await proc.stdin.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        proc.stdin.close()
+
+
+async def _read_cgi_headers(stdout: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    status, headers = 200, dict[str, str]()
+    while True:
+        line = (await stdout.readline()).decode("latin-1").rstrip("\r\n")
+        if not line:
+            return status, headers
+        key, _, value = line.partition(":")
+        if key.lower() == "status":
+            status = int(value.strip().split()[0])
+        else:
+            headers[key.strip()] = value.strip()
+
+
+async def _stream_body(platform: Platform, proc: asyncio.subprocess.Process, feeder: asyncio.Task[None],
+                       req: GitRequest, repo: Path, before: str | None) -> AsyncIterator[bytes]:
+    assert proc.stdout is not None and proc.stderr is not None
+    while chunk := await proc.stdout.read(65536):
+        yield chunk
+    await feeder
+    err = await proc.stderr.read()
+    code = await proc.wait()
+    if code != 0:
+        log.warning("git http-backend exited %s for %s/%s: %s", code, req.owner, req.name, err.decode(errors="replace")[-500:])
+    if req.service == "git-receive-pack" and req.path_info == "/git-receive-pack":
+        await run_in_threadpool(_after_push, platform, req, repo, before)
+
+
+def _after_push(platform: Platform, req: GitRequest, repo: Path, before: str | None) -> None:
+    after = storage.head_sha(repo)
+    if after is None or after == before:
+        return
+    with platform.tx() as session:
+        space = spaces.find_space(session, req.owner, req.name)
+        if space is None:
+            return
+        build = builds.record_push(session, space, repo, after)
+        platform.queue_build(session, build.id)
+    log.info("push to %s/%s moved main to %s", req.owner, req.name, after[:12])

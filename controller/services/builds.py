@@ -1,0 +1,266 @@
+"""Builds: a push records one (space, commit) build; a worker runs it with the builder."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from builder.artifact import artifact_to_dict
+from builder.spaceconfig import parse_front_matter
+from controller.db.models import Build, Secret, Space, Variable, utcnow
+from controller.domain.naming import image_tag
+from controller.domain.stages import SERVING, Stage
+from controller.git import storage
+from controller.services.buildlogs import BuildLogWriter
+from controller.services.platform import Platform
+
+log = logging.getLogger(__name__)
+ACTIVE = ("queued", "running")
+MAX_ATTEMPTS = 3
+HEARTBEAT = timedelta(seconds=10)
+STALE = timedelta(seconds=60)
+
+Enqueue = Callable[[int], None]
+
+
+def refresh_card(space: Space, repo: Path, sha: str) -> None:
+    """cardData and sdk from README.md front matter at the commit (bad YAML is the builder's error)."""
+    readme = storage.read_file(repo, sha, "README.md")
+    try:
+        card = parse_front_matter(readme.decode(errors="replace")) if readme else {}
+    except Exception:
+        card = {}
+    space.card_data = card if isinstance(card, dict) else {}
+    sdk = space.card_data.get("sdk")
+    if isinstance(sdk, str) and sdk in ("gradio", "streamlit", "docker", "static"):
+        space.sdk = sdk
+
+
+def record_push(session: Session, space: Space, repo: Path, sha: str, *, no_cache: bool = False) -> Build:
+    """A new head on main: record its build (idempotent per commit), cancel older ones, set the stage."""
+    space.head_sha = sha
+    space.updated_at = utcnow()
+    refresh_card(space, repo, sha)
+    cancel_active(session, space, except_sha=sha)
+    build = session.scalar(select(Build).where(Build.space_id == space.id, Build.commit_sha == sha))
+    if build is None:
+        build = Build(space_id=space.id, commit_sha=sha, no_cache=no_cache)
+        session.add(build)
+    elif build.status not in ACTIVE:
+        _requeue(build, no_cache)
+    session.flush()
+    space.stage = (Stage.RUNNING_BUILDING if Stage(space.stage) in SERVING else Stage.BUILDING).value
+    space.error_message = None
+    if space.desired in ("stopped", "sleeping"):
+        space.desired = "running"
+    return build
+
+
+def rebuild(session: Session, space: Space, *, no_cache: bool) -> Build | None:
+    """Factory rebuild: build the head again (without cache when asked)."""
+    if space.head_sha is None:
+        return None
+    build = session.scalar(select(Build).where(Build.space_id == space.id, Build.commit_sha == space.head_sha))
+    if build is None:
+        build = Build(space_id=space.id, commit_sha=space.head_sha, no_cache=no_cache)
+        session.add(build)
+    else:
+        _requeue(build, no_cache)
+    session.flush()
+    space.stage = (Stage.RUNNING_BUILDING if Stage(space.stage) in SERVING else Stage.BUILDING).value
+    space.desired = "running"
+    return build
+
+
+def _requeue(build: Build, no_cache: bool) -> None:
+    build.status = "queued"
+    build.no_cache = no_cache
+    build.error_stage = build.error_message = None
+    build.artifact = None
+    build.attempts = 0
+    build.created_at = utcnow()
+    build.started_at = build.finished_at = None
+
+
+def cancel_active(session: Session, space: Space, except_sha: str | None = None) -> None:
+    stmt = select(Build).where(Build.space_id == space.id, Build.status.in_(ACTIVE))
+    for build in session.scalars(stmt):
+        if build.commit_sha != except_sha:
+            build.status = "cancelled"
+            build.finished_at = utcnow()
+            build.error_message = "Superseded by a newer push."
+
+
+def latest_build(session: Session, space: Space) -> Build | None:
+    stmt = select(Build).where(Build.space_id == space.id).order_by(Build.created_at.desc(), Build.id.desc())
+    return session.scalar(stmt.limit(1))
+
+
+def claim(session: Session, build_id: int, worker: str) -> Build | None:
+    """Atomically move a queued build to running; None if someone else has it or it was cancelled."""
+    now = utcnow()
+    result = session.execute(
+        update(Build).where(Build.id == build_id, Build.status == "queued")
+        .values(status="running", worker=worker, started_at=now, heartbeat_at=now, attempts=Build.attempts + 1)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    return session.get(Build, build_id)
+
+
+def stale_builds(session: Session) -> list[Build]:
+    """Running builds whose worker stopped heartbeating: lost to a crash."""
+    cutoff = utcnow() - STALE
+    stmt = select(Build).where(Build.status == "running", Build.heartbeat_at < cutoff)
+    return list(session.scalars(stmt))
+
+
+def recover_lost(session: Session) -> list[int]:
+    """Retry builds a dead worker held (or fail them with a reason after MAX_ATTEMPTS); return ids to enqueue."""
+    retry: list[int] = []
+    for build in stale_builds(session):
+        if build.attempts >= MAX_ATTEMPTS:
+            _fail(session, build, Stage.BUILD_ERROR, f"The build worker was lost {build.attempts} times; giving up. Push again or factory-rebuild.")
+        else:
+            build.status = "queued"
+            retry.append(build.id)
+    return retry
+
+
+def queued_ids(session: Session, older_than: timedelta = timedelta(minutes=2)) -> list[int]:
+    """Builds queued for a while: their message may have been lost with a worker; re-sending is safe."""
+    cutoff = utcnow() - older_than
+    stmt = select(Build.id).where(Build.status == "queued", Build.created_at < cutoff).order_by(Build.id)
+    return list(session.scalars(stmt))
+
+
+def _fail(session: Session, build: Build, stage: Stage, message: str) -> None:
+    build.status = "failed"
+    build.error_stage = stage.value
+    build.error_message = message
+    build.finished_at = utcnow()
+    space = session.get(Space, build.space_id)
+    if space is None or space.head_sha != build.commit_sha:
+        return
+    if Stage(space.stage) in SERVING:
+        space.stage = Stage.RUNNING.value
+        space.error_message = f"The build of {build.commit_sha[:12]} failed ({stage.value}); the previous version keeps running. {message}"
+    else:
+        space.stage = stage.value
+        space.error_message = message
+
+
+def _succeed(session: Session, build: Build, artifact: dict[str, object]) -> None:
+    build.status = "succeeded"
+    build.artifact = artifact
+    build.finished_at = utcnow()
+    space = session.get(Space, build.space_id)
+    if space is None or space.head_sha != build.commit_sha:
+        return
+    space.target_build_id = build.id
+    space.stage = (Stage.RUNNING_APP_STARTING if Stage(space.stage) in SERVING else Stage.APP_STARTING).value
+
+
+def run_build(platform: Platform, build_id: int) -> str:
+    """The build task body: claim, export, build, record. Returns the final status."""
+    with platform.tx() as session:
+        build = claim(session, build_id, socket.gethostname())
+        if build is None:
+            return "skipped"
+        space = session.get(Space, build.space_id)
+        assert space is not None
+        owner, name, sha = space.owner.name, space.name, build.commit_sha
+        build_args = {v.key: v.value for v in session.scalars(select(Variable).where(Variable.space_id == space.id))}
+        secrets = [platform.cipher.decrypt(s.ciphertext) for s in session.scalars(select(Secret).where(Secret.space_id == space.id))]
+        no_cache = build.no_cache
+    writer = BuildLogWriter(platform.sessions, build_id, secrets)
+    outcome = _execute(platform, build_id, owner, name, sha, build_args, no_cache, writer)
+    writer.flush()
+    return outcome
+
+
+def _execute(platform: Platform, build_id: int, owner: str, name: str, sha: str,
+             build_args: dict[str, str], no_cache: bool, writer: BuildLogWriter) -> str:
+    from builder.build import BuildFailure, build
+
+    settings = platform.settings
+    stop = threading.Event()
+    cancel = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(platform, build_id, writer, stop, cancel), daemon=True)
+    watcher.start()
+    try:
+        source = _export_source(settings.artifacts_dir, settings.repos_dir, owner, name, sha)
+        writer(f"Building {owner}/{name} at {sha[:12]}")
+        kind = "venv" if settings.runtime == "local" else "image"
+        artifact = build(
+            source, kind=kind, cache_dir=settings.artifacts_dir, log=writer, tag=image_tag(owner, name, sha),
+            client=_docker_client(platform) if kind == "image" else None, build_args=build_args,
+            aliases=settings.base_image_aliases or None, mirror=settings.registry_mirror or None,
+            ca_dir=settings.extra_ca_dir, no_cache=no_cache, time_limit=settings.build_time_limit, cancel=cancel,
+        )
+    except BuildFailure as failure:
+        stage, message = Stage(failure.stage), failure.message
+        writer(f"Build failed ({stage.value}): {message}")
+        return _finish(platform, build_id, lambda s, b: _fail(s, b, stage, message))
+    except Exception as exc:  # a bug or an infrastructure failure: still a clear, recorded failure
+        log.exception("build %s crashed", build_id)
+        crash = f"Internal build error: {exc}"
+        writer(crash)
+        return _finish(platform, build_id, lambda s, b: _fail(s, b, Stage.BUILD_ERROR, crash))
+    finally:
+        stop.set()
+        watcher.join(timeout=2)
+    writer("Build succeeded")
+    data = artifact_to_dict(artifact)
+    return _finish(platform, build_id, lambda s, b: _succeed(s, b, data))
+
+
+def _finish(platform: Platform, build_id: int, record: Callable[[Session, Build], None]) -> str:
+    with platform.tx() as session:
+        build = session.get(Build, build_id)
+        if build is None or build.status != "running":
+            return "cancelled"
+        record(session, build)
+        return build.status
+
+
+def _watch(platform: Platform, build_id: int, writer: BuildLogWriter, stop: threading.Event,
+           cancel: threading.Event) -> None:
+    """Flush logs, heartbeat, and notice cancellation while a build runs."""
+    ticks = 0
+    while not stop.wait(0.25):
+        writer.flush()
+        ticks += 1
+        if ticks % 8:
+            continue
+        with platform.tx() as session:
+            build = session.get(Build, build_id)
+            if build is None or build.status != "running":
+                cancel.set()
+                return
+            build.heartbeat_at = utcnow()
+
+
+def _export_source(artifacts_dir: Path, repos_dir: Path, owner: str, name: str, sha: str) -> Path:
+    dest = artifacts_dir / "sources" / owner / name / sha
+    if dest.exists():
+        return dest
+    tmp = dest.with_name(f".{sha}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    storage.export_tree(storage.repo_path(repos_dir, owner, name), sha, tmp)
+    tmp.rename(dest)
+    return dest
+
+
+def _docker_client(platform: Platform):  # type: ignore[no-untyped-def]
+    import docker
+
+    return docker.DockerClient(base_url=platform.settings.docker_host or None)

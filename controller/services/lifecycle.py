@@ -1,0 +1,65 @@
+"""Owner and admin actions on a space's lifecycle. They change desired state and kick the reconciler."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.db.models import AcceleratorDevice, PlatformSetting, Space
+from controller.domain.stages import SERVING, Stage
+from controller.git import storage
+from controller.services import builds
+from controller.services.platform import Platform
+
+DEFAULT_SLEEP = {"cpu-basic": 48 * 3600}
+
+
+def default_sleep(session: Session, space: Space) -> int | None:
+    """Platform default sleep time for the space's flavor (admin-set; cpu-basic 48 h out of the box)."""
+    row = session.get(PlatformSetting, "sleep_defaults")
+    defaults = row.value if row is not None and isinstance(row.value, dict) else DEFAULT_SLEEP
+    value = defaults.get(space.requested_hardware, defaults.get("*"))
+    return int(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def pause(session: Session, platform: Platform, space: Space) -> None:
+    space.desired = "paused"
+    space.stage = Stage.PAUSED.value
+    release_accelerators(session, space)
+    platform.after_commit(session, platform.kick)
+
+
+def restart(session: Session, platform: Platform, space: Space, *, factory: bool = False) -> None:
+    """Restart on the current artifact, or (factory) rebuild the head without cache."""
+    space.desired = "running"
+    space.error_message = None
+    if factory or space.target_build_id is None:
+        build = builds.rebuild(session, space, no_cache=factory)
+        if build is not None:
+            platform.queue_build(session, build.id)
+        return
+    bump_generation(space)
+    platform.after_commit(session, platform.kick)
+
+
+def bump_generation(space: Space) -> None:
+    """A new instance (same artifact, fresh config) replaces the current one once healthy."""
+    space.generation += 1
+    space.stage = (Stage.RUNNING_APP_STARTING if Stage(space.stage) in SERVING else Stage.APP_STARTING).value
+
+
+def delete_space(session: Session, platform: Platform, space: Space) -> None:
+    """Delete the space: its builds stop, its instances are removed by the reconciler, its repo goes."""
+    builds.cancel_active(session, space)
+    release_accelerators(session, space)
+    repo = storage.repo_path(platform.settings.repos_dir, space.owner.name, space.name)
+    session.delete(space)
+    session.flush()
+    platform.after_commit(session, lambda: storage.delete_repo(repo))
+    platform.after_commit(session, platform.kick)
+
+
+def release_accelerators(session: Session, space: Space) -> None:
+    for device in session.scalars(select(AcceleratorDevice).where(AcceleratorDevice.space_id == space.id)):
+        device.space_id = None
+        device.allocated_at = None

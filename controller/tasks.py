@@ -1,0 +1,90 @@
+"""Celery app and tasks: builds and the idle sweep. The database stays the source of truth."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+from celery import Celery
+
+from controller import broker
+from controller.config import Settings
+from controller.services.platform import Platform
+
+broker.register()
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("spaceport", broker=settings.celery_broker, backend=_backend(settings), include=["controller.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue="spaceport",
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "sweep-idle": {"task": "spaceport.sweep", "schedule": settings.sweep_interval},
+            "recover-builds": {"task": "spaceport.recover", "schedule": 30.0},
+        },
+    )
+    if settings.celery_broker.startswith("spacefs"):
+        app.conf.broker_transport_options = broker.transport_options(settings.broker_dir)
+    elif settings.celery_broker.startswith("redis"):
+        app.conf.broker_transport_options = {"visibility_timeout": 3600}
+    return app
+
+
+def _backend(settings: Settings) -> str:
+    """Results are only used by `spaceport ping`-style round trips; builds report through the DB."""
+    if settings.celery_broker.startswith("redis"):
+        return settings.celery_broker
+    results = settings.broker_dir / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    return f"file://{results}"
+
+
+celery_app = make_celery(Settings())
+
+
+@cache
+def _platform() -> Platform:
+    """One Platform per worker process (built from the environment, like the worker's settings)."""
+    platform = Platform(Settings())
+    platform.migrate()
+    return platform
+
+
+@celery_app.task(name="spaceport.build", ignore_result=True)
+def build_task(build_id: int) -> str:
+    from controller.services.builds import run_build
+
+    return run_build(_platform(), build_id)
+
+
+@celery_app.task(name="spaceport.sweep", ignore_result=True)
+def sweep_task() -> int:
+    from controller.services.sleep import sweep
+
+    return sweep(_platform())
+
+
+@celery_app.task(name="spaceport.recover", ignore_result=True)
+def recover_task() -> int:
+    """Find builds no live task owns (lost worker, lost message) and run them again."""
+    from controller.services.builds import queued_ids, recover_lost
+
+    with _platform().tx() as session:
+        ids = recover_lost(session) + queued_ids(session)
+    for build_id in sorted(set(ids)):
+        build_task.delay(build_id)
+    return len(ids)
+
+
+@celery_app.task(name="spaceport.ping")
+def ping_task(value: str) -> str:
+    return f"pong:{value}:{os.getpid()}"
+
+
+def enqueue_build(build_id: int) -> None:
+    build_task.delay(build_id)

@@ -1,0 +1,104 @@
+"""A real Spaceport server (`spaceport serve` in a subprocess, with its embedded worker) for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    data_dir: Path
+    port: int
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.data_dir.parent / f"server-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://localhost:{self.port}"
+
+    def start(self, timeout: float = 60) -> LiveServer:
+        log = self.log_path.open("ab")
+        cmd = [sys.executable, "-m", "controller.cli", "serve", "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.logs()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not answer within {timeout}s:\n{self.logs()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def kill_controller_only(self) -> None:
+        """SIGKILL the serve process itself (not its group): its worker child and apps live on."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "controller.cli", *args], env=self.env, cwd=ROOT,
+                                capture_output=True, text=True, check=False)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"spaceport {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def create_user(self, name: str, *, admin: bool = False, password: str | None = None) -> str:
+        args = ["users", "create", name, *(["--admin"] if admin else []), *(["--password", password] if password else [])]
+        return self.cli(*args).stdout.strip().splitlines()[-1]
+
+
+def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPACEPORT_") or k.startswith("SPACEPORT_TEST_")}
+    env.update({
+        "SPACEPORT_DATA_DIR": str(data_dir),
+        "SPACEPORT_APPS_DOMAIN": "localhost",
+        "SPACEPORT_RECONCILE_INTERVAL": "0.5",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
+
+
+def make_server(tmp_path: Path, **extra: str) -> LiveServer:
+    data_dir = tmp_path / "data"
+    port = free_port()
+    env = server_env(data_dir, SPACEPORT_PUBLIC_URL=f"http://localhost:{port}", **extra)
+    return LiveServer(data_dir=data_dir, port=port, env=env)
