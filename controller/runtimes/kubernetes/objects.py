@@ -1,0 +1,352 @@
+"""Pure builders of the Kubernetes objects that run a space (kubespawner `objects.py` style).
+
+Every function takes typed inputs and returns a plain dict ready for server-side apply. Layout:
+one namespace per owner (`spaceport-<owner>`) holding a ResourceQuota mirroring the owner's accelerator
+quota and a NetworkPolicy that isolates its pods; per instance a Deployment (replicas 1, or 0 asleep)
+and a ClusterIP Service named after the instance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from builder.artifact import ImageArtifact
+from controller.domain.hardware import AcceleratorType, Catalog
+from controller.runtimes.base import InstanceSpec, RuntimeFailure
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+INSTANCE_LABEL = "spaceport.instance"
+SPACE_LABEL = "spaceport.space"
+OWNER_LABEL = "spaceport.owner"
+ACCELERATOR_LABEL = "spaceport.accelerator"
+SPACE_ID_ANNOTATION = "spaceport.space-id"
+NAME_ANNOTATION = "spaceport.instance-name"  # InstanceSpec.name as given (the k8s name is sanitized)
+LABELS_ANNOTATION = "spaceport.labels"
+PAUSED_ANNOTATION = "spaceport.paused"  # "" running, "stop" or "freeze" when scaled to zero
+QUOTA_NAME = "spaceport-accelerators"
+POLICY_NAME = "spaceport-isolation"
+APP_CONTAINER = "app"
+APP_UID = 1000
+PRIVATE_V4 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10")
+PRIVATE_V6 = ("fc00::/7", "fe80::/10")
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """How this cluster runs spaces; the defaults match k8s/base."""
+
+    catalog: Catalog
+    namespace_prefix: str = "spaceport-"
+    controller_namespace: str = "spaceport"
+    controller_pod_labels: Mapping[str, str] = field(
+        default_factory=lambda: {"app.kubernetes.io/name": "spaceport", "app.kubernetes.io/component": "controller"}
+    )
+    cluster_domain: str = "cluster.local"
+    dns_namespace: str = "kube-system"
+    dns_pod_labels: Mapping[str, str] = field(default_factory=lambda: {"k8s-app": "kube-dns"})
+    blocked_egress_v4: tuple[str, ...] = PRIVATE_V4
+    blocked_egress_v6: tuple[str, ...] = PRIVATE_V6
+    image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = ()
+    runtime_class_name: str | None = None
+
+
+# ---- names ---------------------------------------------------------------------------------------
+
+
+def dns_label(value: str, max_len: int = 63) -> str:
+    """A DNS-1035 label (lowercase alnum and '-', starts with a letter); a hash keeps it unique
+    whenever the value had to be changed, so distinct inputs never share a name."""
+    clean = re.sub(r"[^a-z0-9-]+", "-", value.lower()).strip("-")
+    clean = re.sub(r"-{2,}", "-", clean)
+    if clean and not clean[0].isalpha():
+        clean = "s-" + clean
+    if clean == value and len(clean) <= max_len:
+        return clean
+    digest = hashlib.sha256(value.encode()).hexdigest()[:8]
+    return f"{clean[: max_len - 9].rstrip('-') or 's'}-{digest}"
+
+
+def namespace_name(owner: str, site: SiteConfig) -> str:
+    return site.namespace_prefix + dns_label(owner, 63 - len(site.namespace_prefix))
+
+
+def instance_name(spec_name: str) -> str:
+    return dns_label(spec_name)
+
+
+def owner_of(space_id: str) -> str:
+    return space_id.split("/", 1)[0]
+
+
+def label_value(value: str) -> str:
+    """A valid label value (<= 63 chars of alnum, '-', '_', '.', alnum at both ends)."""
+    clean = re.sub(r"[^A-Za-z0-9._-]+", ".", value).strip("._-")
+    return clean[:63].rstrip("._-")
+
+
+def service_host(spec_name: str, owner: str, site: SiteConfig) -> str:
+    return f"{instance_name(spec_name)}.{namespace_name(owner, site)}.svc.{site.cluster_domain}"
+
+
+def instance_selector(spec_name: str) -> JSON:
+    return {INSTANCE_LABEL: instance_name(spec_name)}
+
+
+def common_labels() -> dict[str, str]:
+    return {MANAGED_BY: "spaceport", "app.kubernetes.io/part-of": "spaceport"}
+
+
+def instance_labels(spec: InstanceSpec) -> dict[str, str]:
+    labels = {
+        **common_labels(),
+        "app.kubernetes.io/name": "space",
+        "app.kubernetes.io/instance": instance_name(spec.name),
+        INSTANCE_LABEL: instance_name(spec.name),
+        SPACE_LABEL: label_value(spec.space_id.replace("/", ".")),
+        OWNER_LABEL: label_value(owner_of(spec.space_id)),
+    }
+    accel = spec.hardware.accelerators
+    if accel is not None and accel.device_ids:
+        labels[ACCELERATOR_LABEL] = label_value(accel.type)
+    return labels
+
+
+# ---- per owner -----------------------------------------------------------------------------------
+
+
+def namespace(owner: str, site: SiteConfig) -> JSON:
+    """The owner's namespace; Pod Security `restricted` is enforced (our pods comply)."""
+    labels = {
+        **common_labels(),
+        OWNER_LABEL: label_value(owner),
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace_name(owner, site), "labels": labels}}
+
+
+def resource_quota(owner: str, quotas: Mapping[str, int], site: SiteConfig) -> JSON:
+    """A backstop for the owner's accelerator quota, per extended resource.
+
+    Spaceport's allocator enforces quotas per accelerator *type*; Kubernetes only knows resources, and
+    T4 and A10G are both `nvidia.com/gpu`, so the limits of types sharing a resource are added up.
+    Types with no quota get 0, so a pod can never take a device the allocator did not grant.
+    """
+    hard: dict[str, str] = {}
+    for accel in site.catalog.accelerators.values():
+        key = f"requests.{accel.k8s_resource}"
+        hard[key] = str(int(hard.get(key, "0")) + max(0, quotas.get(accel.name, 0)))
+    return {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": QUOTA_NAME, "namespace": namespace_name(owner, site), "labels": common_labels()},
+        "spec": {"hard": dict(sorted(hard.items()))},
+    }
+
+
+def network_policy(owner: str, site: SiteConfig) -> JSON:
+    """Spaces take traffic only from the Spaceport controller (its proxy) and reach only DNS and the
+    internet: not each other, not the cluster's private ranges, not the cloud metadata endpoint."""
+    from_controller = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": site.controller_namespace}},
+        "podSelector": {"matchLabels": dict(site.controller_pod_labels)},
+    }
+    dns = {
+        "to": [{
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": site.dns_namespace}},
+            "podSelector": {"matchLabels": dict(site.dns_pod_labels)},
+        }],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }
+    internet = {"to": [
+        {"ipBlock": {"cidr": "0.0.0.0/0", "except": list(site.blocked_egress_v4)}},
+        {"ipBlock": {"cidr": "::/0", "except": list(site.blocked_egress_v6)}},
+    ]}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": POLICY_NAME, "namespace": namespace_name(owner, site), "labels": common_labels()},
+        "spec": {
+            "podSelector": {},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [from_controller]}],
+            "egress": [dns, internet],
+        },
+    }
+
+
+# ---- per instance --------------------------------------------------------------------------------
+
+
+def image_artifact(spec: InstanceSpec) -> ImageArtifact:
+    if not isinstance(spec.artifact, ImageArtifact):
+        raise RuntimeFailure(
+            f"the kubernetes runtime runs container images, but {spec.space_id} was built as a venv; "
+            "set SPACEPORT_BUILDER=image (or use the local runtime)"
+        )
+    return spec.artifact
+
+
+def cpu_quantity(cpu: float) -> str:
+    return str(int(cpu)) if float(cpu).is_integer() else f"{round(cpu * 1000)}m"
+
+
+def resources(spec: InstanceSpec, site: SiteConfig) -> JSON:
+    """requests == limits (Guaranteed QoS); the extended resource when accelerated."""
+    hw = spec.hardware
+    amounts: dict[str, str | int] = {
+        "cpu": cpu_quantity(hw.cpu),
+        "memory": f"{hw.memory_mb}Mi",
+        "ephemeral-storage": f"{hw.disk_mb}Mi",
+    }
+    accel = accelerator_type(spec, site)
+    if accel is not None and hw.accelerators is not None:
+        amounts[accel.k8s_resource] = len(hw.accelerators.device_ids)
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def accelerator_type(spec: InstanceSpec, site: SiteConfig) -> AcceleratorType | None:
+    accel = spec.hardware.accelerators
+    if accel is None or not accel.device_ids:
+        return None
+    try:
+        return site.catalog.accelerator(accel.type)
+    except LookupError as exc:
+        raise RuntimeFailure(str(exc)) from exc
+
+
+def env_list(spec: InstanceSpec, artifact: ImageArtifact) -> list[JSON]:
+    """The artifact's env, then the instance's (which wins); order kept, names unique."""
+    merged = {**dict(artifact.env), **spec.env}
+    return [{"name": name, "value": value} for name, value in merged.items()]
+
+
+def container(spec: InstanceSpec, site: SiteConfig) -> JSON:
+    artifact = image_artifact(spec)
+    return {
+        "name": APP_CONTAINER,
+        "image": artifact.image,
+        "imagePullPolicy": site.image_pull_policy,
+        "ports": [{"name": "http", "containerPort": artifact.port, "protocol": "TCP"}],
+        "env": env_list(spec, artifact),
+        "resources": resources(spec, site),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "runAsUser": APP_UID,
+            "runAsGroup": APP_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "readinessProbe": {
+            "httpGet": {"path": artifact.health_path or "/", "port": "http"},
+            "periodSeconds": 2,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        },
+    }
+
+
+def pod_spec(spec: InstanceSpec, site: SiteConfig) -> JSON:
+    body: JSON = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": APP_UID,
+            "runAsGroup": APP_UID,
+            "fsGroup": APP_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container(spec, site)],
+        "terminationGracePeriodSeconds": 10,
+    }
+    accel = accelerator_type(spec, site)
+    if accel is not None:
+        body["nodeSelector"] = dict(accel.node_selector)
+        body["tolerations"] = [dict(t) for t in accel.tolerations]
+    if site.image_pull_secrets:
+        body["imagePullSecrets"] = [{"name": name} for name in site.image_pull_secrets]
+    if site.runtime_class_name:
+        body["runtimeClassName"] = site.runtime_class_name
+    return body
+
+
+def instance_annotations(spec: InstanceSpec) -> dict[str, str]:
+    accel = spec.hardware.accelerators
+    return {
+        NAME_ANNOTATION: spec.name,
+        SPACE_ID_ANNOTATION: spec.space_id,
+        LABELS_ANNOTATION: json.dumps(spec.labels, sort_keys=True),
+        "spaceport.flavor": spec.hardware.flavor,
+        "spaceport.devices": ",".join(accel.device_ids) if accel else "",
+    }
+
+
+def deployment(spec: InstanceSpec, site: SiteConfig, replicas: int = 1) -> JSON:
+    """The instance's Deployment; `replicas=0` is a sleeping space (resources and quota freed).
+
+    Strategy Recreate: a rolling update would need a second set of accelerators while both run.
+    """
+    labels = instance_labels(spec)
+    annotations = {**instance_annotations(spec), PAUSED_ANNOTATION: ""}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": instance_name(spec.name),
+            "namespace": namespace_name(owner_of(spec.space_id), site),
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": {
+            "replicas": replicas,
+            "revisionHistoryLimit": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": instance_selector(spec.name)},
+            "template": {
+                "metadata": {"labels": labels, "annotations": instance_annotations(spec)},
+                "spec": pod_spec(spec, site),
+            },
+        },
+    }
+
+
+def service(spec: InstanceSpec, site: SiteConfig) -> JSON:
+    artifact = image_artifact(spec)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": instance_name(spec.name),
+            "namespace": namespace_name(owner_of(spec.space_id), site),
+            "labels": instance_labels(spec),
+            "annotations": {SPACE_ID_ANNOTATION: spec.space_id},
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": instance_selector(spec.name),
+            "ports": [{"name": "http", "port": artifact.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def owner_objects(owner: str, quotas: Mapping[str, int] | None, site: SiteConfig) -> list[JSON]:
+    """Namespace, then its ResourceQuota (when quotas are known) and NetworkPolicy."""
+    objects = [namespace(owner, site)]
+    if quotas is not None:
+        objects.append(resource_quota(owner, quotas, site))
+    objects.append(network_policy(owner, site))
+    return objects
+
+
+def instance_objects(spec: InstanceSpec, site: SiteConfig, replicas: int = 1) -> list[JSON]:
+    return [deployment(spec, site, replicas), service(spec, site)]

@@ -1,0 +1,247 @@
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from builder.artifact import ImageArtifact, VenvArtifact
+from controller.runtimes.base import Accelerators, HardwareSpec, InstanceSpec, RuntimeFailure
+from controller.runtimes.kubernetes import objects
+from controller.runtimes.kubernetes.objects import SiteConfig
+
+K8S_VERSION = "1.37.0"  # newest schema kubernetes-validate 1.37 ships (also checked against 1.30 below)
+ART = ImageArtifact(image="spaceport/alice-demo:0123456789ab", port=7860, env=(("GRADIO_SERVER_PORT", "7860"),),
+                    health_path="/healthz")
+
+
+def make_spec(flavor: str = "cpu-basic", accel: Accelerators | None = None, cpu: float = 2.0,
+              memory_mb: int = 16384, space: str = "alice/demo") -> InstanceSpec:
+    return InstanceSpec(
+        name="alice-demo-b1",
+        space_id=space,
+        artifact=ART,
+        env={"SPACE_ID": space, "GRADIO_SERVER_PORT": "7861"},
+        hardware=HardwareSpec(flavor=flavor, cpu=cpu, memory_mb=memory_mb, accelerators=accel),
+        labels={"spaceport/build": "b1"},
+    )
+
+
+LABELS = {
+    "app.kubernetes.io/managed-by": "spaceport",
+    "app.kubernetes.io/part-of": "spaceport",
+    "app.kubernetes.io/name": "space",
+    "app.kubernetes.io/instance": "alice-demo-b1",
+    "spaceport.instance": "alice-demo-b1",
+    "spaceport.space": "alice.demo",
+    "spaceport.owner": "alice",
+}
+
+
+def pod_annotations(flavor: str, devices: str) -> dict[str, str]:
+    return {
+        "spaceport.instance-name": "alice-demo-b1",
+        "spaceport.space-id": "alice/demo",
+        "spaceport.labels": json.dumps({"spaceport/build": "b1"}),
+        "spaceport.flavor": flavor,
+        "spaceport.devices": devices,
+    }
+
+
+SECURE = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def test_cpu_deployment(site: SiteConfig) -> None:
+    assert objects.deployment(make_spec(), site) == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "alice-demo-b1",
+            "namespace": "spaceport-alice",
+            "labels": LABELS,
+            "annotations": {**pod_annotations("cpu-basic", ""), "spaceport.paused": ""},
+        },
+        "spec": {
+            "replicas": 1,
+            "revisionHistoryLimit": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": {"spaceport.instance": "alice-demo-b1"}},
+            "template": {
+                "metadata": {"labels": LABELS, "annotations": pod_annotations("cpu-basic", "")},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "terminationGracePeriodSeconds": 10,
+                    "containers": [{
+                        "name": "app",
+                        "image": "spaceport/alice-demo:0123456789ab",
+                        "imagePullPolicy": "IfNotPresent",
+                        "ports": [{"name": "http", "containerPort": 7860, "protocol": "TCP"}],
+                        "env": [
+                            {"name": "GRADIO_SERVER_PORT", "value": "7861"},
+                            {"name": "SPACE_ID", "value": "alice/demo"},
+                        ],
+                        "resources": {
+                            "requests": {"cpu": "2", "memory": "16384Mi", "ephemeral-storage": "2048Mi"},
+                            "limits": {"cpu": "2", "memory": "16384Mi", "ephemeral-storage": "2048Mi"},
+                        },
+                        "securityContext": SECURE,
+                        "readinessProbe": {
+                            "httpGet": {"path": "/healthz", "port": "http"},
+                            "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 3,
+                        },
+                    }],
+                },
+            },
+        },
+    }
+
+
+def test_sleeping_deployment_has_zero_replicas(site: SiteConfig) -> None:
+    assert objects.deployment(make_spec(), site, replicas=0)["spec"]["replicas"] == 0
+
+
+def test_t4_pod_spec(site: SiteConfig) -> None:
+    spec = make_spec("t4-small", Accelerators("nvidia-t4", ("0",)), cpu=4, memory_mb=15360)
+    pod = objects.deployment(spec, site)["spec"]["template"]["spec"]
+    amounts = {"cpu": "4", "memory": "15360Mi", "ephemeral-storage": "2048Mi", "nvidia.com/gpu": 1}
+    assert pod["containers"][0]["resources"] == {"requests": amounts, "limits": amounts}
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "Tesla-T4"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    env_names = [e["name"] for e in pod["containers"][0]["env"]]
+    assert "CUDA_VISIBLE_DEVICES" not in env_names  # the device plugin exposes the devices itself
+    assert objects.instance_labels(spec)["spaceport.accelerator"] == "nvidia-t4"
+
+
+def test_a10g_x2_pod_spec(site: SiteConfig) -> None:
+    spec = make_spec("a10g-largex2", Accelerators("nvidia-a10g", ("0", "1")), cpu=24, memory_mb=94208)
+    pod = objects.deployment(spec, site)["spec"]["template"]["spec"]
+    amounts = {"cpu": "24", "memory": "94208Mi", "ephemeral-storage": "2048Mi", "nvidia.com/gpu": 2}
+    assert pod["containers"][0]["resources"] == {"requests": amounts, "limits": amounts}
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A10G"}
+    assert objects.deployment(spec, site)["metadata"]["annotations"]["spaceport.devices"] == "0,1"
+
+
+def test_ascend_x1_pod_spec(site: SiteConfig) -> None:
+    spec = make_spec("ascend-910b-x1", Accelerators("ascend-910b", ("3",)), cpu=0.5, memory_mb=196608)
+    pod = objects.deployment(spec, site)["spec"]["template"]["spec"]
+    amounts = {"cpu": "500m", "memory": "196608Mi", "ephemeral-storage": "2048Mi", "huawei.com/Ascend910": 1}
+    assert pod["containers"][0]["resources"] == {"requests": amounts, "limits": amounts}
+    assert pod["nodeSelector"] == {"accelerator": "huawei-Ascend910"}
+    assert pod["tolerations"] == [{"key": "huawei.com/Ascend910", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_service(site: SiteConfig) -> None:
+    assert objects.service(make_spec(), site) == {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "alice-demo-b1", "namespace": "spaceport-alice", "labels": LABELS,
+                     "annotations": {"spaceport.space-id": "alice/demo"}},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {"spaceport.instance": "alice-demo-b1"},
+            "ports": [{"name": "http", "port": 7860, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+    assert objects.service_host("alice-demo-b1", "alice", site) == "alice-demo-b1.spaceport-alice.svc.cluster.local"
+
+
+def test_resource_quota_sums_types_sharing_a_resource(site: SiteConfig) -> None:
+    quota = objects.resource_quota("acme", {"nvidia-t4": 1, "nvidia-a10g": 2}, site)
+    assert quota == {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "spaceport-accelerators", "namespace": "spaceport-acme",
+                     "labels": {"app.kubernetes.io/managed-by": "spaceport", "app.kubernetes.io/part-of": "spaceport"}},
+        "spec": {"hard": {"requests.huawei.com/Ascend910": "0", "requests.nvidia.com/gpu": "3"}},
+    }
+
+
+def test_network_policy_isolates_spaces(site: SiteConfig) -> None:
+    spec = objects.network_policy("alice", site)["spec"]
+    assert spec["podSelector"] == {} and spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["ingress"] == [{"from": [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "spaceport"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "spaceport",
+                                        "app.kubernetes.io/component": "controller"}},
+    }]}]
+    dns, internet = spec["egress"]
+    assert dns["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    v4 = internet["to"][0]["ipBlock"]
+    assert v4["cidr"] == "0.0.0.0/0" and "10.0.0.0/8" in v4["except"] and "169.254.0.0/16" in v4["except"]
+
+
+def test_namespace_enforces_restricted_pod_security(site: SiteConfig) -> None:
+    ns = objects.namespace("Alice_Smith", site)
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    name = ns["metadata"]["name"]
+    assert name.startswith("spaceport-alice-smith-") and len(name) <= 63
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("alice", "alice"), ("alice-demo-1", "alice-demo-1")],
+)
+def test_valid_names_are_kept(raw: str, expected: str) -> None:
+    assert objects.dns_label(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["Alice", "a_b", "9lives", "x" * 80, "a..b", "--", "Ünïcode"])
+def test_names_are_sanitized_and_distinct(raw: str) -> None:
+    label = objects.dns_label(raw)
+    assert len(label) <= 63 and re.fullmatch(r"[a-z]([a-z0-9-]*[a-z0-9])?", label), label
+    assert objects.dns_label(raw) != objects.dns_label(raw + "_")
+
+
+def test_venv_artifact_is_refused(site: SiteConfig) -> None:
+    venv = VenvArtifact(venv=Path("/v"), source=Path("/s"), command=("python", "app.py"), port=7860)
+    spec = InstanceSpec(name="x", space_id="a/b", artifact=venv)
+    with pytest.raises(RuntimeFailure, match="container images"):
+        objects.instance_objects(spec, site)
+
+
+def test_unknown_accelerator_is_a_runtime_failure(site: SiteConfig) -> None:
+    with pytest.raises(RuntimeFailure, match="unknown accelerator type 'tpu-v5'"):
+        objects.deployment(make_spec("x", Accelerators("tpu-v5", ("0",))), site)
+
+
+def all_objects(site: SiteConfig) -> list[dict[str, Any]]:
+    specs = [
+        make_spec(),
+        make_spec("t4-small", Accelerators("nvidia-t4", ("0",))),
+        make_spec("a10g-largex2", Accelerators("nvidia-a10g", ("0", "1"))),
+        make_spec("ascend-910b-x1", Accelerators("ascend-910b", ("0",)), space="Org_X/npu.demo"),
+    ]
+    result: list[dict[str, Any]] = []
+    for spec in specs:
+        owner = objects.owner_of(spec.space_id)
+        result += objects.owner_objects(owner, {"nvidia-t4": 1}, site) + objects.instance_objects(spec, site)
+    return result
+
+
+@pytest.mark.parametrize("version", [K8S_VERSION, "1.30.0"])
+def test_every_object_validates_against_the_kubernetes_schema(site: SiteConfig, version: str) -> None:
+    assert kubernetes_validate.utils.latest_version() >= "1.37"
+    for obj in all_objects(site):
+        kubernetes_validate.validate(obj, version, strict=True)  # raises ValidationError
+
+
+def test_validation_catches_a_broken_object(site: SiteConfig) -> None:
+    broken = objects.deployment(make_spec(), site)
+    broken["spec"]["replicas"] = "one"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
