@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -19,6 +20,7 @@ from controller.db.models import Build, Secret, Space, Variable, utcnow
 from controller.domain.naming import image_tag
 from controller.domain.stages import SERVING, Stage
 from controller.git import storage
+from controller.runtimes.factory import docker_client
 from controller.services.buildlogs import BuildLogWriter
 from controller.services.platform import Platform
 
@@ -182,9 +184,7 @@ def run_build(platform: Platform, build_id: int) -> str:
         secrets = [platform.cipher.decrypt(s.ciphertext) for s in session.scalars(select(Secret).where(Secret.space_id == space.id))]
         no_cache = build.no_cache
     writer = BuildLogWriter(platform.sessions, build_id, secrets)
-    outcome = _execute(platform, build_id, owner, name, sha, build_args, no_cache, writer)
-    writer.flush()
-    return outcome
+    return _execute(platform, build_id, owner, name, sha, build_args, no_cache, writer)
 
 
 def _execute(platform: Platform, build_id: int, owner: str, name: str, sha: str,
@@ -199,31 +199,33 @@ def _execute(platform: Platform, build_id: int, owner: str, name: str, sha: str,
     try:
         source = _export_source(settings.artifacts_dir, settings.repos_dir, owner, name, sha)
         writer(f"Building {owner}/{name} at {sha[:12]}")
-        kind = "venv" if settings.runtime == "local" else "image"
+        kind: Literal["venv", "image"] = "venv" if settings.runtime == "local" else "image"
         artifact = build(
             source, kind=kind, cache_dir=settings.artifacts_dir, log=writer, tag=image_tag(owner, name, sha),
-            client=_docker_client(platform) if kind == "image" else None, build_args=build_args,
+            client=docker_client(settings.docker_host) if kind == "image" else None, build_args=build_args,
             aliases=settings.base_image_aliases or None, mirror=settings.registry_mirror or None,
             ca_dir=settings.extra_ca_dir, no_cache=no_cache, time_limit=settings.build_time_limit, cancel=cancel,
         )
     except BuildFailure as failure:
         stage, message = Stage(failure.stage), failure.message
         writer(f"Build failed ({stage.value}): {message}")
-        return _finish(platform, build_id, lambda s, b: _fail(s, b, stage, message))
+        return _finish(platform, build_id, writer, lambda s, b: _fail(s, b, stage, message))
     except Exception as exc:  # a bug or an infrastructure failure: still a clear, recorded failure
         log.exception("build %s crashed", build_id)
         crash = f"Internal build error: {exc}"
         writer(crash)
-        return _finish(platform, build_id, lambda s, b: _fail(s, b, Stage.BUILD_ERROR, crash))
+        return _finish(platform, build_id, writer, lambda s, b: _fail(s, b, Stage.BUILD_ERROR, crash))
     finally:
         stop.set()
         watcher.join(timeout=2)
     writer("Build succeeded")
     data = artifact_to_dict(artifact)
-    return _finish(platform, build_id, lambda s, b: _succeed(s, b, data))
+    return _finish(platform, build_id, writer, lambda s, b: _succeed(s, b, data))
 
 
-def _finish(platform: Platform, build_id: int, record: Callable[[Session, Build], None]) -> str:
+def _finish(platform: Platform, build_id: int, writer: BuildLogWriter,
+            record: Callable[[Session, Build], None]) -> str:
+    writer.flush()  # every line is stored before the build is seen as finished
     with platform.tx() as session:
         build = session.get(Build, build_id)
         if build is None or build.status != "running":
@@ -258,9 +260,3 @@ def _export_source(artifacts_dir: Path, repos_dir: Path, owner: str, name: str, 
     storage.export_tree(storage.repo_path(repos_dir, owner, name), sha, tmp)
     tmp.rename(dest)
     return dest
-
-
-def _docker_client(platform: Platform):  # type: ignore[no-untyped-def]
-    import docker
-
-    return docker.DockerClient(base_url=platform.settings.docker_host or None)

@@ -1,0 +1,118 @@
+"""Duplicate (fork) a space: full git history, variables; secrets must be entered again.
+
+Anyone who can read the source may duplicate it into a namespace they can write. The copy keeps its
+lineage (`duplicated_from`), starts on cpu-basic unless a flavor is asked for, and builds at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session
+
+from controller.db.models import Account, Space
+from controller.domain.errors import BadRequest, Conflict
+from controller.domain.hardware import Catalog, HardwareFlavor, UnknownFlavor, load_catalog
+from controller.domain.naming import split_repo_id
+from controller.git import storage
+from controller.services import builds, settings_vars, spaces
+from controller.services.accounts import Principal
+from controller.services.platform import Platform
+from controller.services.settings_vars import KeyValue
+
+DEFAULT_FLAVOR = "cpu-basic"
+
+
+@dataclass(frozen=True)
+class DuplicateRequest:
+    target: str  # "OWNER/NAME"
+    private: bool | None = None  # None: same visibility as the source
+    hardware: str | None = None
+    sleep_time: int | None = None
+    secrets: list[KeyValue] = field(default_factory=list)
+    variables: list[KeyValue] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Duplicated:
+    space: Space
+    missing_secrets: list[str]
+
+
+def check_hardware_allowed(session: Session, owner_account: Account, flavor: str, *,
+                           catalog: Catalog | None = None) -> HardwareFlavor:
+    """May `owner_account` run a space on `flavor`? Hook for quotas; today it only checks the name exists."""
+    try:
+        return (catalog or load_catalog()).flavor(flavor)
+    except UnknownFlavor as exc:
+        raise BadRequest(f"Unknown hardware {flavor!r}: choose one of {', '.join(exc.valid)}.") from None
+
+
+def duplicate(session: Session, platform: Platform, principal: Principal | None, source_owner: str,
+              source_name: str, request: DuplicateRequest) -> Duplicated:
+    source = spaces.get_space(session, principal, source_owner, source_name)
+    owner, name = split_repo_id(request.target)
+    account = spaces.check_namespace_writable(session, principal, owner)
+    if spaces.find_space(session, owner, name) is not None:
+        raise Conflict(f"You already created this space repo: {owner}/{name}.", url=_url(platform, owner, name))
+    flavor = request.hardware or DEFAULT_FLAVOR
+    check_hardware_allowed(session, account, flavor, catalog=load_catalog(platform.settings.hardware_catalog))
+    _validate_items(request)
+    target = spaces.create_space(session, platform.settings.repos_dir, principal, owner, name, sdk=source.sdk,
+                                 private=source.private if request.private is None else request.private,
+                                 hardware=flavor)
+    target.duplicated_from = source.space_id
+    target.sleep_time = request.sleep_time
+    _copy_config(session, platform, source, target, request)
+    _copy_code(session, platform, source, target)
+    return Duplicated(target, missing_secrets(session, target))
+
+
+def _validate_items(request: DuplicateRequest) -> None:
+    """Fail before creating anything when a given key or value is invalid."""
+    for item in request.variables:
+        settings_vars.validate_value(item.value, settings_vars.validate_key(item.key))
+    for item in request.secrets:
+        settings_vars.validate_value(item.value, settings_vars.validate_key(item.key, "secret"), "secret")
+
+
+def _copy_config(session: Session, platform: Platform, source: Space, target: Space,
+                 request: DuplicateRequest) -> None:
+    """Variables copied then overridden by the given ones; only the given secrets are set."""
+    for variable in settings_vars.list_variables(session, source):
+        settings_vars.put_variable(session, target, KeyValue(variable.key, variable.value, variable.description))
+    for item in request.variables:
+        settings_vars.put_variable(session, target, item)
+    for item in request.secrets:
+        settings_vars.put_secret(session, platform, target, item)
+
+
+def _copy_code(session: Session, platform: Platform, source: Space, target: Space) -> None:
+    """Server-side copy with full history, then a build of the head like a push."""
+    repos = platform.settings.repos_dir
+    src = storage.repo_path(repos, source.owner.name, source.name)
+    dest = storage.repo_path(repos, target.owner.name, target.name)
+    storage.delete_repo(dest)  # create_space made an empty one
+    if storage.head_sha(src) is None:
+        storage.init_bare(dest)
+        return
+    storage.copy_repo(src, dest)
+    head = storage.head_sha(dest)
+    if head is not None:
+        build = builds.record_push(session, target, dest, head)
+        platform.queue_build(session, build.id)
+
+
+def missing_secrets(session: Session, space: Space) -> list[str]:
+    """Secret keys the space it was duplicated from has and it still lacks (to be entered again)."""
+    if not space.duplicated_from or "/" not in space.duplicated_from:
+        return []
+    owner, name = space.duplicated_from.split("/", 1)
+    source = spaces.find_space(session, owner, name)
+    if source is None:
+        return []
+    return sorted(settings_vars.secret_keys(session, source) - settings_vars.secret_keys(session, space))
+
+
+def _url(platform: Platform, owner: str, name: str) -> str:
+    return f"{platform.settings.public_url.rstrip('/')}/spaces/{owner}/{name}"

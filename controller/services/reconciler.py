@@ -1,0 +1,293 @@
+"""Level-based reconciler: make what runs match the database, on a timer, at startup and when kicked.
+
+It adopts running instances after a controller restart (the runtime's list() finds them; nothing is
+restarted), starts and health-checks wanted instances, swaps routes when a new instance is healthy,
+restarts crashed apps with backoff, freezes/stops/wakes for sleep, and removes orphans. It is also the
+proxy's Activator: one wake per space however many visitors arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import aiohttp
+from starlette.concurrency import run_in_threadpool
+
+from controller.db.models import utcnow
+from controller.domain.errors import SpaceportError
+from controller.domain.lifecycle import derive_stage
+from controller.domain.stages import Stage
+from controller.proxy.activator import SingleFlight
+from controller.proxy.activity import ThrottledActivity
+from controller.proxy.routes import RouteTable
+from controller.proxy.types import Route
+from controller.runtimes.base import InstanceStatus, Runtime, RuntimeFailure, State
+from controller.services import instances as db
+from controller.services.instances import SpaceSnapshot
+from controller.services.platform import Platform
+
+log = logging.getLogger(__name__)
+LIVE = (State.RUNNING, State.FROZEN)
+
+
+class WakeFailed(Exception):
+    """A sleeping space could not be woken; the message says why (quota, capacity, crash)."""
+
+
+class Reconciler:
+    def __init__(self, platform: Platform, runtime: Runtime, routes: RouteTable, activity: ThrottledActivity,
+                 *, interval: float = 2.0) -> None:
+        self.platform, self.runtime, self.routes, self.activity = platform, runtime, routes, activity
+        self.interval = interval
+        self._tasks: dict[str, asyncio.Task[bool]] = {}
+        self._wakes: SingleFlight[Route] = SingleFlight()
+        self._kicked = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._lock = asyncio.Lock()
+        self.starts = 0  # instances started by this process (observability, tests)
+
+    # -- driving -------------------------------------------------------------------------------
+    def kick(self) -> None:
+        """Thread-safe: reconcile soon (called after commits that change desired state)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._kicked.set)
+
+    async def run(self, ready: Callable[[], None] = lambda: None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        try:
+            await self._safe_pass()
+            ready()
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kicked.wait(), self.interval)
+                self._kicked.clear()
+                await self._safe_pass()
+        finally:
+            await self._http.close()
+
+    async def _safe_pass(self) -> None:
+        try:
+            await self.reconcile_once()
+        except Exception:
+            log.exception("reconcile pass failed; retrying on the next tick")
+
+    async def reconcile_once(self, only: int | None = None) -> None:
+        async with self._lock:
+            seen = self.activity.drain()
+            if seen:
+                await run_in_threadpool(db.record_activity, self.platform, seen)
+            actual = {s.name: s for s in await self.runtime.list()}
+            snaps = await run_in_threadpool(db.load_snapshots, self.platform, only)
+            for snap in snaps:
+                await self._reconcile(snap, actual)
+            if only is None:
+                await self._remove_orphans(snaps, actual)
+                self._drop_stale_routes(snaps)
+
+    # -- one space -----------------------------------------------------------------------------
+    async def _reconcile(self, snap: SpaceSnapshot, actual: dict[str, InstanceStatus]) -> None:
+        if snap.desired in ("sleeping", "paused"):
+            await self._stop_all(snap, actual)
+        elif snap.desired == "frozen":
+            await self._freeze(snap, actual)
+        elif snap.wanted:
+            await self._run_wanted(snap, actual)
+        fresh = (await run_in_threadpool(db.load_snapshots, self.platform, snap.pk))[0] if snap.instances or snap.wanted else snap
+        await self._publish(fresh)
+
+    async def _run_wanted(self, snap: SpaceSnapshot, actual: dict[str, InstanceStatus]) -> None:
+        assert snap.wanted is not None
+        row = snap.row(snap.wanted)
+        status = actual.get(snap.wanted)
+        if row is None or row.state in ("starting", "stopped"):
+            self._launch(snap)
+        elif row.state == "frozen" and status is not None and status.state is State.FROZEN:
+            await self.runtime.thaw(snap.wanted)
+            await run_in_threadpool(db.update_row, self.platform, snap.wanted, state="ready")
+        elif row.state in ("ready", "frozen") and (status is None or status.state not in LIVE):
+            await self._crashed(snap.wanted, status)
+        elif row.state == "crashed" and row.next_restart_at is not None and row.next_restart_at <= utcnow():
+            self._launch(snap)
+        elif row.state == "ready":
+            await self._retire_others(snap, actual)
+
+    async def _crashed(self, name: str, status: InstanceStatus | None) -> None:
+        detail = status.message if status is not None and status.message else "the app stopped"
+        code = f" (exit code {status.exit_code})" if status is not None and status.exit_code is not None else ""
+        log.warning("instance %s crashed%s", name, code)
+        await run_in_threadpool(db.mark_crashed, self.platform, name, f"The app exited{code}. Last log lines:\n{detail}")
+
+    async def _retire_others(self, snap: SpaceSnapshot, actual: dict[str, InstanceStatus]) -> None:
+        old = [r.name for r in snap.instances if r.name != snap.wanted and r.name not in self._tasks]
+        for name in old:
+            if name in actual:
+                await self._quietly(self.runtime.remove(name))
+        if old:
+            await run_in_threadpool(db.retire, self.platform, old)
+
+    async def _stop_all(self, snap: SpaceSnapshot, actual: dict[str, InstanceStatus]) -> None:
+        for row in snap.instances:
+            task = self._tasks.pop(row.name, None)
+            if task is not None:
+                task.cancel()
+            if row.name != snap.wanted:
+                await self._quietly(self.runtime.remove(row.name))
+                await run_in_threadpool(db.retire, self.platform, [row.name])
+                continue
+            status = actual.get(row.name)
+            if status is not None and status.state in LIVE:
+                await self._quietly(self.runtime.stop(row.name))
+            if row.state != "stopped":
+                await run_in_threadpool(db.update_row, self.platform, row.name, state="stopped")
+        await run_in_threadpool(db.release, self.platform, snap.pk)
+
+    async def _freeze(self, snap: SpaceSnapshot, actual: dict[str, InstanceStatus]) -> None:
+        row = snap.row(snap.wanted) if snap.wanted else None
+        status = actual.get(row.name) if row else None
+        if row is not None and row.state == "ready" and status is not None and status.state is State.RUNNING:
+            await self.runtime.freeze(row.name)
+            await run_in_threadpool(db.update_row, self.platform, row.name, state="frozen")
+
+    async def _remove_orphans(self, snaps: list[SpaceSnapshot], actual: dict[str, InstanceStatus]) -> None:
+        known = {r.name for s in snaps for r in s.instances} | set(self._tasks)
+        for name in actual:
+            if name not in known:
+                log.info("removing orphan instance %s", name)
+                await self._quietly(self.runtime.remove(name))
+
+    async def _quietly(self, action: object) -> None:
+        try:
+            await action  # type: ignore[misc]
+        except RuntimeFailure as exc:
+            log.warning("runtime action failed: %s", exc)
+
+    # -- starting ------------------------------------------------------------------------------
+    def _launch(self, snap: SpaceSnapshot) -> asyncio.Task[bool]:
+        assert snap.wanted is not None
+        task = self._tasks.get(snap.wanted)
+        if task is None:
+            task = asyncio.create_task(self._start(snap))
+            self._tasks[snap.wanted] = task
+            name = snap.wanted
+            task.add_done_callback(lambda _t: self._forget(name))
+        return task
+
+    def _forget(self, name: str) -> None:
+        self._tasks.pop(name, None)
+
+    async def _start(self, snap: SpaceSnapshot) -> bool:
+        name = snap.wanted
+        assert name is not None
+        await run_in_threadpool(db.ensure_row, self.platform, snap.pk, name)
+        await run_in_threadpool(db.update_row, self.platform, name, state="starting", message=None)
+        await self._publish((await run_in_threadpool(db.load_snapshots, self.platform, snap.pk))[0])
+        try:
+            spec = await run_in_threadpool(db.instance_spec, self.platform, snap.pk, name)
+            endpoint = await self.runtime.start(spec)
+            self.starts += 1
+        except (SpaceportError, RuntimeFailure) as exc:
+            message = getattr(exc, "message", str(exc))
+            await run_in_threadpool(db.update_row, self.platform, name, state="failed", message=message)
+            self.kick()
+            return False
+        ok, message = await self._health(name, endpoint.url + snap.health_path, snap.startup_timeout)
+        if ok:
+            await run_in_threadpool(db.update_row, self.platform, name, state="ready", endpoint=endpoint.url,
+                                    ready_at=utcnow(), message=None)
+        else:
+            await self._quietly(self.runtime.stop(name))
+            await run_in_threadpool(db.mark_crashed, self.platform, name, message)
+        self.kick()
+        return ok
+
+    async def _health(self, name: str, url: str, timeout: float) -> tuple[bool, str]:
+        """Poll the app until it answers (any status below 500), it exits, or the start timeout passes."""
+        assert self._http is not None
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while time.monotonic() < deadline:
+            try:
+                async with self._http.get(url, allow_redirects=False) as response:
+                    if response.status < 500:
+                        return True, ""
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            status = await self.runtime.status(name)
+            if status.state not in LIVE:
+                code = f" with exit code {status.exit_code}" if status.exit_code is not None else ""
+                return False, f"The app exited{code} before answering on its port. Last log lines:\n{status.message}"
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+        return False, f"The app did not answer on its port within {timeout:.0f} s (startup_duration_timeout)."
+
+    # -- routes and stage ----------------------------------------------------------------------
+    async def _publish(self, snap: SpaceSnapshot) -> None:
+        serving = self._serving(snap)
+        stage, message = derive_stage(db.observed(snap, serving is not None))
+        hardware = snap.hardware if serving is not None else None
+        if stage.value != snap.stage or message != snap.error_message or hardware != snap.current_hardware:
+            await run_in_threadpool(db.write_stage, self.platform, snap.pk, stage.value, message, hardware)
+        self.routes.set(self._route(snap, serving, stage, message))
+
+    def _serving(self, snap: SpaceSnapshot) -> str | None:
+        ready = [r for r in snap.instances if r.state == "ready" and r.endpoint]
+        wanted = [r for r in ready if r.name == snap.wanted]
+        chosen = wanted or sorted(ready, key=lambda r: r.ready_at or utcnow(), reverse=True)
+        return chosen[0].endpoint if chosen else None
+
+    def _route(self, snap: SpaceSnapshot, target: str | None, stage: Stage, message: str | None) -> Route:
+        base = Route(space_id=snap.space_id, slug=snap.slug, target=target or "", private=snap.private,
+                     strip_base_path=snap.sdk != "streamlit")
+        if snap.desired == "paused":
+            return replace(base, state="paused", message="The owner paused this space.")
+        if snap.desired in ("sleeping", "frozen"):
+            return replace(base, state="asleep", message="Sleeping")
+        if target:
+            return base
+        return replace(base, state="unavailable", message=f"{stage.value}: {message or _waiting(stage)}")
+
+    def _drop_stale_routes(self, snaps: list[SpaceSnapshot]) -> None:
+        live = {s.space_id for s in snaps}
+        for route in self.routes.all():
+            if route.space_id not in live:
+                self.routes.remove(route.space_id)
+
+    # -- activator -----------------------------------------------------------------------------
+    async def wake(self, route: Route) -> Route:
+        return await self._wakes.run(route.space_id, lambda: self._wake(route))
+
+    async def _wake(self, route: Route) -> Route:
+        pk = await run_in_threadpool(db.set_desired, self.platform, route.space_id, "running", ("sleeping", "frozen"))
+        if pk is None:
+            raise WakeFailed(f"Space {route.space_id} no longer exists.")
+        snap = (await run_in_threadpool(db.load_snapshots, self.platform, pk))[0]
+        row = snap.row(snap.wanted) if snap.wanted else None
+        if row is not None and row.state == "frozen":
+            await self.runtime.thaw(row.name)
+            await run_in_threadpool(db.update_row, self.platform, row.name, state="ready")
+        elif snap.wanted:
+            ok = await self._launch(snap)
+            if not ok:
+                after = (await run_in_threadpool(db.load_snapshots, self.platform, pk))[0]
+                failed = after.row(snap.wanted)
+                raise WakeFailed(failed.message if failed and failed.message else "The app failed to start.")
+        await self.reconcile_once(only=pk)
+        woken = self.routes.get(route.space_id)
+        if woken is None or woken.state != "ready":
+            raise WakeFailed(woken.message if woken else "The space is gone.")
+        return woken
+
+
+def _waiting(stage: Stage) -> str:
+    return {
+        Stage.BUILDING: "the app is being built",
+        Stage.APP_STARTING: "the app is starting",
+        Stage.NO_APP_FILE: "nothing deployed yet",
+    }.get(stage, "not running")
