@@ -8,7 +8,11 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class VenvArtifact:
-    """A uv-made venv (shared by dependency hash) plus the commit's source snapshot."""
+    """A uv-made venv (shared by dependency hash) plus the commit's source snapshot.
+
+    command tokens may hold "{port}" and "{host}": the local runtime replaces them with the port and
+    bind address it chose (the values it also puts in PORT, GRADIO_SERVER_*, STREAMLIT_SERVER_*).
+    """
 
     venv: Path
     source: Path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,12 +11,24 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+import web
+from controller.api import admin as admin_api
+from controller.api import hardware as hardware_api
+from controller.api import hub as hub_api
+from controller.api import logs as logs_api
 from controller.api import repos as repos_api
 from controller.api import spaces as spaces_api
 from controller.config import Settings
 from controller.domain.errors import SpaceportError
 from controller.git import http as git_http
+from controller.proxy.activity import ThrottledActivity
+from controller.proxy.middleware import ProxyMiddleware
+from controller.proxy.routes import RouteTable
+from controller.runtimes.base import Runtime
+from controller.runtimes.factory import make_runtime
+from controller.services.access import SpaceAccess
 from controller.services.platform import Platform
+from controller.services.reconciler import Reconciler
 from controller.tasks import make_celery
 
 log = logging.getLogger(__name__)
@@ -29,28 +43,43 @@ def _error_response(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({**exc.extra, "error": exc.message, "code": exc.code}, status_code=exc.status, headers=headers)
 
 
-def create_app(settings: Settings, *, platform: Platform | None = None) -> FastAPI:
+def create_app(settings: Settings, *, platform: Platform | None = None, runtime: Runtime | None = None) -> FastAPI:
     """Build the app. Nothing is created at import time; everything hangs off app.state."""
     platform = platform or Platform(settings)
     celery = make_celery(settings)
     platform.enqueue_build = lambda build_id: celery.send_task("spaceport.build", args=[build_id])
+    runtime = runtime or make_runtime(settings)
+    routes, activity = RouteTable(), ThrottledActivity(interval=5.0)
+    reconciler = Reconciler(platform, runtime, routes, activity, interval=settings.reconcile_interval)
+    platform.kick = reconciler.kick
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         platform.migrate()
+        ready = asyncio.Event()
+        task = asyncio.create_task(reconciler.run(ready.set))
+        await asyncio.wait({task, asyncio.create_task(ready.wait())}, return_when=asyncio.FIRST_COMPLETED)
         yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         platform.dispose()
 
     app = FastAPI(title="Spaceport", version="0.1.0", lifespan=lifespan)
-    app.state.platform = platform
-    app.state.settings = settings
+    app.state.platform, app.state.settings, app.state.runtime = platform, settings, runtime
+    app.state.reconciler, app.state.routes = reconciler, routes
     app.add_exception_handler(SpaceportError, _error_response)
-    app.include_router(repos_api.router)
-    app.include_router(spaces_api.router)
-    app.include_router(git_http.router)
+    for router in (repos_api.router, hardware_api.router, spaces_api.router, logs_api.router, hub_api.router,
+                   admin_api.router, git_http.router):
+        app.include_router(router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    web.install(app)  # last: the UI's /OWNER pages match any single-segment path
+    app.add_middleware(
+        ProxyMiddleware, apps_domain=settings.apps_domain or "localhost", routes=routes, activity=activity,
+        access=SpaceAccess(platform), activator=reconciler,
+    )
     return app

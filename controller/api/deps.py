@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -10,7 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from controller.domain.errors import Unauthorized
-from controller.services.accounts import Principal, authenticate_token
+from controller.services.accounts import Principal, authenticate_token, token_from_header
 from controller.services.platform import Platform
 from controller.services.websession import SESSION_COOKIE, principal_from_cookie
 
@@ -23,23 +22,6 @@ def get_platform(request: Request) -> Platform:
 def get_db(platform: Annotated[Platform, Depends(get_platform)]) -> Iterator[Session]:
     with platform.sessions() as session, session.begin():
         yield session
-
-
-def token_from_header(header: str | None) -> str | None:
-    """Bearer TOKEN, or Basic base64(USER:TOKEN) as git sends it."""
-    if not header:
-        return None
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    if scheme.lower() == "basic":
-        try:
-            decoded = base64.b64decode(value.strip()).decode()
-        except (ValueError, UnicodeDecodeError):
-            raise Unauthorized("Malformed Basic authorization header.") from None
-        _, _, secret = decoded.partition(":")
-        return secret or None
-    return None
 
 
 def principal_from_request(request: Request, session: Session) -> Principal | None:

@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from controller.config import Settings
+from controller.runtimes.base import Runtime
 
 
 def docker_client(docker_host: str = "") -> Any:
     import docker
 
-    return docker.DockerClient(base_url=docker_host or None, timeout=300)
+    return docker.DockerClient(base_url=docker_host or None, timeout=600)
+
+
+def protected_paths(settings: Settings) -> list[Path]:
+    """What an app must never see: the database, the platform key, repos, broker and logs.
+
+    Other spaces' sources and venvs under artifacts/ are not bound into a sandbox at all; each app gets
+    only its own source and venv, read-only.
+    """
+    data = settings.data_dir
+    return [data / "spaceport.db", data / "spaceport.db-wal", data / "spaceport.db-shm", data / "secret.key",
+            settings.repos_dir, settings.broker_dir, settings.logs_dir]
+
+
+def make_runtime(settings: Settings) -> Runtime:
+    if settings.runtime == "local":
+        from controller.runtimes.local import LocalRuntime
+
+        return LocalRuntime(settings.runtime_dir, sandbox=settings.sandbox, protected_paths=protected_paths(settings))
+    if settings.runtime == "docker":
+        from controller.runtimes.docker import DockerRuntime
+
+        return DockerRuntime(settings.docker_host or None)
+    from controller.domain.hardware import load_catalog
+    from controller.runtimes.kubernetes.client import KubeClient
+    from controller.runtimes.kubernetes.runtime import KubernetesRuntime, SiteConfig
+
+    return KubernetesRuntime(KubeClient.from_environment(), SiteConfig(catalog=load_catalog(settings.hardware_catalog)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -177,3 +178,20 @@ def require_admin(principal: Principal | None) -> Account:
     if not principal.user.is_admin:
         raise Forbidden("Only Spaceport admins may do this.")
     return principal.user
+
+
+def token_from_header(header: str | None) -> str | None:
+    """Bearer TOKEN, or Basic base64(USER:TOKEN) as git sends it."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value.strip()).decode()
+        except (ValueError, UnicodeDecodeError):
+            raise Unauthorized("Malformed Basic authorization header.") from None
+        _, _, secret = decoded.partition(":")
+        return secret or None
+    return None

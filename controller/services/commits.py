@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import json
 import os
 import re
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -198,7 +200,26 @@ def _head_or_none(repo: Path, revision: str) -> str | None:
 
 
 def write_commit(repo: Path, request: CommitRequest, author: Author, attempts: int = 5) -> str:
-    """Create the commit on main and move main to it; return its sha."""
+    """Create the commit on main and move main to it; return its sha.
+
+    API commits are serialized per repo by a file lock; the compare-and-swap on main still protects
+    against a concurrent `git push`, whose commit the retry builds on.
+    """
+    with _repo_lock(repo):
+        return _commit_with_retries(repo, request, author, attempts)
+
+
+@contextmanager
+def _repo_lock(repo: Path) -> Iterator[None]:
+    with (repo / "spaceport-commit.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _commit_with_retries(repo: Path, request: CommitRequest, author: Author, attempts: int) -> str:
     for _ in range(attempts):
         parent = storage.head_sha(repo)
         if request.parent is not None and request.parent != parent:
@@ -304,6 +325,8 @@ def tree(repo: Path, sha: str, path: str, recursive: bool) -> list[dict[str, obj
     for record in filter(None, out.split("\0")):
         meta, _, entry_path = record.partition("\t")
         _mode, kind, obj, size = meta.split()
+        if prefix and not entry_path.startswith(prefix):
+            continue  # the folder itself, listed by -t
         if kind == "tree":
             items.append({"type": "directory", "oid": obj, "path": entry_path})
         elif kind == "blob":

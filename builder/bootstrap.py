@@ -1,0 +1,150 @@
+"""Base images from Debian packages alone, for Docker engines that cannot pull from any registry.
+
+1. `spaceport/base-debian:bookworm`: debootstrap --variant=minbase bookworm, extra CA certificates
+   trusted (copied in + update-ca-certificates in a chroot), imported with the docker SDK.
+2. `spaceport/base-python:<v>` on top, from runtime-images/cpu/Dockerfile (python3, python3-venv,
+   a uid-1000-owned venv first on PATH so `pip install` works, apt-get working).
+
+Debian bookworm packages only Python 3.11. Other versions would need `uv python install`, which
+downloads python-build-standalone from GitHub; that is unreachable on registry-less sites, so those
+versions are skipped with a progress message (configure an alias or a mirror for them instead).
+Idempotent: images that exist are skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import docker
+
+from builder.baseimages import DEBIAN_BASE, python_base
+from builder.errors import BUILD_ERROR, BuildFailure
+from builder.image import FIXED_MTIME, image_available, run_docker_build
+
+DEBIAN_MIRROR = os.environ.get("SPACEPORT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
+DEBIAN_PYTHONS = ("3.11",)  # what bookworm's python3 package provides
+CA_ENV = {
+    "SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt",
+    "REQUESTS_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt",
+    "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt",
+    "CURL_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt",
+}
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+Progress = Callable[[str], None]
+
+
+def runtime_images_dir() -> Path:
+    """runtime-images/ of this checkout (or SPACEPORT_RUNTIME_IMAGES)."""
+    configured = os.environ.get("SPACEPORT_RUNTIME_IMAGES")
+    return Path(configured) if configured else Path(__file__).resolve().parent.parent / "runtime-images"
+
+
+def bootstrap_images(
+    client: docker.DockerClient,
+    *,
+    python_versions: Sequence[str] = ("3.11",),
+    ca_dir: Path | None = HOST_CA_DIR,
+    progress: Progress = print,
+) -> list[str]:
+    """Make sure the base images exist; returns the image names that are available afterwards."""
+    ready: list[str] = []
+    if image_available(client, DEBIAN_BASE):
+        progress(f"{DEBIAN_BASE}: present")
+    else:
+        build_debian_base(client, ca_dir=ca_dir, progress=progress)
+    ready.append(DEBIAN_BASE)
+    for version in python_versions:
+        name = python_base(version)
+        if image_available(client, name):
+            progress(f"{name}: present")
+        elif version not in DEBIAN_PYTHONS:
+            progress(f"{name}: skipped (Debian bookworm only packages Python {', '.join(DEBIAN_PYTHONS)}; "
+                     "uv cannot download other Pythons without GitHub access)")
+            continue
+        else:
+            build_python_base(client, version, progress=progress)
+        ready.append(name)
+    return ready
+
+
+def build_debian_base(client: docker.DockerClient, *, ca_dir: Path | None, progress: Progress) -> None:
+    if shutil.which("debootstrap") is None:
+        raise BuildFailure(BUILD_ERROR, "debootstrap is not installed: apt-get install debootstrap (needed to make base images without a registry)")
+    with tempfile.TemporaryDirectory(prefix="spaceport-rootfs-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        progress(f"{DEBIAN_BASE}: debootstrap bookworm from {DEBIAN_MIRROR}")
+        _run(["debootstrap", "--variant=minbase", "--include=ca-certificates", "bookworm", str(rootfs), DEBIAN_MIRROR], progress)
+        trusted = trust_certificates(rootfs, ca_dir, progress)
+        _slim(rootfs)
+        tar_path = Path(tmp) / "rootfs.tar"
+        _run(["tar", "-C", str(rootfs), f"--mtime=@{FIXED_MTIME}", "--numeric-owner", "-cf", str(tar_path), "."], progress)
+        progress(f"{DEBIAN_BASE}: importing ({tar_path.stat().st_size // (1024 * 1024)} MiB)")
+        repository, tag = DEBIAN_BASE.split(":")
+        client.api.import_image_from_file(str(tar_path), repository=repository, tag=tag, changes=_changes(trusted))
+    progress(f"{DEBIAN_BASE}: ready")
+
+
+def trust_certificates(rootfs: Path, ca_dir: Path | None, progress: Progress) -> bool:
+    """Copy *.crt from ca_dir into the rootfs and run update-ca-certificates there; True if any."""
+    certs = sorted(ca_dir.glob("*.crt")) if ca_dir is not None and ca_dir.is_dir() else []
+    if not certs:
+        return False
+    target = rootfs / "usr/local/share/ca-certificates/spaceport"
+    target.mkdir(parents=True, exist_ok=True)
+    for cert in certs:
+        shutil.copyfile(cert, target / cert.name)
+    _run(["chroot", str(rootfs), "update-ca-certificates"], progress)
+    progress(f"trusting {len(certs)} extra CA certificate(s) from {ca_dir}")
+    return True
+
+
+def _slim(rootfs: Path) -> None:
+    for pattern in ("var/cache/apt/archives/*.deb", "var/lib/apt/lists/*_Packages", "var/log/*.log"):
+        for path in rootfs.glob(pattern):
+            path.unlink(missing_ok=True)
+
+
+def _changes(trusted: bool) -> list[str]:
+    env = {"PATH": _DEFAULT_PATH, "LANG": "C.UTF-8", **(CA_ENV if trusted else {})}
+    return [f"ENV {key}={value}" for key, value in env.items()] + ['CMD ["/bin/bash"]']
+
+
+def build_python_base(client: docker.DockerClient, version: str, *, progress: Progress) -> None:
+    name = python_base(version)
+    dockerfile = (runtime_images_dir() / "cpu" / "Dockerfile").read_bytes()
+    progress(f"{name}: building from runtime-images/cpu/Dockerfile on {DEBIAN_BASE}")
+    context = _single_file_context("Dockerfile", dockerfile)
+    run_docker_build(client, context, tag=name, dockerfile="Dockerfile", log=progress,
+                     build_args={"BASE_IMAGE": DEBIAN_BASE})
+    progress(f"{name}: ready")
+
+
+def _single_file_context(name: str, data: bytes) -> io.BytesIO:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = FIXED_MTIME
+        tar.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    return buffer
+
+
+def _run(command: Iterable[str], progress: Progress) -> None:
+    argv = list(command)
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
+        raise BuildFailure(BUILD_ERROR, f"{argv[0]} failed (exit {result.returncode}):\n{tail}")
+    lines = result.stdout.strip().splitlines()
+    if lines:
+        progress(lines[-1])

@@ -1,0 +1,67 @@
+"""The builder's single entry point: a checked-out commit -> an Artifact (venv or image)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from builder.artifact import Artifact
+from builder.errors import BUILD_ERROR, BuildFailure
+from builder.spaceconfig import SpaceConfig, load_space_config
+
+
+def build(
+    source: Path,
+    *,
+    kind: Literal["venv", "image"],
+    cache_dir: Path,
+    log: Callable[[str], None],
+    tag: str | None = None,
+    client: Any = None,
+    build_args: Mapping[str, str] | None = None,
+    aliases: Mapping[str, str] | None = None,
+    mirror: str | None = None,
+    ca_dir: Path | None = None,
+    no_cache: bool = False,
+    time_limit: float = 1800.0,
+    cancel: threading.Event | None = None,
+) -> Artifact:
+    """Build `source` (a snapshot of one commit). Raises BuildFailure(stage, message) on any failure.
+
+    kind="venv": uv environment under cache_dir, shared by dependency hash.
+    kind="image": docker build with `client` (docker.DockerClient) into `tag` (spaceport/OWNER-NAME:SHA12);
+    `aliases` (e.g. parsed SPACEPORT_BASE_IMAGE_ALIASES) extend and override the default base image
+    aliases; `mirror` is SPACEPORT_REGISTRY_MIRROR; build_args are public variables only, never secrets.
+    """
+    config = load_space_config(source)
+    log(f"space sdk: {config.sdk}" + (f" {config.sdk_version}" if config.sdk_version else "") + f", app: {config.app_file}")
+    for note in config.notes:
+        log(f"note: {note}")
+    if kind == "venv":
+        return _build_venv(source, config, cache_dir, log, no_cache, time_limit, cancel, ca_dir)
+    if kind == "image":
+        if client is None or not tag:
+            raise ValueError("kind='image' needs a docker client and a tag")
+        from builder.image import build_image
+
+        return build_image(
+            source, config, client=client, tag=tag, build_args=build_args, aliases=aliases, mirror=mirror,
+            ca_dir=ca_dir, log=log, no_cache=no_cache, time_limit=time_limit, cancel=cancel,
+        )
+    raise ValueError(f"unknown build kind {kind!r}")
+
+
+def _build_venv(source: Path, config: SpaceConfig, cache_dir: Path, log: Callable[[str], None], no_cache: bool,
+                time_limit: float, cancel: threading.Event | None, ca_dir: Path | None) -> Artifact:
+    if config.sdk == "docker":
+        raise BuildFailure(
+            BUILD_ERROR,
+            "Docker spaces need SPACEPORT_RUNTIME=docker: this server runs spaces as local processes and "
+            "cannot build a Dockerfile. Ask the admin to enable the docker runtime, or use sdk gradio/streamlit/static.",
+        )
+    from builder.venv import build_venv
+
+    return build_venv(source, config, cache_dir=cache_dir, log=log, no_cache=no_cache, time_limit=time_limit,
+                      cancel=cancel, ca_dir=ca_dir)

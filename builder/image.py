@@ -1,0 +1,267 @@
+"""Container artifact: a normalised build context + docker SDK build -> ImageArtifact.
+
+The context is a tar made here (sorted entries, fixed mtimes/owners, .dockerignore applied, .git
+skipped) so identical dependency files always hit the layer cache. The Dockerfile (rendered by a
+buildpack, or the user's own) goes through base image resolution and, when extra CA certificates are
+configured, gets them injected right after every external FROM as a COPY of a bundle plus ENV lines
+(no RUN, so the user's Dockerfile is not otherwise changed). Both land in `.spaceport/` in the
+context; a `COPY . .` in the user's Dockerfile therefore also copies that folder (nothing secret).
+The docker SDK drives the classic builder: BuildKit-only syntax (RUN --mount, heredocs) is not
+supported. Build args are public variables only; callers must never pass secrets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import docker
+import docker.errors
+import requests
+import urllib3.exceptions
+from docker.utils.build import exclude_paths
+
+from builder import buildpacks
+from builder.artifact import ImageArtifact
+from builder.baseimages import default_aliases, external_from_lines, resolve_from_lines
+from builder.buildpacks.base import CONTAINER_PORT, RenderContext, RepoFiles
+from builder.certs import ca_bundle
+from builder.errors import BUILD_ERROR, BuildCancelled, BuildFailure
+from builder.spaceconfig import DEFAULT_PYTHON, SpaceConfig
+
+CONTEXT_DIR = ".spaceport"
+DOCKERFILE = f"{CONTEXT_DIR}/Dockerfile"
+CA_BUNDLE = f"{CONTEXT_DIR}/ca-bundle.crt"
+CA_PATH_IN_IMAGE = "/etc/ssl/certs/spaceport-ca-bundle.crt"
+FIXED_MTIME = 946684800  # 2000-01-01
+TAIL_LINES = 30
+SPOOL_BYTES = 64 * 1024 * 1024
+TIME_LIMIT_MESSAGE = "the build took longer than the time limit; make the build lighter or ask the admin to raise it"
+_ALWAYS_SKIPPED = (".git", CONTEXT_DIR)
+
+Log = Callable[[str], None]
+
+
+def build_image(
+    source: Path,
+    config: SpaceConfig,
+    *,
+    client: docker.DockerClient,
+    tag: str,
+    build_args: Mapping[str, str] | None = None,
+    aliases: Mapping[str, str] | None = None,
+    mirror: str | None = None,
+    ca_dir: Path | None = None,
+    log: Log,
+    no_cache: bool = False,
+    time_limit: float = 1800.0,
+    cancel: threading.Event | None = None,
+) -> ImageArtifact:
+    """Build the space at `source` into image `tag` (spaceport/OWNER-NAME:SHA12, chosen by the caller)."""
+    args = dict(build_args or {})
+    files = RepoFiles.scan(source)
+    dockerfile = prepare_dockerfile(source, config, files, args, aliases, mirror, client, log)
+    bundle = ca_bundle(ca_dir)
+    if bundle is not None:
+        dockerfile = inject_ca(dockerfile)
+    context = make_context(source, dockerfile, bundle, use_dockerignore=config.sdk == "docker")
+    size = context.seek(0, io.SEEK_END)
+    context.seek(0)
+    log(f"building image {tag} ({config.sdk}, context {size // 1024} KiB)")
+    labels = {"io.spaceport.sdk": config.sdk} if config.sdk == "docker" else {}  # generated packs LABEL themselves
+    run_docker_build(client, context, tag=tag, build_args=args, labels=labels, log=log, no_cache=no_cache,
+                     deadline=time.monotonic() + time_limit, cancel=cancel)
+    port = config.app_port if config.sdk == "docker" else CONTAINER_PORT
+    health = "/_stcore/health" if config.sdk == "streamlit" else "/"
+    return ImageArtifact(image=tag, port=port, env=tuple(sorted(config.env.items())), health_path=health)
+
+
+def prepare_dockerfile(
+    source: Path,
+    config: SpaceConfig,
+    files: RepoFiles,
+    build_args: Mapping[str, str],
+    aliases: Mapping[str, str] | None,
+    mirror: str | None,
+    client: docker.DockerClient,
+    log: Log,
+) -> str:
+    """Render (or read) the Dockerfile and resolve its base images."""
+    user_dockerfile = None
+    if config.sdk == "docker":
+        path = source / "Dockerfile"
+        user_dockerfile = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
+    ctx = RenderContext(files=files, build_arg_names=tuple(sorted(build_args)), dockerfile=user_dockerfile)
+    effective = {**default_aliases(), **(aliases or {})}
+
+    def resolve(space: SpaceConfig) -> tuple[str, list[str]]:
+        text = buildpacks.for_config(space).render(space, ctx)
+        return resolve_from_lines(text, effective, mirror, lambda ref: image_available(client, ref), build_args)
+
+    try:
+        resolved, messages = resolve(config)
+    except BuildFailure:
+        if config.sdk == "docker" or config.python == DEFAULT_PYTHON:
+            raise
+        log(f"warning: no base image for Python {config.python} (python_version in README.md) on this server; "
+            f"building with Python {DEFAULT_PYTHON} instead")
+        resolved, messages = resolve(dataclasses.replace(config, python_version=DEFAULT_PYTHON))
+    for message in messages:
+        log(message)
+    return resolved
+
+
+def image_available(client: docker.DockerClient, ref: str) -> bool:
+    try:
+        client.images.get(ref)
+    except docker.errors.ImageNotFound:
+        return False
+    except docker.errors.APIError:
+        return False
+    return True
+
+
+def inject_ca(dockerfile: str) -> str:
+    """After each external FROM: COPY the CA bundle in and point SSL/pip/requests/curl/node at it."""
+    lines = dockerfile.split("\n")
+    env = " ".join(
+        f"{name}={CA_PATH_IN_IMAGE}"
+        for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")
+    )
+    for index in reversed(external_from_lines(dockerfile)):
+        lines[index + 1:index + 1] = [f"COPY {CA_BUNDLE} {CA_PATH_IN_IMAGE}", f"ENV {env}"]
+    return "\n".join(lines)
+
+
+def make_context(source: Path, dockerfile: str, bundle: bytes | None, *, use_dockerignore: bool) -> IO[bytes]:
+    """A deterministic tar of the source plus .spaceport/Dockerfile (and the CA bundle); spills to disk."""
+    buffer: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 (returned)
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for rel in context_paths(source, use_dockerignore):
+            _add_path(tar, source, rel)
+        _add_bytes(tar, DOCKERFILE, dockerfile.encode())
+        if bundle is not None:
+            _add_bytes(tar, CA_BUNDLE, bundle)
+    buffer.seek(0)
+    return buffer
+
+
+def context_paths(source: Path, use_dockerignore: bool) -> list[str]:
+    """Sorted relative paths to send (files, symlinks, empty dirs), honouring .dockerignore."""
+    patterns: list[str] = []
+    ignore = source / ".dockerignore"
+    if use_dockerignore and ignore.is_file():
+        patterns = [line.strip() for line in ignore.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    included = exclude_paths(str(source), patterns) if patterns else _all_paths(source)
+    return sorted(p for p in included if p.split("/", 1)[0] not in _ALWAYS_SKIPPED)
+
+
+def _all_paths(source: Path) -> set[str]:
+    return {p.relative_to(source).as_posix() for p in source.rglob("*")}
+
+
+def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.mtime = FIXED_MTIME
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    if info.isdir() or info.mode & 0o111:
+        info.mode = 0o755
+    elif not info.issym():
+        info.mode = 0o644
+    return info
+
+
+def _add_path(tar: tarfile.TarFile, source: Path, rel: str) -> None:
+    path = source / rel
+    if path.is_dir() and not path.is_symlink():
+        return  # parent directories are implied by their files; empty ones are not needed
+    info = _normalise(tar.gettarinfo(str(path), arcname=rel))
+    if info.isreg():
+        with path.open("rb") as handle:
+            tar.addfile(info, handle)
+    else:
+        tar.addfile(info)
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = _normalise(tarfile.TarInfo(name))
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def run_docker_build(
+    client: docker.DockerClient,
+    context: IO[bytes],
+    *,
+    tag: str,
+    log: Log,
+    build_args: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    dockerfile: str = DOCKERFILE,
+    no_cache: bool = False,
+    deadline: float | None = None,
+    cancel: threading.Event | None = None,
+) -> str:
+    """Run a classic-builder build from a tar context, streaming its lines to `log`; returns the image id.
+
+    The deadline is checked between output lines and bounds each silent read (HTTP read timeout).
+    """
+    read_timeout = None if deadline is None else max(1.0, deadline - time.monotonic())
+    tail: list[str] = []
+    image_id = ""
+    try:
+        stream = client.api.build(
+            fileobj=context, custom_context=True, tag=tag, buildargs=dict(build_args or {}),
+            labels=dict(labels or {}), dockerfile=dockerfile, nocache=no_cache, rm=True, forcerm=True,
+            pull=False, decode=True, timeout=read_timeout,
+        )
+        for chunk in _guarded(stream, deadline, cancel):
+            image_id = _handle_chunk(chunk, tail, log) or image_id
+    except (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError):
+        raise BuildFailure(BUILD_ERROR, TIME_LIMIT_MESSAGE) from None
+    except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
+        raise BuildFailure(BUILD_ERROR, f"the Docker engine failed the build: {exc}") from None
+    if not image_id:
+        image_id = client.images.get(tag).id or ""
+    return image_id
+
+
+def _guarded(stream: Iterator[dict[str, Any]], deadline: float | None, cancel: threading.Event | None) -> Iterator[dict[str, Any]]:
+    for chunk in stream:
+        if cancel is not None and cancel.is_set():
+            _close(stream)
+            raise BuildCancelled()
+        if deadline is not None and time.monotonic() > deadline:
+            _close(stream)
+            raise BuildFailure(BUILD_ERROR, TIME_LIMIT_MESSAGE)
+        yield chunk
+
+
+def _close(stream: Iterator[dict[str, Any]]) -> None:
+    close = getattr(stream, "close", None)
+    if callable(close):
+        close()
+
+
+def _handle_chunk(chunk: dict[str, Any], tail: list[str], log: Log) -> str | None:
+    if "error" in chunk:
+        error = str(chunk.get("error", "")).strip()
+        recent = "\n".join(tail[-TAIL_LINES:])
+        raise BuildFailure(BUILD_ERROR, f"docker build failed: {error}\n--- last build output ---\n{recent}")
+    aux = chunk.get("aux")
+    if isinstance(aux, dict) and aux.get("ID"):
+        return str(aux["ID"])
+    text = chunk.get("stream") or chunk.get("status") or ""
+    for line in str(text).splitlines():
+        if line.strip():
+            tail.append(line)
+            del tail[:-TAIL_LINES]
+            log(line)
+    return None

@@ -1,0 +1,238 @@
+"""Docker runtime: one container per instance, through the docker SDK.
+
+Containers run with --init, as uid 1000, no capabilities, no-new-privileges, memory/CPU/pids limits,
+on the `spaceport-apps` bridge network created with inter-container communication disabled (apps
+cannot reach each other), and publish their port only on 127.0.0.1 with a random host port that is
+read back after every start. Instances are found by the `spaceport.instance` label.
+
+stop() keeps the container (a later start() of the same spec is a plain `container.start()`, a fast
+deep wake); remove() deletes it. start() of a spec that differs (artifact, env, hardware) from the
+existing container's replaces the container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import docker
+from docker.errors import APIError, NotFound
+from docker.models.containers import Container
+
+from builder.artifact import ImageArtifact
+from controller.runtimes.appenv import (
+    LABEL_INSTANCE,
+    LABEL_SPEC,
+    instance_labels,
+    port_env,
+    spec_hash,
+    user_env,
+)
+from controller.runtimes.base import Endpoint, InstanceSpec, InstanceStatus, RuntimeFailure, State
+from controller.runtimes.sandbox import ASCEND_DRIVER, ASCEND_SHARED
+
+NETWORK = "spaceport-apps"
+APP_UID = "1000:1000"
+NOFILE = 8192
+
+
+def container_name(instance: str) -> str:
+    return f"spaceport-{instance}"
+
+
+def accelerator_kwargs(spec: InstanceSpec) -> dict[str, Any]:
+    acc = spec.hardware.accelerators
+    if acc is None:
+        return {}
+    if acc.type.startswith("nvidia"):
+        request = docker.types.DeviceRequest(driver="nvidia", device_ids=list(acc.device_ids), capabilities=[["gpu"]])
+        return {"device_requests": [request]}
+    if acc.type.startswith("ascend"):
+        nodes = [f"/dev/davinci{i}" for i in acc.device_ids] + list(ASCEND_SHARED)
+        return {
+            "devices": [f"{n}:{n}:rwm" for n in nodes],
+            "volumes": {ASCEND_DRIVER: {"bind": ASCEND_DRIVER, "mode": "ro"}},
+        }
+    raise RuntimeFailure(f"unknown accelerator type {acc.type!r}")
+
+
+def build_create_kwargs(spec: InstanceSpec, *, network: str = NETWORK, bind_address: str = "127.0.0.1") -> dict[str, Any]:
+    """Keyword arguments for `client.containers.create` (pure, so it is tested without devices)."""
+    artifact = spec.artifact
+    if not isinstance(artifact, ImageArtifact):
+        raise RuntimeFailure(f"the docker runtime runs images, not {artifact.ref}")
+    hw = spec.hardware
+    env = {**user_env(spec), "SPACE_ID": spec.space_id, **port_env(artifact.port, "0.0.0.0")}
+    return {
+        "image": artifact.image,
+        "name": container_name(spec.name),
+        "detach": True,
+        "init": True,
+        "user": APP_UID,
+        "environment": env,
+        "labels": instance_labels(spec),
+        "mem_limit": f"{hw.memory_mb}m",
+        "memswap_limit": f"{hw.memory_mb}m",
+        "nano_cpus": int(hw.cpu * 1_000_000_000),
+        "pids_limit": hw.pids,
+        "ulimits": [docker.types.Ulimit(name="nofile", soft=NOFILE, hard=NOFILE)],
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "ports": {f"{artifact.port}/tcp": (bind_address, None)},
+        "network": network,
+        "hostname": "space",
+        **accelerator_kwargs(spec),
+    }
+
+
+def _endpoint(container: Container, bind_address: str) -> Endpoint | None:
+    for bindings in (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).values():
+        for binding in bindings or []:
+            if binding.get("HostPort"):
+                return Endpoint(bind_address, int(binding["HostPort"]))
+    return None
+
+
+class DockerRuntime:
+    name = "docker"
+
+    def __init__(self, docker_host: str | None = None, *, network: str = NETWORK, bind_address: str = "127.0.0.1",
+                 stop_timeout: int = 10) -> None:  # fmt: skip
+        self.client = docker.DockerClient(base_url=docker_host) if docker_host else docker.from_env()
+        self.network = network
+        self.bind_address = bind_address
+        self.stop_timeout = stop_timeout
+        self._network_ready = False
+
+    # ---------------------------------------------------------------- contract
+    async def start(self, spec: InstanceSpec) -> Endpoint:
+        return await asyncio.to_thread(self._start, spec)
+
+    async def stop(self, name: str) -> None:
+        await asyncio.to_thread(self._stop, name)
+
+    async def status(self, name: str) -> InstanceStatus:
+        return await asyncio.to_thread(self._status, name)
+
+    async def list(self) -> list[InstanceStatus]:
+        return await asyncio.to_thread(self._list)
+
+    async def freeze(self, name: str) -> None:
+        await asyncio.to_thread(self._call, name, "pause")
+
+    async def thaw(self, name: str) -> None:
+        await asyncio.to_thread(self._call, name, "unpause")
+
+    async def remove(self, name: str) -> None:
+        await asyncio.to_thread(self._remove, name)
+
+    def logs(self, name: str, follow: bool) -> AsyncIterator[str]:
+        return self._logs(name, follow)
+
+    def container_id(self, name: str) -> str | None:
+        container = self._get(name)
+        return container.id if container else None
+
+    def close(self) -> None:
+        self.client.close()
+
+    # ---------------------------------------------------------------- internals
+    def _get(self, name: str) -> Container | None:
+        try:
+            return self.client.containers.get(container_name(name))
+        except NotFound:
+            return None
+
+    def ensure_network(self) -> None:
+        """The apps' bridge, created once with inter-container communication disabled."""
+        if self._network_ready:
+            return
+        if not self.client.networks.list(names=[self.network]):
+            options = {"com.docker.network.bridge.enable_icc": "false"}
+            with contextlib.suppress(APIError):  # another process created it meanwhile
+                self.client.networks.create(self.network, driver="bridge", options=options, check_duplicate=True,
+                                            labels={"spaceport.network": "apps"})  # fmt: skip
+        self._network_ready = True
+
+    def _start(self, spec: InstanceSpec) -> Endpoint:
+        container = self._get(spec.name)
+        if container is not None and container.labels.get(LABEL_SPEC) != spec_hash(spec):
+            container.remove(force=True)
+            container = None
+        try:
+            if container is None:
+                self.ensure_network()
+                container = self.client.containers.create(**build_create_kwargs(
+                    spec, network=self.network, bind_address=self.bind_address))  # fmt: skip
+            if container.status == "paused":
+                container.unpause()
+            elif container.status != "running":
+                container.start()
+        except APIError as exc:
+            raise RuntimeFailure(f"docker could not start {spec.name}: {exc.explanation or exc}") from exc
+        container.reload()
+        endpoint = _endpoint(container, self.bind_address)
+        if endpoint is None:
+            raise RuntimeFailure(f"{spec.name} started but published no port (state {container.status})")
+        return endpoint
+
+    def _status(self, name: str) -> InstanceStatus:
+        container = self._get(name)
+        if container is None:
+            return InstanceStatus(name, State.MISSING)
+        return self._describe(name, container)
+
+    def _describe(self, name: str, container: Container) -> InstanceStatus:
+        labels = dict(container.labels)
+        if container.status in ("running", "restarting"):
+            return InstanceStatus(name, State.RUNNING, endpoint=_endpoint(container, self.bind_address), labels=labels)
+        if container.status == "paused":
+            return InstanceStatus(name, State.FROZEN, endpoint=_endpoint(container, self.bind_address), labels=labels)
+        code = container.attrs.get("State", {}).get("ExitCode")
+        tail = container.logs(tail=20).decode(errors="replace").strip()
+        return InstanceStatus(name, State.EXITED, exit_code=code, labels=labels,
+                              message=f"exited with code {code}\n{tail}".strip())  # fmt: skip
+
+    def _list(self) -> builtins.list[InstanceStatus]:
+        found = self.client.containers.list(all=True, filters={"label": LABEL_INSTANCE})
+        return [self._describe(c.labels[LABEL_INSTANCE], c) for c in found]
+
+    def _call(self, name: str, action: str) -> None:
+        container = self._get(name)
+        if container is None:
+            raise RuntimeFailure(f"{name} does not exist")
+        try:
+            getattr(container, action)()
+        except APIError as exc:
+            raise RuntimeFailure(f"cannot {action} {name}: {exc.explanation or exc}") from exc
+
+    def _stop(self, name: str) -> None:
+        container = self._get(name)
+        if container is None:
+            return
+        if container.status == "paused":
+            container.unpause()
+        container.stop(timeout=self.stop_timeout)
+
+    def _remove(self, name: str) -> None:
+        container = self._get(name)
+        if container is not None:
+            with contextlib.suppress(NotFound):
+                container.remove(force=True)
+
+    async def _logs(self, name: str, follow: bool) -> AsyncIterator[str]:
+        container = await asyncio.to_thread(self._get, name)
+        if container is None:
+            return
+        stream: Iterator[bytes] = container.logs(stream=True, follow=follow)
+        pending = b""
+        while (chunk := await asyncio.to_thread(next, stream, b"")) != b"":
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.decode(errors="replace")
+        if pending:
+            yield pending.decode(errors="replace")

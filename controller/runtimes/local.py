@@ -1,0 +1,366 @@
+"""Local runtime: each instance is a process tree on this machine, sandboxed with bubblewrap.
+
+Every instance runs under a tiny `sh` supervisor started in its own session (start_new_session), so
+it outlives the controller. The supervisor joins the instance's cgroups, runs the app (through
+prlimit, then nsenter + bwrap + setpriv when sandboxed) in the foreground and writes the app's exit
+code to a file. Instances are found again from their state files (pid + kernel start time), so a
+restarted controller adopts them without restarting anything.
+
+start(spec) is idempotent: running with the same spec -> its endpoint; stopped with the same spec ->
+started again in the same home (fast); existing with a different spec (artifact, env, hardware) ->
+replaced (old one removed, home included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Literal
+
+from builder.artifact import VenvArtifact, artifact_to_dict
+from controller.runtimes import netns, procs, sandbox
+from controller.runtimes.appenv import (
+    home_env,
+    instance_labels,
+    port_env,
+    spec_hash,
+    user_env,
+    visible_devices_env,
+)
+from controller.runtimes.base import Endpoint, InstanceSpec, InstanceStatus, RuntimeFailure, State
+from controller.runtimes.cgroups import Cgroups, Limits
+from controller.runtimes.localstate import InstanceDir, LocalRecord
+
+log = logging.getLogger(__name__)
+
+SandboxMode = Literal["auto", "bwrap", "none"]
+SUPERVISOR = r"""
+exitfile=$1; shift
+while [ "$1" != "--" ]; do
+  echo $$ > "$1" || { echo "spaceport: cannot join cgroup $1" >&2; exit 125; }; shift
+done
+shift
+trap 'true' TERM INT HUP
+"$@"
+code=$?
+echo "$code" > "$exitfile.tmp" && mv "$exitfile.tmp" "$exitfile"
+exit "$code"
+"""
+LOG_ROTATE_BYTES = 20 * 1024 * 1024
+NOFILE = 8192
+SANDBOX_TMP = "/tmp"
+
+
+class LocalRuntime:
+    name = "local"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        sandbox: SandboxMode = "auto",
+        bind_host: str = "127.0.0.1",
+        protected_paths: list[Path] | None = None,
+        stop_timeout: float = 10.0,
+        registry: Path = Path("/run/spaceport"),
+    ) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.instances = self.state_dir / "instances"
+        self.instances.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        self.bind_host = bind_host
+        self.protected = tuple(Path(p).resolve() for p in [*(protected_paths or []), self.state_dir])
+        self.stop_timeout = stop_timeout
+        self.registry = registry
+        self.sandbox_status = sandbox_mode_status(sandbox)
+        self.sandboxed = sandbox != "none" and self.sandbox_status.available
+        if sandbox == "bwrap" and not self.sandboxed:
+            raise RuntimeFailure(f"sandbox unavailable: {self.sandbox_status.reason}; {self.sandbox_status.fix}")
+        if sandbox == "auto" and not self.sandboxed:
+            log.warning("local runtime NOT sandboxed: %s (%s)", self.sandbox_status.reason, self.sandbox_status.fix)
+        self.cgroups = Cgroups(prefix="spaceport-" + hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:10])
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    # ---------------------------------------------------------------- contract
+    async def start(self, spec: InstanceSpec) -> Endpoint:
+        return await asyncio.to_thread(self._start, spec)
+
+    async def stop(self, name: str) -> None:
+        await asyncio.to_thread(self._stop, name)
+
+    async def status(self, name: str) -> InstanceStatus:
+        return await asyncio.to_thread(self._status, name)
+
+    async def list(self) -> list[InstanceStatus]:
+        return await asyncio.to_thread(self._list)
+
+    async def freeze(self, name: str) -> None:
+        await asyncio.to_thread(self._set_frozen, name, True)
+
+    async def thaw(self, name: str) -> None:
+        await asyncio.to_thread(self._set_frozen, name, False)
+
+    async def remove(self, name: str) -> None:
+        await asyncio.to_thread(self._remove, name)
+
+    def logs(self, name: str, follow: bool) -> AsyncIterator[str]:
+        return self._logs(name, follow)
+
+    def pid(self, name: str) -> int | None:
+        """Supervisor pid (the instance's process group and session), for tests and diagnostics."""
+        record = self._dir(name).read()
+        return record.pid if record else None
+
+    # ---------------------------------------------------------------- start
+    def _dir(self, name: str) -> InstanceDir:
+        try:
+            return InstanceDir(self.instances, name)
+        except ValueError as exc:
+            raise RuntimeFailure(str(exc)) from exc
+
+    def _start(self, spec: InstanceSpec) -> Endpoint:
+        if not isinstance(spec.artifact, VenvArtifact):
+            raise RuntimeFailure(f"the local runtime runs venv artifacts, not {spec.artifact.ref}")
+        idir = self._dir(spec.name)
+        with sandbox.locked(self.state_dir / "locks" / f"{spec.name}.lock"):
+            record = idir.read()
+            if record and record.spec_hash != spec_hash(spec):
+                self._remove(spec.name)
+                record = None
+            if record and self._alive(record):
+                return Endpoint(record.host, record.port)
+            return self._spawn(spec, idir, record)
+
+    def _spawn(self, spec: InstanceSpec, idir: InstanceDir, old: LocalRecord | None) -> Endpoint:
+        artifact = spec.artifact
+        assert isinstance(artifact, VenvArtifact)
+        for path in (idir.path, idir.home, idir.tmp):
+            path.mkdir(parents=True, exist_ok=True)
+        os.chmod(idir.path, 0o700)
+        uid, slot = self._identity(spec, idir)
+        host, port, bind = self._address(artifact, slot)
+        env = self._env(spec, artifact, port, bind, idir)
+        command = [c.replace("{port}", str(port)).replace("{host}", bind) for c in artifact.command]
+        if command and not os.path.isabs(command[0]) and (artifact.venv / "bin" / command[0]).exists():
+            command[0] = str(artifact.venv / "bin" / command[0])
+        procs_files = self._cgroup(spec) if self.cgroups.available else []
+        argv = self._argv(spec, idir, command, procs_files, uid, slot)
+        self._rotate(idir)
+        idir.exit.unlink(missing_ok=True)
+        with idir.log.open("ab") as out:
+            out.write(f"===== spaceport: starting {spec.name} ({artifact.ref}) =====\n".encode())
+            out.flush()
+            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                     cwd=str(artifact.source), start_new_session=True, close_fds=True)  # fmt: skip
+        self._children[spec.name] = child
+        record = LocalRecord(
+            name=spec.name, space_id=spec.space_id, spec_hash=spec_hash(spec), artifact=artifact_to_dict(artifact),
+            labels=instance_labels(spec), host=host, port=port, pid=child.pid,
+            pid_start=procs.start_time(child.pid), started_at=time.time(), sandboxed=self.sandboxed,
+            uid=uid, slot=slot.index if slot else None,
+        )  # fmt: skip
+        idir.write(record)
+        return Endpoint(host, port)
+
+    def _identity(self, spec: InstanceSpec, idir: InstanceDir) -> tuple[int | None, netns.Slot | None]:
+        if not self.sandboxed:
+            return None, None
+        uid = sandbox.space_uid(self.registry, f"{self.state_dir}|{spec.space_id}")
+        for path in (idir.home, idir.tmp):
+            os.chown(path, uid, uid)
+            os.chmod(path, 0o700)
+        sandbox.write_identity(idir.etc, uid)
+        slot = sandbox.instance_slot(self.registry, f"{self.state_dir}|{spec.name}")
+        try:
+            netns.ensure_firewall()
+            netns.create(slot)
+        except netns.NetworkSetupError as exc:
+            raise RuntimeFailure(f"cannot set up the app's network: {exc}") from exc
+        return uid, slot
+
+    def _address(self, artifact: VenvArtifact, slot: netns.Slot | None) -> tuple[str, int, str]:
+        """(endpoint host, port, address the app binds)."""
+        if slot is not None:
+            return slot.app_ip, artifact.port, "0.0.0.0"
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((self.bind_host, 0))
+            return self.bind_host, int(sock.getsockname()[1]), self.bind_host
+
+    def _env(self, spec: InstanceSpec, artifact: VenvArtifact, port: int, bind: str, idir: InstanceDir) -> dict[str, str]:
+        home, tmp = (sandbox.APP_HOME, SANDBOX_TMP) if self.sandboxed else (str(idir.home), str(idir.tmp))
+        path = f"{artifact.venv}/bin:/usr/local/bin:/usr/bin:/bin"
+        base = {"PATH": path, "VIRTUAL_ENV": str(artifact.venv), "SPACE_ID": spec.space_id}
+        ca = "/etc/ssl/certs/ca-certificates.crt"
+        if os.path.exists(ca):
+            base |= {"SSL_CERT_FILE": ca, "REQUESTS_CA_BUNDLE": ca}
+        return {**base, **user_env(spec), **home_env(home, tmp), **visible_devices_env(spec), **port_env(port, bind)}
+
+    def _cgroup(self, spec: InstanceSpec) -> builtins.list[str]:
+        hw = spec.hardware
+        limits = Limits(memory_bytes=hw.memory_mb * 1024 * 1024, pids=hw.pids, cpu=hw.cpu)
+        try:
+            return [str(p) for p in self.cgroups.create(spec.name, limits)]
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot create cgroups for {spec.name}: {exc}") from exc
+
+    def _argv(self, spec: InstanceSpec, idir: InstanceDir, command: builtins.list[str], procs_files: builtins.list[str],
+              uid: int | None, slot: netns.Slot | None) -> builtins.list[str]:  # fmt: skip
+        hw = spec.hardware
+        limits = [f"--nproc={hw.pids}", f"--nofile={NOFILE}", f"--fsize={hw.disk_mb * 1024 * 1024}", "--core=0"]
+        if not self.cgroups.available:
+            limits.append(f"--as={hw.memory_mb * 1024 * 1024}")
+        inner = command
+        if uid is not None and slot is not None:
+            inner = netns.enter_argv(slot) + sandbox.bwrap_argv(self._plan(spec, idir, uid), command)
+        head = ["/bin/sh", "-c", SUPERVISOR, "spaceport-supervisor", str(idir.exit), *procs_files, "--"]
+        return [*head, "prlimit", *limits, "--", *inner]
+
+    def _plan(self, spec: InstanceSpec, idir: InstanceDir, uid: int) -> sandbox.SandboxPlan:
+        artifact = spec.artifact
+        assert isinstance(artifact, VenvArtifact)
+        ro = [artifact.source.resolve(), artifact.venv.resolve()]
+        prefix = sandbox.interpreter_prefix(artifact.venv)
+        if prefix is not None:
+            ro.append(prefix)
+        acc = spec.hardware.accelerators
+        devices, driver = sandbox.accelerator_devices(acc.type, acc.device_ids) if acc else ((), ())
+        return sandbox.SandboxPlan(
+            uid=uid, home=idir.home, etc_dir=idir.etc, ro_paths=tuple(dict.fromkeys(ro)), protected=self.protected,
+            tmp_size_bytes=spec.hardware.disk_mb * 1024 * 1024, workdir=str(artifact.source.resolve()),
+            devices=devices, extra_ro=driver,
+        )  # fmt: skip
+
+    def _rotate(self, idir: InstanceDir) -> None:
+        with contextlib.suppress(OSError):
+            if idir.log.stat().st_size > LOG_ROTATE_BYTES:
+                idir.log.replace(idir.log.with_suffix(".log.1"))
+
+    # ---------------------------------------------------------------- state
+    def _alive(self, record: LocalRecord) -> bool:
+        child = self._children.get(record.name)
+        if child is not None and child.pid == record.pid and child.poll() is not None:
+            return False
+        return procs.is_alive(record.pid, record.pid_start)
+
+    def _frozen(self, record: LocalRecord) -> bool:
+        if self.cgroups.available:
+            return self.cgroups.is_frozen(record.name)
+        return record.frozen
+
+    def _status(self, name: str) -> InstanceStatus:
+        idir = self._dir(name)
+        record = idir.read()
+        if record is None:
+            return InstanceStatus(name, State.MISSING)
+        if self._alive(record):
+            state = State.FROZEN if self._frozen(record) else State.RUNNING
+            return InstanceStatus(name, state, endpoint=Endpoint(record.host, record.port), labels=record.labels)
+        code = idir.exit_code()
+        child = self._children.get(name)
+        if code is None and child is not None and child.returncode is not None:
+            code = 128 - child.returncode if child.returncode < 0 else child.returncode
+        what = "stopped" if record.stopped else f"exited with code {code}"
+        message = f"{what}\n{idir.log_tail()}".strip()
+        return InstanceStatus(name, State.EXITED, exit_code=code, labels=record.labels, message=message)
+
+    def _list(self) -> builtins.list[InstanceStatus]:
+        names = sorted(p.name for p in self.instances.iterdir() if (p / "state.json").exists())
+        return [self._status(n) for n in names]
+
+    # ---------------------------------------------------------------- lifecycle
+    def _set_frozen(self, name: str, frozen: bool) -> None:
+        idir = self._dir(name)
+        record = idir.read()
+        if record is None or not self._alive(record):
+            raise RuntimeFailure(f"{name} is not running")
+        if self.cgroups.available:
+            self.cgroups.set_frozen(name, frozen)
+        else:
+            procs.signal_tree(record.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+        record.frozen = frozen
+        idir.write(record)
+
+    def _stop(self, name: str) -> None:
+        idir = self._dir(name)
+        record = idir.read()
+        if record is None:
+            return
+        if self._alive(record):
+            if self._frozen(record):
+                self._set_frozen(name, False)
+            procs.signal_tree(record.pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.stop_timeout
+            while self._alive(record) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self._kill_all(record)
+        record.stopped, record.frozen = True, False
+        idir.write(record)
+
+    def _kill_all(self, record: LocalRecord) -> None:
+        if self.cgroups.available:
+            self.cgroups.kill(record.name)
+        if procs.is_alive(record.pid, record.pid_start):
+            procs.signal_tree(record.pid, signal.SIGKILL)
+        child = self._children.get(record.name)
+        if child is not None and child.pid == record.pid:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=self.stop_timeout)
+
+    def _remove(self, name: str) -> None:
+        idir = self._dir(name)
+        self._stop(name)
+        if self.cgroups.available:
+            self.cgroups.remove(name)
+        record = idir.read()
+        if record is not None and record.slot is not None:
+            netns.delete(netns.Slot(record.slot))
+            sandbox.release_slot(self.registry, f"{self.state_dir}|{name}")
+        self._children.pop(name, None)
+        shutil.rmtree(idir.path, ignore_errors=True)
+
+    async def _logs(self, name: str, follow: bool) -> AsyncIterator[str]:
+        idir = self._dir(name)
+        position, pending = 0, b""
+        while True:
+            chunk = await asyncio.to_thread(_read_from, idir.log, position)
+            position += len(chunk)
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.decode(errors="replace")
+            if not follow:
+                break
+            if not chunk:
+                status = await self.status(name)
+                if status.state not in (State.RUNNING, State.FROZEN):
+                    break
+                await asyncio.sleep(0.2)
+        if pending:
+            yield pending.decode(errors="replace")
+
+
+def _read_from(path: Path, position: int) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(position)
+            return handle.read(1 << 20)
+    except OSError:
+        return b""
+
+
+def sandbox_mode_status(mode: SandboxMode) -> sandbox.SandboxStatus:
+    if mode == "none":
+        return sandbox.SandboxStatus(False, "sandbox disabled by configuration (sandbox='none')",
+                                     "set the local runtime's sandbox to 'auto' or 'bwrap'")  # fmt: skip
+    return sandbox.sandbox_status()

@@ -1,0 +1,247 @@
+"""The local runtime's sandbox: bubblewrap + a per-space uid + a private network namespace.
+
+What an app sees (see `bwrap_argv`):
+* filesystem: /usr (and the /bin, /lib*, /sbin symlinks) read-only, a minimal /etc (resolver, CA
+  certificates, ld.so, mime types, a generated passwd/group), its own source and venv read-only at
+  their host paths (venv scripts carry absolute shebangs), the venv's base interpreter read-only, a
+  private writable home (kept across restarts) and a size-limited tmpfs /tmp. Nothing else: not the
+  data dir, not other spaces, not the controller's code. `protected_paths` that would fall inside a
+  bound directory are masked.
+* identity: its own unprivileged uid/gid (100000 + a per-space number, never root, never the
+  controller's uid), set with setpriv *inside* the sandbox after bwrap (running as root) has built the
+  mounts; all capabilities dropped, no_new_privs.
+* processes: its own PID namespace (it cannot see or signal host processes); no --die-with-parent,
+  instances outlive the controller.
+* network: its own network namespace (see netns.py): it serves its port on its own address and
+  reaches the internet, but cannot open connections to the host (controller, database, Redis, ...)
+  nor to other apps.
+
+`sandbox_status()` says whether all this works here, and if not why and how to fix it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from controller.runtimes import netns
+
+UID_BASE = 100_000
+UID_MAX = 165_535
+APP_HOME = "/home/user"
+ETC_FILES = (
+    "resolv.conf", "hosts", "nsswitch.conf", "host.conf", "gai.conf", "ld.so.cache", "ld.so.conf",
+    "ld.so.conf.d", "ssl", "ca-certificates", "ca-certificates.conf", "mime.types", "localtime",
+    "timezone", "alternatives", "os-release", "debian_version", "protocols", "services", "fonts",
+)  # fmt: skip
+USR_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+NVIDIA_SHARED = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
+ASCEND_SHARED = ("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc")
+ASCEND_DRIVER = "/usr/local/Ascend/driver"
+
+
+@dataclass(frozen=True)
+class SandboxStatus:
+    available: bool
+    reason: str
+    fix: str
+
+
+@dataclass(frozen=True)
+class SandboxPlan:
+    """Everything bwrap needs for one instance (pure data; `bwrap_argv` turns it into argv)."""
+
+    uid: int
+    home: Path
+    etc_dir: Path  # holds the generated passwd and group
+    ro_paths: tuple[Path, ...]  # source, venv, interpreter prefix: bound read-only at the same path
+    protected: tuple[Path, ...]
+    tmp_size_bytes: int
+    workdir: str = APP_HOME
+    hostname: str = "space"
+    devices: tuple[str, ...] = ()
+    extra_ro: tuple[str, ...] = ()
+
+
+def _bwrap_works() -> str:
+    """'' if bwrap can build a namespace here, else its error."""
+    try:
+        done = subprocess.run(
+            ["bwrap", "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+             "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev", "--unshare-pid",
+             "--", "/usr/bin/setpriv", f"--reuid={UID_BASE}", f"--regid={UID_BASE}", "--clear-groups", "/bin/true"],
+            capture_output=True, text=True, timeout=20, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return "" if done.returncode == 0 else done.stderr.strip() or f"exit {done.returncode}"
+
+
+def sandbox_status() -> SandboxStatus:
+    """Can the local runtime isolate untrusted apps on this machine?"""
+    if os.geteuid() != 0:
+        return SandboxStatus(False, "the controller is not running as root, so it cannot give apps their own uid "
+                             "and network namespace", "run Spaceport as root (or in its container image), "
+                             "or use the docker runtime (SPACEPORT_RUNTIME=docker)")  # fmt: skip
+    missing = [tool for tool in ("bwrap", "setpriv") if shutil.which(tool) is None] + netns.tools_missing()
+    if missing:
+        return SandboxStatus(False, f"missing tools: {', '.join(missing)}",
+                             "apt-get install bubblewrap util-linux iproute2 iptables")  # fmt: skip
+    error = _bwrap_works()
+    if error:
+        return SandboxStatus(False, f"bubblewrap cannot create namespaces here: {error}",
+                             "allow namespaces (sysctl kernel.unprivileged_userns_clone=1, or run outside "
+                             "a restricted container) or use the docker runtime")  # fmt: skip
+    return SandboxStatus(True, "bubblewrap sandbox with per-space uid, PID and network namespaces", "")
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _allocate(table: Path, key: str, first: int, last: int) -> int:
+    """Stable number for key from a JSON table (caller holds the lock)."""
+    data: dict[str, int] = json.loads(table.read_text()) if table.exists() else {}
+    if key in data:
+        return data[key]
+    used = set(data.values())
+    value = next((n for n in range(first, last + 1) if n not in used), None)
+    if value is None:
+        raise RuntimeError(f"no free number left in {table}")
+    data[key] = value
+    tmp = table.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp.replace(table)
+    return value
+
+
+def _release(table: Path, key: str) -> None:
+    data: dict[str, int] = json.loads(table.read_text()) if table.exists() else {}
+    if data.pop(key, None) is not None:
+        table.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+def space_uid(registry: Path, key: str) -> int:
+    """The space's own uid: stable across restarts, distinct per space (and per controller on this
+    machine: the registry is machine-wide), never 0 nor the controller's."""
+    with locked(registry / "uids.lock"):
+        uid = _allocate(registry / "uids.json", key, UID_BASE + 1, UID_MAX)
+    if uid in (0, os.getuid()):
+        raise RuntimeError(f"refusing uid {uid} for {key}")
+    return uid
+
+
+def instance_slot(registry: Path, key: str) -> netns.Slot:
+    """Network slot: machine-wide (namespaces and interfaces are global kernel objects)."""
+    with locked(registry / "slots.lock"):
+        return netns.Slot(_allocate(registry / "slots.json", key, 0, netns.MAX_SLOT))
+
+
+def release_slot(registry: Path, key: str) -> None:
+    with locked(registry / "slots.lock"):
+        _release(registry / "slots.json", key)
+
+
+def write_identity(etc_dir: Path, uid: int) -> None:
+    """passwd/group so getpwuid() and `whoami` work inside."""
+    etc_dir.mkdir(parents=True, exist_ok=True)
+    (etc_dir / "passwd").write_text(f"root:x:0:0:root:/root:/usr/sbin/nologin\nuser:x:{uid}:{uid}::{APP_HOME}:/bin/sh\n"
+                                    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")  # fmt: skip
+    (etc_dir / "group").write_text(f"root:x:0:\nuser:x:{uid}:\nnogroup:x:65534:\n")
+
+
+def interpreter_prefix(venv: Path) -> Path | None:
+    """The base Python a venv points to (pyvenv.cfg `home`), if it lives outside /usr."""
+    cfg = venv / "pyvenv.cfg"
+    if not cfg.exists():
+        return None
+    for line in cfg.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "home":
+            prefix = Path(value.strip()).resolve().parent
+            return None if prefix.is_relative_to("/usr") else prefix
+    return None
+
+
+def accelerator_devices(kind: str, ids: tuple[str, ...], exists: Callable[[str], bool] = os.path.exists) -> tuple[
+        tuple[str, ...], tuple[str, ...]]:  # fmt: skip
+    """(device nodes, read-only driver dirs) to expose for an accelerator assignment."""
+    if kind.startswith("nvidia"):
+        nodes = [f"/dev/nvidia{i}" for i in ids] + list(NVIDIA_SHARED)
+        return tuple(n for n in nodes if exists(n)), ()
+    if kind.startswith("ascend"):
+        nodes = [f"/dev/davinci{i}" for i in ids] + list(ASCEND_SHARED)
+        driver = (ASCEND_DRIVER,) if exists(ASCEND_DRIVER) else ()
+        return tuple(n for n in nodes if exists(n)), driver
+    return (), ()
+
+
+def _etc_args(etc_dir: Path, exists: Callable[[str], bool]) -> list[str]:
+    args: list[str] = []
+    for item in ETC_FILES:
+        if exists(f"/etc/{item}"):
+            args += ["--ro-bind", f"/etc/{item}", f"/etc/{item}"]
+    for item in ("passwd", "group"):
+        args += ["--ro-bind", str(etc_dir / item), f"/etc/{item}"]
+    return args
+
+
+def _mask_args(protected: tuple[Path, ...], bound: list[Path]) -> list[str]:
+    """Hide protected paths that a bound directory would otherwise expose."""
+    args: list[str] = []
+    for path in protected:
+        if any(path.is_relative_to(b) for b in bound):
+            args += ["--tmpfs", str(path)] if path.is_dir() else ["--ro-bind", "/dev/null", str(path)]
+    return args
+
+
+def _parent_dirs(paths: list[Path]) -> list[str]:
+    """World-traversable parents for bound paths (bwrap would copy restrictive host modes)."""
+    parents = sorted({str(a) for p in paths for a in p.parents if a != Path("/")}, key=len)
+    skip = {"/usr", "/etc", "/tmp", "/home", "/proc", "/dev", "/run"}
+    return [a for d in parents if d not in skip for a in ("--perms", "0755", "--dir", d)]
+
+
+def check_plan(plan: SandboxPlan) -> None:
+    """Refuse a plan that would expose a protected path itself (or the whole filesystem); protected
+    paths deeper inside a bound directory are masked instead."""
+    for ro in plan.ro_paths:
+        for path in plan.protected:
+            if ro == Path("/") or ro.is_relative_to(path):
+                raise RuntimeError(f"{ro} cannot be exposed to an app: it is protected ({path})")
+
+
+def bwrap_argv(plan: SandboxPlan, command: list[str], exists: Callable[[str], bool] = os.path.exists) -> list[str]:
+    """bwrap ... -- setpriv ... -- command (pure: tested without running)."""
+    check_plan(plan)
+    args = ["bwrap", "--ro-bind", "/usr", "/usr"]
+    args += [a for link in USR_LINKS if exists(f"/usr/{link}") for a in ("--symlink", f"usr/{link}", f"/{link}")]
+    args += ["--proc", "/proc", "--dev", "/dev", "--dir", "/etc", "--dir", "/home", "--dir", "/run"]
+    args += _etc_args(plan.etc_dir, exists)
+    args += ["--size", str(plan.tmp_size_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
+    args += ["--size", str(plan.tmp_size_bytes), "--perms", "1777", "--tmpfs", "/dev/shm"]  # multiprocessing locks
+    args += ["--bind", str(plan.home), APP_HOME]
+    args += _parent_dirs([*plan.ro_paths, *(Path(p) for p in plan.extra_ro)])
+    for path in (*plan.ro_paths, *(Path(p) for p in plan.extra_ro)):
+        args += ["--ro-bind", str(path), str(path)]
+    args += [a for dev in plan.devices for a in ("--dev-bind", dev, dev)]
+    args += _mask_args(plan.protected, [Path("/usr"), Path("/etc"), *plan.ro_paths])
+    args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", plan.hostname]
+    args += ["--chdir", plan.workdir, "--"]
+    drop = ["/usr/bin/setpriv", f"--reuid={plan.uid}", f"--regid={plan.uid}", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]  # fmt: skip
+    return args + drop + command

@@ -1,0 +1,125 @@
+"""Docker-tier builder tests: real image builds on the test engine (base images bootstrapped locally)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+
+from builder.artifact import ImageArtifact
+from builder.bootstrap import HOST_CA_DIR, bootstrap_images
+from builder.build import build
+from builder.buildpacks.base import RepoFiles
+from builder.errors import BUILD_ERROR, BuildFailure
+from builder.image import prepare_dockerfile
+from builder.spaceconfig import load_space_config
+from tests.support.images import ensure_base_images
+
+pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("builder-docker")]
+
+
+@pytest.fixture(scope="module")
+def client(docker_host: str) -> Iterator[docker.DockerClient]:
+    ensure_base_images(docker_host)
+    client = docker.DockerClient(base_url=docker_host, timeout=600)
+    yield client
+    client.close()
+
+
+def image_build(client: docker.DockerClient, source: Path, tag: str, log: list[str], **kwargs: object) -> ImageArtifact:
+    artifact = build(source, kind="image", cache_dir=source.parent / "cache", log=log.append, tag=tag, client=client, **kwargs)  # type: ignore[arg-type]
+    assert isinstance(artifact, ImageArtifact)
+    return artifact
+
+
+def wait_for_http(url: str, attempts: int = 120) -> httpx.Response:
+    for _ in range(attempts):
+        try:
+            return httpx.get(url, timeout=2)
+        except httpx.HTTPError:
+            time.sleep(0.25)
+    raise AssertionError(f"{url} never answered")
+
+
+def test_bootstrap_is_idempotent(client: docker.DockerClient) -> None:
+    progress: list[str] = []
+    ready = bootstrap_images(client, python_versions=("3.11",), progress=progress.append)
+    assert ready == ["spaceport/base-debian:bookworm", "spaceport/base-python:3.11"]
+    assert all(line.endswith(": present") for line in progress)
+
+
+def test_docker_space_builds_through_alias_and_serves(client: docker.DockerClient, space: Callable[[str], Path]) -> None:
+    log: list[str] = []
+    ca_dir = HOST_CA_DIR if any(HOST_CA_DIR.glob("*.crt")) else None
+    artifact = image_build(client, space("docker"), "spaceport/test-builder-docker:a", log, ca_dir=ca_dir)
+    assert (artifact.port, artifact.health_path) == (8080, "/")
+    assert any("python:3.11-slim -> spaceport/base-python:3.11" in line for line in log)
+    assert client.images.get(artifact.image).labels["io.spaceport.sdk"] == "docker"
+    container = client.containers.run(artifact.image, detach=True, init=True, ports={"8080/tcp": ("127.0.0.1", None)})
+    try:
+        container.reload()
+        port = container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"]
+        response = wait_for_http(f"http://127.0.0.1:{port}/")
+        assert response.status_code == 200 and "hello from a docker space (six 1.17.0)" in response.text
+    finally:
+        container.remove(force=True)
+
+
+def test_gradio_image_warm_rebuild_reuses_dependency_layers(client: docker.DockerClient, space: Callable[[str], Path]) -> None:
+    source = space("gradio")
+    first = image_build(client, source, "spaceport/test-builder-gradio:a", [])
+    image = client.images.get(first.image)
+    assert image.attrs["Config"]["User"] == "1000" and image.attrs["Config"]["WorkingDir"] == "/home/user/app"
+    assert "GRADIO_SERVER_NAME=0.0.0.0" in image.attrs["Config"]["Env"]
+    assert image.labels["io.spaceport.sdk"] == "gradio" and first.port == 7860
+
+    (source / "app.py").write_text((source / "app.py").read_text() + f"\n# change {uuid.uuid4().hex}\n")  # unique per run
+    log: list[str] = []
+    second = image_build(client, source, "spaceport/test-builder-gradio:b", log)
+    pip_step = next(i for i, line in enumerate(log) if "RUN pip install" in line and '"gradio"' in line)
+    assert "Using cache" in log[pip_step + 1]
+    copy_step = next(i for i, line in enumerate(log) if line.startswith("Step") and "COPY --chown=1000:1000 . " in line)
+    assert "Using cache" not in log[copy_step + 1]
+    assert client.images.get(second.image).id != image.id
+
+
+def test_unresolvable_base_image_names_image_and_fix(client: docker.DockerClient, tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text("---\nsdk: docker\n---\n")
+    (tmp_path / "Dockerfile").write_text("FROM node:20-slim\nCMD [\"node\"]\n")
+    with pytest.raises(BuildFailure) as info:
+        build(tmp_path, kind="image", cache_dir=tmp_path, log=lambda _line: None, tag="spaceport/test-builder-node:a", client=client)
+    assert info.value.stage == BUILD_ERROR
+    for needle in ("node:20-slim", "SPACEPORT_BASE_IMAGE_ALIASES", "SPACEPORT_REGISTRY_MIRROR"):
+        assert needle in info.value.message
+
+
+def test_failing_step_is_build_error_with_output(client: docker.DockerClient, tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text("---\nsdk: docker\n---\n")
+    (tmp_path / "Dockerfile").write_text("FROM python:3.11\nRUN echo spaceport-boom && exit 7\n")
+    with pytest.raises(BuildFailure) as info:
+        build(tmp_path, kind="image", cache_dir=tmp_path, log=lambda _line: None, tag="spaceport/test-builder-fail:a", client=client)
+    assert info.value.stage == BUILD_ERROR
+    assert "spaceport-boom" in info.value.message and "returned a non-zero code: 7" in info.value.message
+
+
+def test_unavailable_python_version_falls_back_for_generated_dockerfiles(client: docker.DockerClient, space: Callable[[str], Path]) -> None:
+    source = space("gradio")
+    (source / "README.md").write_text('---\nsdk: gradio\npython_version: "3.10"\n---\n')
+    config = load_space_config(source)
+    log: list[str] = []
+    text = prepare_dockerfile(source, config, RepoFiles.scan(source), {}, None, None, client, log.append)
+    assert text.startswith("FROM spaceport/base-python:3.11\n")
+    assert any("Python 3.10" in line and "building with Python 3.11" in line for line in log)
+
+
+def test_time_limit_stops_a_silent_step(client: docker.DockerClient, tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text("---\nsdk: docker\n---\n")
+    (tmp_path / "Dockerfile").write_text("FROM python:3.11\nRUN sleep 120\n")
+    with pytest.raises(BuildFailure, match="time limit"):
+        build(tmp_path, kind="image", cache_dir=tmp_path, log=lambda _line: None, tag="spaceport/test-builder-slow:a",
+              client=client, time_limit=2)

@@ -1,0 +1,194 @@
+"""One contract suite over every runtime that runs here: local (sandboxed) and docker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from builder.artifact import ImageArtifact, VenvArtifact
+from controller.runtimes import procs
+from controller.runtimes.base import Endpoint, HardwareSpec, InstanceSpec, Runtime, State
+from controller.runtimes.docker import DockerRuntime
+from controller.runtimes.health import wait_healthy
+from controller.runtimes.local import LocalRuntime
+
+HARDWARE = HardwareSpec(cpu=1.0, memory_mb=256, pids=64, disk_mb=64)
+
+
+@dataclass
+class Harness:
+    kind: str
+    runtime: Any
+    make_runtime: Any
+    artifact: Any
+    names: list[str] = field(default_factory=list)
+
+    def spec(self, name: str | None = None, **env: str) -> InstanceSpec:
+        name = name or f"t{uuid.uuid4().hex[:12]}"
+        self.names.append(name)
+        return InstanceSpec(name=name, space_id=f"test/{name}", artifact=self.artifact, env=env, hardware=HARDWARE)
+
+    def identity(self, runtime: Any, name: str) -> str:
+        return str(runtime.pid(name) if self.kind == "local" else runtime.container_id(name))
+
+    def kill_app(self, name: str) -> None:
+        """Kill the app from outside, as the OOM killer or a crash would."""
+        if self.kind == "docker":
+            self.runtime.client.containers.get(f"spaceport-{name}").kill()
+            return
+        pid = self.runtime.pid(name)
+        apps = [p for p in procs.descendants(pid) if b"app.py" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert apps, "the app process was not found below its supervisor"
+        os.kill(apps[-1], signal.SIGKILL)
+
+
+@pytest.fixture(params=["local", pytest.param("docker", marks=pytest.mark.docker)])
+async def harness(request: pytest.FixtureRequest, tmp_path: Path, sources: Path, system_venv: Path) -> AsyncIterator[Harness]:
+    if request.param == "local":
+        request.getfixturevalue("sandbox_ok")
+        protected = [tmp_path / "data"]
+
+        def make() -> Runtime:
+            return LocalRuntime(tmp_path / "state", sandbox="bwrap", protected_paths=protected, stop_timeout=5)
+
+        artifact: Any = VenvArtifact(venv=system_venv, source=sources / "echo", command=("python", "app.py"), port=7860)
+    else:
+        docker_host = request.getfixturevalue("docker_host")
+        image = request.getfixturevalue("test_image")
+
+        def make() -> Runtime:
+            return DockerRuntime(docker_host, stop_timeout=5)
+
+        artifact = ImageArtifact(image=image, port=7860)
+    h = Harness(request.param, make(), make, artifact)
+    yield h
+    for name in h.names:
+        with contextlib.suppress(Exception):
+            await h.runtime.remove(name)
+
+
+async def get(endpoint: Endpoint, timeout: float = 5.0) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+        session.get(endpoint.url + "/hello") as response,
+    ):
+        return response.status, await response.text()
+
+
+async def started(h: Harness, spec: InstanceSpec) -> Endpoint:
+    endpoint = await h.runtime.start(spec)
+    assert await wait_healthy(endpoint, timeout=60), (await h.runtime.status(spec.name)).message
+    return endpoint
+
+
+async def wait_state(runtime: Any, name: str, state: State, attempts: int = 200) -> Any:
+    for _ in range(attempts):
+        status = await runtime.status(name)
+        if status.state == state:
+            return status
+        await asyncio.sleep(0.05)
+    return await runtime.status(name)
+
+
+async def collect_logs(runtime: Any, name: str) -> str:
+    return "\n".join([line async for line in runtime.logs(name, follow=False)])
+
+
+async def test_start_serves_and_is_listed(harness: Harness) -> None:
+    spec = harness.spec()
+    endpoint = await started(harness, spec)
+    code, body = await get(endpoint)
+    assert code == 200 and spec.space_id in body
+    status = await harness.runtime.status(spec.name)
+    assert status.state == State.RUNNING and status.endpoint == endpoint
+    assert status.labels["spaceport.space"] == spec.space_id
+    listed = {s.name: s for s in await harness.runtime.list()}
+    assert listed[spec.name].state == State.RUNNING
+    before = harness.identity(harness.runtime, spec.name)
+    assert await harness.runtime.start(spec) == endpoint  # idempotent
+    assert harness.identity(harness.runtime, spec.name) == before
+    logs = await collect_logs(harness.runtime, spec.name)
+    assert "echo app listening" in logs and "GET /hello" in logs
+
+
+async def test_freeze_hangs_requests_until_thaw(harness: Harness) -> None:
+    spec = harness.spec()
+    endpoint = await started(harness, spec)
+    await harness.runtime.freeze(spec.name)
+    assert (await harness.runtime.status(spec.name)).state == State.FROZEN
+    with pytest.raises(asyncio.TimeoutError):
+        await get(endpoint, timeout=1.5)
+    await harness.runtime.thaw(spec.name)
+    assert (await harness.runtime.status(spec.name)).state == State.RUNNING
+    assert (await get(endpoint))[0] == 200
+
+
+async def test_stop_keeps_instance_and_start_reuses_it(harness: Harness) -> None:
+    spec = harness.spec()
+    await started(harness, spec)
+    before = harness.identity(harness.runtime, spec.name)
+    await harness.runtime.stop(spec.name)
+    status = await harness.runtime.status(spec.name)
+    assert status.state == State.EXITED
+    assert spec.name in {s.name for s in await harness.runtime.list()}
+    endpoint = await started(harness, spec)
+    assert (await get(endpoint))[0] == 200
+    if harness.kind == "docker":
+        assert harness.identity(harness.runtime, spec.name) == before  # same container, just started
+    logs = await collect_logs(harness.runtime, spec.name)
+    assert logs.count("echo app listening") == 2
+
+
+async def test_killed_app_reports_exit_code_and_log_tail(harness: Harness) -> None:
+    spec = harness.spec()
+    await started(harness, spec)
+    harness.kill_app(spec.name)
+    status = await wait_state(harness.runtime, spec.name, State.EXITED)
+    assert status.state == State.EXITED
+    assert status.exit_code not in (None, 0)
+    assert "echo app listening" in status.message
+
+
+async def test_new_runtime_object_adopts_running_instance(harness: Harness) -> None:
+    spec = harness.spec()
+    endpoint = await started(harness, spec)
+    before = harness.identity(harness.runtime, spec.name)
+    restarted = harness.make_runtime()
+    listed = {s.name: s for s in await restarted.list()}
+    assert listed[spec.name].state == State.RUNNING and listed[spec.name].endpoint == endpoint
+    assert harness.identity(restarted, spec.name) == before
+    assert await restarted.start(spec) == endpoint
+    assert harness.identity(restarted, spec.name) == before
+    await restarted.stop(spec.name)
+    assert (await harness.runtime.status(spec.name)).state == State.EXITED
+
+
+async def test_remove_deletes_everything(harness: Harness) -> None:
+    spec = harness.spec()
+    await started(harness, spec)
+    await harness.runtime.remove(spec.name)
+    assert (await harness.runtime.status(spec.name)).state == State.MISSING
+    assert spec.name not in {s.name for s in await harness.runtime.list()}
+    if harness.kind == "local":
+        assert not (harness.runtime.instances / spec.name).exists()
+    await harness.runtime.remove(spec.name)  # idempotent
+
+
+async def test_changed_spec_replaces_instance(harness: Harness) -> None:
+    spec = harness.spec()
+    await started(harness, spec)
+    changed = InstanceSpec(name=spec.name, space_id=spec.space_id, artifact=spec.artifact, env={"NEW": "1"},
+                           hardware=spec.hardware)  # fmt: skip
+    endpoint = await started(harness, changed)
+    assert (await get(endpoint))[0] == 200
+    assert len([s for s in await harness.runtime.list() if s.name == spec.name]) == 1

@@ -1,0 +1,178 @@
+"""The local runtime must not hand the platform to whoever pushes an app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import uv
+
+from builder.artifact import VenvArtifact
+from controller.runtimes import sandbox
+from controller.runtimes.base import Endpoint, HardwareSpec, InstanceSpec, State
+from controller.runtimes.health import wait_healthy
+from controller.runtimes.local import LocalRuntime
+from tests.runtimes.conftest import copy_app
+
+HARDWARE = HardwareSpec(cpu=1.0, memory_mb=256, pids=64, disk_mb=64)
+SECRET = "victim-secret-6f1d2c"
+EXPECTED = {"read_protected_0", "read_protected_1", "read_protected_2", "read_other_source", "read_other_env",
+            "write_outside_home", "list_host_processes", "kill_host_process", "fork_bomb", "fill_home", "fill_tmp"}  # fmt: skip
+
+
+def host_ipv4() -> list[str]:
+    out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[3].split("/")[0] for line in out.splitlines()]
+
+
+@pytest.fixture
+async def controller_port() -> AsyncIterator[int]:
+    """Stands in for the controller's internal endpoints: listens on every address."""
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(accept, "0.0.0.0", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+
+
+async def fetch(endpoint: Endpoint, path: str = "/") -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+        session.get(endpoint.url + path) as response,
+    ):
+        return response.status, await response.text()
+
+
+async def test_hostile_app_is_contained(
+    sandbox_ok: None, tmp_path: Path, sources: Path, system_venv: Path, controller_port: int
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "spaceport.db").write_text("SQLite format 3 pretend")
+    (data / "spaceport.db").chmod(0o644)  # readable by mode: only the sandbox's view protects it
+    (data / "platform.key").write_text("platform-signing-key")
+    runtime = LocalRuntime(tmp_path / "state", sandbox="bwrap", protected_paths=[data], stop_timeout=5)
+    victim = InstanceSpec(name="victim", space_id="bob/echo", env={"SECRET": SECRET}, hardware=HARDWARE,
+                          artifact=VenvArtifact(system_venv, sources / "echo", ("python", "app.py"), 7860))  # fmt: skip
+    try:
+        victim_ep = await runtime.start(victim)
+        assert await wait_healthy(victim_ep, timeout=30)
+        targets = [f"{ip}:{controller_port}" for ip in host_ipv4()] + [f"{victim_ep.host}:{victim_ep.port}"]
+        env = {
+            "HOSTILE_PROTECTED": os.pathsep.join([str(data / "spaceport.db"), str(data / "platform.key"),
+                                                  str(runtime.instances / "victim" / "state.json")]),
+            "HOSTILE_OTHER_SRC": str(sources / "echo" / "app.py"),
+            "HOSTILE_OTHER_SECRET": SECRET,
+            "HOSTILE_HOST_PID": str(os.getpid()),
+            "HOSTILE_CONNECT": ",".join(targets),
+        }  # fmt: skip
+        hostile = InstanceSpec(name="hostile", space_id="mallory/evil", env=env, hardware=HARDWARE,
+                               artifact=VenvArtifact(system_venv, sources / "hostile", ("python", "app.py"), 7860))  # fmt: skip
+        hostile_ep = await runtime.start(hostile)
+        assert await wait_healthy(hostile_ep, timeout=120), (await runtime.status("hostile")).message
+        results = json.loads((await fetch(hostile_ep))[1])
+        assert EXPECTED | {f"connect {t}" for t in targets} <= set(results)
+        escaped = {name: r["detail"] for name, r in results.items() if not r["blocked"]}
+        assert not escaped, escaped
+        logs = "\n".join([line async for line in runtime.logs("hostile", follow=False)])
+        assert "ATTEMPT fork_bomb: BLOCKED" in logs and "ATTEMPT read_protected_1: BLOCKED" in logs
+        assert "as uid 1000" in logs  # its own uid in the 100000 range, never root
+        assert (await fetch(victim_ep))[0] == 200  # the other instance keeps serving
+        assert (await runtime.status("victim")).state == State.RUNNING
+    finally:
+        for name in ("hostile", "victim"):
+            await runtime.remove(name)
+
+
+async def test_instances_get_distinct_unprivileged_uids(sandbox_ok: None, tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    uids = {sandbox.space_uid(registry, key) for key in ("a/x", "b/y", "c/z")}
+    assert len(uids) == 3 and all(uid >= sandbox.UID_BASE for uid in uids)
+    assert sandbox.space_uid(registry, "a/x") in uids  # stable
+
+
+def _plan(tmp_path: Path, protected: tuple[Path, ...] = ()) -> sandbox.SandboxPlan:
+    return sandbox.SandboxPlan(uid=100_007, home=tmp_path / "home", etc_dir=tmp_path / "etc",
+                               ro_paths=(tmp_path / "src", tmp_path / "venv"), protected=protected,
+                               tmp_size_bytes=1 << 20)  # fmt: skip
+
+
+def test_bwrap_argv_isolates_and_outlives_controller(tmp_path: Path) -> None:
+    argv = sandbox.bwrap_argv(_plan(tmp_path), ["python", "app.py"])
+    assert "--die-with-parent" not in argv
+    assert {"--unshare-pid", "--unshare-ipc"} <= set(argv)
+    assert "--reuid=100007" in argv and "--no-new-privs" in argv and "--bounding-set=-all" in argv
+    assert argv[-2:] == ["python", "app.py"]
+    binds = {argv[i + 1] for i, a in enumerate(argv) if a in ("--bind", "--ro-bind")}
+    assert "/" not in binds and str(tmp_path) not in binds and "/root" not in binds
+
+
+def test_protected_path_inside_a_bound_dir_is_masked(tmp_path: Path) -> None:
+    secret = tmp_path / "venv" / "db"
+    argv = sandbox.bwrap_argv(_plan(tmp_path, (secret,)), ["true"])
+    assert ["--ro-bind", "/dev/null", str(secret)] == argv[argv.index(str(secret)) - 2: argv.index(str(secret)) + 1]
+    with pytest.raises(RuntimeError):
+        sandbox.bwrap_argv(_plan(tmp_path, (tmp_path / "src",)), ["true"])
+
+
+def test_accelerator_devices_only_for_the_assigned_ids() -> None:
+    present = {"/dev/nvidia1", "/dev/nvidiactl", "/dev/davinci3", "/dev/davinci_manager", sandbox.ASCEND_DRIVER}
+    nodes, driver = sandbox.accelerator_devices("nvidia-t4", ("1",), present.__contains__)
+    assert nodes == ("/dev/nvidia1", "/dev/nvidiactl") and driver == ()
+    nodes, driver = sandbox.accelerator_devices("ascend-910b", ("3",), present.__contains__)
+    assert nodes == ("/dev/davinci3", "/dev/davinci_manager") and driver == (sandbox.ASCEND_DRIVER,)
+
+
+GRADIO_APP = """
+import gradio as gr
+
+demo = gr.Interface(fn=lambda name: f"Hello {name}!", inputs="text", outputs="text")
+demo.launch()
+"""
+
+
+@pytest.fixture(scope="session")
+def gradio_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    venv = tmp_path_factory.mktemp("gradio") / "venv"
+    uv_bin = uv.find_uv_bin()
+    subprocess.run([uv_bin, "venv", "-q", "--python", "/usr/bin/python3", str(venv)], check=True)
+    subprocess.run([uv_bin, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), "gradio"], check=True)
+    return venv
+
+
+async def test_gradio_app_runs_under_the_sandbox(sandbox_ok: None, tmp_path: Path, gradio_venv: Path) -> None:
+    source = tmp_path / "gradio-src"
+    source.mkdir()
+    (source / "app.py").write_text(GRADIO_APP)
+    copy_app_perms(source)
+    runtime = LocalRuntime(tmp_path / "state", sandbox="bwrap", stop_timeout=5)
+    spec = InstanceSpec(name="gradio", space_id="alice/hello", hardware=HardwareSpec(memory_mb=2048, pids=256),
+                        artifact=VenvArtifact(gradio_venv, source, ("python", "app.py"), 7860))  # fmt: skip
+    try:
+        endpoint = await runtime.start(spec)
+        assert await wait_healthy(endpoint, timeout=120), (await runtime.status("gradio")).message
+        status, body = await fetch(endpoint)
+        assert status == 200 and "gradio" in body.lower()
+        assert (await fetch(endpoint, "/config"))[0] == 200
+    finally:
+        with contextlib.suppress(Exception):
+            await runtime.remove("gradio")
+
+
+def copy_app_perms(source: Path) -> None:
+    for path in [source, *source.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    source.parent.chmod(0o755)
+
+
+assert copy_app  # shared helper (imported for other tests in this module's family)

@@ -1,0 +1,97 @@
+"""Log in / out, optional sign-up, and the access tokens page."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Form
+from fastapi.responses import Response
+
+from controller.domain.errors import NotFound, SpaceportError
+from controller.services import accounts
+from controller.services.websession import MAX_AGE, SESSION_COOKIE, sign_session
+from web.context import CSRF, WebDep
+from web.routing import WebRoute
+
+router = APIRouter(route_class=WebRoute, include_in_schema=False)
+
+
+def safe_next(target: str | None) -> str:
+    """Only same-site paths: never redirect to another host after login."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
+def logged_in(web: WebDep, user_id: int, target: str | None) -> Response:
+    response = web.redirect(safe_next(target))
+    cookie = sign_session(web.platform.settings.key, user_id)
+    response.set_cookie(SESSION_COOKIE, cookie, max_age=MAX_AGE, httponly=True, samesite="lax", path="/")
+    return response
+
+
+@router.get("/login")
+def login_page(web: WebDep, next: str | None = None) -> Response:
+    return web.render("login.html", next=safe_next(next), username="")
+
+
+@router.post("/login", dependencies=[CSRF])
+def login(web: WebDep, username: str = Form(""), password: str = Form(""), next: str = Form("/")) -> Response:
+    try:
+        user = accounts.authenticate_password(web.session, username.strip(), password)
+    except SpaceportError as error:
+        web.fail(error)
+        return web.render("login.html", status=401, next=safe_next(next), username=username)
+    return logged_in(web, user.id, next)
+
+
+@router.post("/logout", dependencies=[CSRF])
+def logout(web: WebDep) -> Response:
+    response = web.redirect("/")
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@router.get("/signup")
+def signup_page(web: WebDep) -> Response:
+    if not web.platform.settings.allow_signup:
+        raise NotFound("Sign-up is closed on this Spaceport: ask an admin for an account.")
+    return web.render("signup.html", username="")
+
+
+@router.post("/signup", dependencies=[CSRF])
+def signup(web: WebDep, username: str = Form(""), password: str = Form("")) -> Response:
+    if not web.platform.settings.allow_signup:
+        raise NotFound("Sign-up is closed on this Spaceport: ask an admin for an account.")
+    try:
+        user = accounts.create_user(web.session, username.strip(), password=password)
+        web.session.commit()
+    except SpaceportError as error:
+        web.fail(error)
+        return web.render("signup.html", status=400, username=username)
+    return logged_in(web, user.id, "/")
+
+
+@router.get("/settings/tokens")
+def tokens_page(web: WebDep) -> Response:
+    principal = web.require_user()
+    return web.render("tokens.html", tokens=accounts.list_tokens(web.session, principal.user), new_token=None)
+
+
+@router.post("/settings/tokens", dependencies=[CSRF])
+def create_token(web: WebDep, name: str = Form("web"), scope: str = Form("read")) -> Response:
+    principal = web.require_user()
+    new_token = None
+    try:
+        new_token = accounts.create_token(web.session, principal.user, name.strip() or "web", scope)
+        web.session.commit()
+    except SpaceportError as error:
+        web.fail(error)
+    tokens = accounts.list_tokens(web.session, principal.user)
+    return web.render("tokens.html", status=200 if new_token else 400, tokens=tokens, new_token=new_token)
+
+
+@router.post("/settings/tokens/{token_id}/revoke", dependencies=[CSRF])
+def revoke_token(web: WebDep, token_id: int) -> Response:
+    principal = web.require_user()
+    accounts.revoke_token(web.session, principal.user, token_id)
+    web.session.commit()
+    return web.redirect("/settings/tokens")

@@ -1,0 +1,110 @@
+"""A space's public pages: the app, logs, files, commits, and the Duplicate form."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Form
+from fastapi.responses import Response
+
+from controller.db.models import Space
+from controller.domain.errors import NotFound, SpaceportError
+from controller.git import storage
+from controller.services import accounts, spaces, webqueries
+from controller.services.views import app_host
+from web.context import CSRF, Web, WebDep
+from web.routing import WebRoute
+
+router = APIRouter(prefix="/spaces/{owner}/{name}", route_class=WebRoute, include_in_schema=False)
+MAX_SHOWN = 500_000
+
+
+def site_url(web: Web) -> str:
+    return (web.platform.settings.public_url or str(web.request.base_url)).rstrip("/")
+
+
+def space_context(web: Web, space: Space, tab: str) -> dict[str, Any]:
+    base = f"/spaces/{space.owner.name}/{space.name}"
+    return {
+        "space": space, "tab": tab, "base": base,
+        "can_write": spaces.can_write(web.session, web.principal, space),
+        "app_url": app_host(web.platform.settings, space) + "/",
+        "git_url": f"{site_url(web)}{base}",
+        "runtime_url": f"/api/spaces/{space.owner.name}/{space.name}/runtime",
+        "owners": duplicate_owners(web),
+    }
+
+
+def duplicate_owners(web: Web) -> list[str]:
+    if web.principal is None:
+        return []
+    user = web.principal.user
+    return [user.name, *[o.name for o in accounts.orgs_of(web.session, user)]]
+
+
+def repo_of(web: Web, space: Space) -> Any:
+    return storage.repo_path(web.platform.settings.repos_dir, space.owner.name, space.name)
+
+
+@router.get("")
+def space_page(web: WebDep, owner: str, name: str) -> Response:
+    space = spaces.get_space(web.session, web.principal, owner, name)
+    return web.render("space.html", **space_context(web, space, "app"))
+
+
+@router.get("/logs")
+def logs_page(web: WebDep, owner: str, name: str) -> Response:
+    space = spaces.get_space(web.session, web.principal, owner, name)
+    api = f"/api/spaces/{owner}/{name}"
+    return web.render("logs.html", build_src=f"{api}/logs/build", run_src=f"{api}/logs/run",
+                      **space_context(web, space, "logs"))
+
+
+@router.get("/tree")
+def files_page(web: WebDep, owner: str, name: str) -> Response:
+    space = spaces.get_space(web.session, web.principal, owner, name)
+    files = storage.list_files(repo_of(web, space), space.head_sha) if space.head_sha else []
+    return web.render("files.html", files=files, **space_context(web, space, "files"))
+
+
+@router.get("/blob/{path:path}")
+def blob_page(web: WebDep, owner: str, name: str, path: str) -> Response:
+    space = spaces.get_space(web.session, web.principal, owner, name)
+    data = storage.read_file(repo_of(web, space), space.head_sha, path, MAX_SHOWN + 1) if space.head_sha else None
+    if data is None or ".." in path.split("/"):
+        raise NotFound(f"No file {path!r} at the head of {owner}/{name}.")
+    binary = b"\0" in data[:8000]
+    text = None if binary else data[:MAX_SHOWN].decode(errors="replace")
+    return web.render("blob.html", path=path, text=text, binary=binary, truncated=len(data) > MAX_SHOWN,
+                      **space_context(web, space, "files"))
+
+
+@router.get("/commits")
+def commits_page(web: WebDep, owner: str, name: str) -> Response:
+    space = spaces.get_space(web.session, web.principal, owner, name)
+    commits = storage.commits(repo_of(web, space), limit=100)
+    return web.render("commits.html", commits=commits, **space_context(web, space, "commits"))
+
+
+@router.get("/duplicate")
+def duplicate_page(web: WebDep, owner: str, name: str) -> Response:
+    web.require_user()
+    space = spaces.get_space(web.session, web.principal, owner, name)
+    return web.render("duplicate.html", form={"name": name}, **space_context(web, space, "app"))
+
+
+@router.post("/duplicate", dependencies=[CSRF])
+def duplicate(web: WebDep, owner: str, name: str, to_owner: str = Form(""), to_name: str = Form(""),
+              visibility: str = Form("public")) -> Response:
+    principal = web.require_user()
+    source = spaces.get_space(web.session, web.principal, owner, name)
+    try:
+        copy = webqueries.duplicate_space(web.session, web.platform, principal, source, to_owner, to_name.strip(),
+                                          private=visibility == "private")
+        web.session.commit()
+    except SpaceportError as error:
+        web.fail(error)
+        source = spaces.get_space(web.session, web.principal, owner, name)
+        form = {"name": to_name, "owner": to_owner, "visibility": visibility}
+        return web.render("duplicate.html", status=error.status, form=form, **space_context(web, source, "app"))
+    return web.redirect(f"/spaces/{to_owner}/{copy.name}")
