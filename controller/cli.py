@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from controller import cli_admin
 from controller.config import Settings
 from controller.domain.errors import SpaceportError
 from controller.services import accounts
@@ -24,6 +25,10 @@ orgs_app = typer.Typer(help="Manage organizations.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(orgs_app, name="orgs")
+app.add_typer(cli_admin.images_app, name="images")
+app.add_typer(cli_admin.quota_app, name="quota")
+app.add_typer(cli_admin.accel_app, name="accelerators")
+app.command()(cli_admin.logs)
 err = Console(stderr=True)
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (default $SPACEPORT_DATA_DIR or ./.spaceport)")]

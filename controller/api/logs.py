@@ -13,8 +13,8 @@ from starlette.concurrency import run_in_threadpool
 
 from controller.api.deps import DB, Caller, PlatformDep
 from controller.db.models import Build
-from controller.services import builds, spaces
-from controller.services.buildlogs import read_lines
+from controller.services import builds, instances, spaces
+from controller.services.buildlogs import mask, read_lines
 from controller.services.platform import Platform
 
 router = APIRouter(prefix="/api/spaces", tags=["logs"])
@@ -67,3 +67,39 @@ def _poll(platform: Platform, build_id: int, after: int) -> tuple[list, bool]:  
         build = session.get(Build, build_id)
         active = build is not None and build.status in builds.ACTIVE
         return lines, active
+
+
+@router.get("/{owner}/{name}/logs/run")
+def run_logs(owner: str, name: str, db: DB, caller: Caller, platform: PlatformDep, request: Request,
+             follow: bool = True) -> StreamingResponse:
+    """The app's own output (the serving instance, else the newest one), secrets masked."""
+    space = spaces.get_space(db, caller, owner, name)
+    instance = instances.log_instance(db, space)
+    secrets = instances.secret_values(platform, space.space_id)
+    stream = _run_stream(request, instance, follow, secrets)
+    return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _run_stream(request: Request, instance: str | None, follow: bool, secrets: list[str]) -> AsyncIterator[bytes]:
+    if instance is None:
+        yield sse_event("The app has not started yet.")
+        return
+    runtime = request.app.state.runtime
+    lines = runtime.logs(instance, follow)
+    pending = asyncio.ensure_future(anext(lines, None))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE)
+            if not done:
+                if await request.is_disconnected():
+                    return
+                yield b": keep-alive\n\n"
+                continue
+            line = pending.result()
+            if line is None:
+                return
+            yield sse_event(mask(line.rstrip("\n"), secrets))
+            pending = asyncio.ensure_future(anext(lines, None))
+    finally:
+        pending.cancel()
+        await lines.aclose()

@@ -222,7 +222,6 @@ def app_env(session: Session, platform: Platform, space: Space, hardware: Hardwa
         "CPU_CORES": f"{hardware.cpu:g}",
         "MEMORY": f"{hardware.memory_mb // 1024}Gi",
         "ACCELERATOR": hardware.accelerators.type if hardware.accelerators else "none",
-        "SYSTEM": "spaces",
         "GRADIO_ROOT_PATH": base,
         "STREAMLIT_SERVER_BASE_URL_PATH": base.strip("/"),
     }
@@ -271,3 +270,12 @@ def set_desired(platform: Platform, space_id: str, desired: str, only_from: tupl
             space.desired = desired
             space.last_activity_at = utcnow()
         return space.id
+
+
+def log_instance(session: Session, space: Space) -> str | None:
+    """Which instance's output to show: the ready one, else the most recently started."""
+    rows = list(session.scalars(select(Instance).where(Instance.space_id == space.id, Instance.state != "retired")
+                                .order_by(Instance.started_at.desc(), Instance.id.desc())))
+    ready = [r for r in rows if r.state == "ready"]
+    chosen = ready or rows
+    return chosen[0].name if chosen else None

@@ -51,11 +51,12 @@ def test_commit_writes_tree_author_and_message(repo: Path) -> None:
 
 def test_deletes_and_folder_deletes(repo: Path) -> None:
     commit(repo, "one", add("a.txt", b"a"), add("d/x.txt", b"x"), add("d/e/y.txt", b"y"))
-    second = commit(repo, "two", {"key": "deletedFolder", "value": {"path": "d/"}},
-                    {"key": "deletedFile", "value": {"path": "a.txt"}}, add("b.txt", b"b"))
+    folder: dict[str, object] = {"key": "deletedFolder", "value": {"path": "d/"}}
+    file: dict[str, object] = {"key": "deletedFile", "value": {"path": "a.txt"}}
+    second = commit(repo, "two", folder, file, add("b.txt", b"b"))
     assert storage.list_files(repo, second) == ["b.txt"]
     with pytest.raises(commits.EntryNotFound):
-        commit(repo, "three", {"key": "deletedFile", "value": {"path": "a.txt"}})
+        commit(repo, "three", file)
 
 
 @pytest.mark.parametrize("path", ["../escape", ".git/config", "a/../../b", "", "/"])
@@ -69,7 +70,7 @@ def test_file_folder_clash_and_lfs_are_refused(repo: Path) -> None:
     commit(repo, "one", add("a", b"file"))
     with pytest.raises(BadRequest, match="is a file"):
         commit(repo, "two", add("a/b", b"x"))
-    lfs = {"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": "0" * 64, "size": 1}}
+    lfs: dict[str, object] = {"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": "0" * 64, "size": 1}}
     with pytest.raises(commits.LfsNotSupported, match="LFS"):
         commit(repo, "three", lfs)
 

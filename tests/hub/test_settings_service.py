@@ -62,7 +62,7 @@ def test_secrets_are_encrypted_and_space_env_decrypts(platform: Platform) -> Non
 
 @pytest.mark.parametrize("key", ["lower", "1ST", "WITH-DASH", "", "A" * 201, "SPACE KEY"])
 def test_keys_must_be_env_names(platform: Platform, key: str) -> None:
-    with platform.tx() as session, pytest.raises(BadRequest, match="Invalid|missing"):
+    with platform.tx() as session, pytest.raises(BadRequest, match=r"Invalid|missing"):
         settings_vars.set_variable(session, platform, make_space(session, platform), KeyValue(key, "v"))
 
 

@@ -1,0 +1,134 @@
+"""`spaceport` subcommands for operators: logs, images, quotas, accelerators."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from controller.config import Settings
+from controller.domain.errors import SpaceportError
+from controller.services import quotas
+from controller.services.platform import Platform
+
+out = Console()
+err = Console(stderr=True)
+images_app = typer.Typer(help="Base images for container builds.", no_args_is_help=True)
+quota_app = typer.Typer(help="Accelerator quotas per user or organization.", no_args_is_help=True)
+accel_app = typer.Typer(help="Accelerator inventory (local and docker runtimes).", no_args_is_help=True)
+
+
+def _platform() -> Platform:
+    platform = Platform(Settings())
+    platform.migrate()
+    return platform
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
+def logs(space: Annotated[str, typer.Argument(help="OWNER/NAME")], build: bool = typer.Option(False, "--build", help="Build logs instead of the app's"),
+         follow: bool = typer.Option(False, "--follow", "-f"), url: str | None = typer.Option(None, help="Server URL (default $SPACEPORT_PUBLIC_URL)"),
+         token: str | None = typer.Option(None, envvar="SPACEPORT_TOKEN", help="Token for private spaces")) -> None:
+    """Print a space's build or run logs (streams with --follow)."""
+    base = (url or Settings().public_url or "http://localhost:8000").rstrip("/")
+    kind = "build" if build else "run"
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    params = {"follow": "true" if follow else "false"}
+    try:
+        with httpx.stream("GET", f"{base}/api/spaces/{space}/logs/{kind}", params=params, headers=headers, timeout=None) as response:
+            if response.status_code != 200:
+                response.read()
+                _fail(response.json().get("error", response.text) if response.headers.get("content-type", "").startswith("application/json") else response.text)
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    print(json.loads(line[6:])["data"], flush=True)
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach {base}: {exc}")
+
+
+@images_app.command("bootstrap")
+def images_bootstrap(python: Annotated[list[str] | None, typer.Option("--python", help="Python versions")] = None) -> None:
+    """Build the local base images from Debian packages (no registry needed). Idempotent."""
+    from builder.bootstrap import bootstrap_images
+    from controller.runtimes.factory import docker_client
+
+    settings = Settings()
+    client = docker_client(settings.docker_host)
+    with err.status("bootstrapping base images") as status:
+        def progress(line: str) -> None:
+            status.update(line[:100])
+            err.print(f"[dim]{line}[/dim]")
+
+        built = bootstrap_images(client, python_versions=tuple(python or ["3.11"]), ca_dir=settings.extra_ca_dir, progress=progress)
+    for image in built:
+        out.print(image)
+
+
+@quota_app.command("set")
+def quota_set(owner: str, accelerator: str, limit: int) -> None:
+    """Let OWNER hold at most LIMIT devices of ACCELERATOR (e.g. nvidia-t4) at once."""
+    platform = _platform()
+    try:
+        with platform.tx() as session:
+            quotas.set_quota(session, platform, owner, accelerator, limit)
+    except SpaceportError as exc:
+        _fail(exc.message)
+    err.print(f"{owner}: at most {limit} x {accelerator}")
+
+
+@quota_app.command("list")
+def quota_list() -> None:
+    platform = _platform()
+    table = Table("owner", "accelerator", "limit", "in use")
+    with platform.sessions() as session:
+        for row in quotas.list_quotas(session):
+            table.add_row(row.owner, row.accelerator, str(row.limit), str(row.used))
+    out.print(table)
+
+
+@accel_app.command("add")
+def accel_add(accelerator: str, count: int = typer.Option(1, "--count"), node: str = "local") -> None:
+    """Declare COUNT more devices of ACCELERATOR (nvidia-t4, nvidia-a10g, ascend-910b)."""
+    platform = _platform()
+    try:
+        with platform.tx() as session:
+            ids = quotas.add_devices(session, platform, accelerator, count, node)
+    except SpaceportError as exc:
+        _fail(exc.message)
+    err.print(f"added {accelerator} devices {', '.join(ids)}")
+
+
+@accel_app.command("list")
+def accel_list() -> None:
+    platform = _platform()
+    table = Table("accelerator", "device", "node", "held by")
+    with platform.sessions() as session:
+        for device in quotas.device_rows(session):
+            table.add_row(device.accelerator, device.device_id, device.node, device.holder or "-")
+    out.print(table)
+
+
+@accel_app.command("detect")
+def accel_detect() -> None:
+    """Count devices with nvidia-smi / npu-smi when present and print what an admin would add."""
+    found = False
+    if shutil.which("nvidia-smi"):
+        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.split("\n")
+        for name in filter(None, (n.strip() for n in names)):
+            found = True
+            kind = "nvidia-t4" if "T4" in name else "nvidia-a10g" if "A10G" in name else name
+            out.print(f"spaceport accelerators add {kind}  # {name}")
+    if shutil.which("npu-smi"):
+        found = True
+        out.print("npu-smi found: spaceport accelerators add ascend-910b --count N")
+    if not found:
+        out.print("No nvidia-smi or npu-smi on this host: no accelerators detected.")
