@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 serve: $(STAMP)
+	@bash scripts/ensure-host.sh
 	$(BIN)/spaceport serve --host 0.0.0.0 --port 8000
 
 test: $(STAMP)

@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -137,6 +138,39 @@ def serve_proxy(port: int, static_port: int, app_port: int) -> None:
         http="httptools",
         log_level="warning",
         access_log=False,
+        server_header=False,
+        date_header=False,
+    )
+
+
+def serve_minimal(port: int, static_port: int, app_port: int) -> None:
+    """Reference: the smallest useful aiohttp ASGI proxy (no routing, no streaming, no headers)."""
+    import aiohttp
+    import uvicorn
+
+    targets = {"static": f"http://127.0.0.1:{static_port}", "app": f"http://127.0.0.1:{app_port}"}
+    state: dict[str, aiohttp.ClientSession] = {}
+
+    async def app(scope: dict, receive: object, send: Any) -> None:  # type: ignore[type-arg]
+        if scope["type"] != "http":
+            return
+        session = state.get("s") or state.setdefault("s", aiohttp.ClientSession())
+        _, which, rest = scope["path"].split("/", 2)
+        async with session.get(f"{targets[which]}/{rest}") as resp:
+            body = await resp.read()
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
         server_header=False,
         date_header=False,
     )
@@ -268,11 +302,11 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
         table.add_column(name, justify="right" if name != header[0] else "left")
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    Console(width=150).print(table)
 
 
 def run(args: argparse.Namespace) -> None:
-    static_port, app_port, proxy_port, nginx_port = (free_port() for _ in range(4))
+    static_port, app_port, proxy_port, nginx_port, minimal_port = (free_port() for _ in range(5))
     py = sys.executable
     me = str(Path(__file__).resolve())
     with tempfile.TemporaryDirectory(prefix="spaceport-bench-") as tmpdir:
@@ -292,23 +326,35 @@ def run(args: argparse.Namespace) -> None:
                 proxy_port,
                 tmp / "proxy.log",
             ),
+            child(
+                [py, me, "--serve-minimal", str(minimal_port), str(static_port), str(app_port)],
+                minimal_port,
+                tmp / "minimal.log",
+            ),
         ):
-            measure(args, static_port, app_port, proxy_port, nginx_port)
+            measure(args, static_port, app_port, proxy_port, nginx_port, minimal_port)
 
 
 def measure(
-    args: argparse.Namespace, static_port: int, app_port: int, proxy_port: int, nginx_port: int
+    args: argparse.Namespace,
+    static_port: int,
+    app_port: int,
+    proxy_port: int,
+    nginx_port: int,
+    minimal_port: int,
 ) -> None:
     targets = {
         "static upstream (nginx file)": {
             "direct": f"http://127.0.0.1:{static_port}/index.html",
             "spaceport proxy": f"http://127.0.0.1:{proxy_port}/apps/bench/static/index.html",
             "nginx proxy": f"http://127.0.0.1:{nginx_port}/static/index.html",
+            "minimal aiohttp proxy": f"http://127.0.0.1:{minimal_port}/static/index.html",
         },
         "aiohttp upstream /hello": {
             "direct": f"http://127.0.0.1:{app_port}/hello",
             "spaceport proxy": f"http://127.0.0.1:{proxy_port}/apps/bench/app/hello",
             "nginx proxy": f"http://127.0.0.1:{nginx_port}/app/hello",
+            "minimal aiohttp proxy": f"http://127.0.0.1:{minimal_port}/app/hello",
         },
     }
     rows = []
@@ -378,11 +424,14 @@ def main() -> None:
     parser.add_argument("--ws-rounds", type=int, default=10)
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-proxy", type=int, nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-minimal", type=int, nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
         serve_upstream(args.serve_upstream)
     elif args.serve_proxy:
         serve_proxy(*args.serve_proxy)
+    elif args.serve_minimal:
+        serve_minimal(*args.serve_minimal)
     else:
         if not shutil.which("nginx"):
             sys.exit("nginx is required (apt-get install -y nginx-light)")

@@ -25,7 +25,7 @@ from controller.proxy.activity import ThrottledActivity
 from controller.proxy.middleware import ProxyMiddleware
 from controller.proxy.routes import RouteTable
 from controller.runtimes.base import Runtime
-from controller.runtimes.factory import make_runtime
+from controller.runtimes.factory import make_runtime, untrusted_push_refusal
 from controller.services.access import SpaceAccess
 from controller.services.platform import Platform
 from controller.services.reconciler import Reconciler
@@ -49,6 +49,7 @@ def create_app(settings: Settings, *, platform: Platform | None = None, runtime:
     celery = make_celery(settings)
     platform.enqueue_build = lambda build_id: celery.send_task("spaceport.build", args=[build_id])
     runtime = runtime or make_runtime(settings)
+    platform.untrusted_push_refusal = untrusted_push_refusal(settings, runtime)
     routes, activity = RouteTable(), ThrottledActivity(interval=5.0)
     reconciler = Reconciler(platform, runtime, routes, activity, interval=settings.reconcile_interval)
     platform.kick = reconciler.kick

@@ -29,6 +29,7 @@ app.add_typer(cli_admin.images_app, name="images")
 app.add_typer(cli_admin.quota_app, name="quota")
 app.add_typer(cli_admin.accel_app, name="accelerators")
 app.command()(cli_admin.logs)
+app.command("remove-all-instances")(cli_admin.remove_all_instances)
 err = Console(stderr=True)
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (default $SPACEPORT_DATA_DIR or ./.spaceport)")]

@@ -132,3 +132,19 @@ def accel_detect() -> None:
         out.print("npu-smi found: spaceport accelerators add ascend-910b --count N")
     if not found:
         out.print("No nvidia-smi or npu-smi on this host: no accelerators detected.")
+
+
+def remove_all_instances() -> None:
+    """Stop and delete every app instance this site runs (e.g. before wiping the data dir)."""
+    import asyncio
+
+    from controller.runtimes.factory import make_runtime
+
+    async def run() -> int:
+        runtime = make_runtime(Settings())
+        found = await runtime.list()
+        for status in found:
+            await runtime.remove(status.name)
+        return len(found)
+
+    err.print(f"removed {asyncio.run(run())} instances")

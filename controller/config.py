@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     secret_key: str = Field(default="", description="Signs sessions, encrypts secrets; default kept in data dir")
     docker_host: str = ""
     registry_mirror: str = ""
-    base_image_aliases: dict[str, str] = Field(default_factory=dict)
+    base_image_aliases: str = Field(default="", description="UPSTREAM=LOCAL pairs, comma separated")
     extra_ca_dir: Path = Path("/usr/local/share/ca-certificates")
     hardware_catalog: Path | None = None
     sandbox: Literal["auto", "bwrap", "none"] = "auto"

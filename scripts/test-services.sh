@@ -9,7 +9,7 @@ OUT=${1:-$STATE/env.sh}
 mkdir -p "$STATE"
 log() { echo "[services] $*" >&2; }
 
-PKGS="docker.io debootstrap redis-server postgresql chromium chromium-driver nginx-light bubblewrap git iproute2 procps"
+PKGS="docker.io debootstrap redis-server postgresql chromium chromium-driver nginx-light bubblewrap git iproute2 iptables util-linux procps"
 install_packages() {
   local missing=()
   for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

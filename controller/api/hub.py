@@ -9,6 +9,7 @@ list_repo_commits, hf_hub_download). Secret values are accepted and never return
 from __future__ import annotations
 
 import mimetypes
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -86,7 +87,7 @@ def _base(platform: Platform) -> str:
     return platform.settings.public_url.rstrip("/")
 
 
-def _repo(platform: Platform, space: Space) -> Any:
+def _repo(platform: Platform, space: Space) -> Path:
     return storage.repo_path(platform.settings.repos_dir, space.owner.name, space.name)
 
 

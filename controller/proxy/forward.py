@@ -136,12 +136,23 @@ async def _wait_disconnect(receive: Receive, body_done: asyncio.Event) -> None:
 
 
 async def _pump_body(resp: aiohttp.ClientResponse, send: Send, tick: Tick) -> bool:
-    """Copy the upstream body downstream chunk by chunk; False if the upstream broke off."""
+    """Copy the upstream body downstream chunk by chunk; False if the upstream broke off.
+
+    With a known length the last chunk carries more_body=False (one ASGI send fewer per response).
+    """
+    remaining = resp.content_length
     try:
         async for chunk in resp.content.iter_any():
             tick()
+            if remaining is not None:
+                remaining -= len(chunk)
+                if remaining <= 0:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                    return True
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except (TimeoutError, aiohttp.ClientError):
+        return False
+    if remaining:
         return False
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return True

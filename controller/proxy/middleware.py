@@ -132,7 +132,7 @@ class ProxyMiddleware:
         is_ws = scope["type"] == "websocket"
         if is_ws:
             await receive()  # websocket.connect
-        as_html = not is_ws and scope["method"] == "GET" and pages.wants_html(_headers(scope))
+        as_html = not is_ws and scope["method"] == "GET" and b"text/html" in _header(scope, b"accept")
         try:
             route = await self._admit(target, scope, send, as_html)
             if route is None:
@@ -280,10 +280,6 @@ class ProxyMiddleware:
 
 
 # ---- helpers (pure) -----------------------------------------------------------------------------
-def _headers(scope: Scope) -> dict[bytes, bytes]:
-    return dict(scope["headers"])
-
-
 def _header(scope: Scope, name: bytes) -> bytes:
     for key, value in scope["headers"]:
         if key == name:

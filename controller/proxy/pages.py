@@ -43,10 +43,6 @@ main{{text-align:center;max-width:36rem}}</style></head>
 """
 
 
-def wants_html(headers: dict[bytes, bytes]) -> bool:
-    return b"text/html" in headers.get(b"accept", b"")
-
-
 async def respond(
     send: Send, status: int, body: bytes, content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None
 ) -> None:

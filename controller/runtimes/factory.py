@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from controller.config import Settings
 from controller.runtimes.base import Runtime
+
+log = logging.getLogger(__name__)
 
 
 def docker_client(docker_host: str = "") -> Any:
@@ -40,3 +43,19 @@ def make_runtime(settings: Settings) -> Runtime:
     from controller.runtimes.kubernetes.runtime import KubernetesRuntime, SiteConfig
 
     return KubernetesRuntime(KubeClient.from_environment(), SiteConfig(catalog=load_catalog(settings.hardware_catalog)))
+
+
+def untrusted_push_refusal(settings: Settings, runtime: Runtime) -> str | None:
+    """Why non-admins may not push here (apps would run unsandboxed on the host), or None."""
+    status = getattr(runtime, "sandbox_status", None)
+    if settings.runtime != "local" or status is None or getattr(runtime, "sandboxed", False):
+        return None
+    warning = (
+        f"SECURITY: apps would run UNSANDBOXED on this host ({status.reason}); any app could read Spaceport's "
+        f"database and key and other spaces' secrets. Fix: {status.fix}."
+    )
+    log.warning("%s", warning)
+    if settings.allow_unsandboxed:
+        log.warning("SPACEPORT_ALLOW_UNSANDBOXED=true: accepting pushes from every user anyway.")
+        return None
+    return warning + " Until then only admins may push (or set SPACEPORT_ALLOW_UNSANDBOXED=true to trust every user)."

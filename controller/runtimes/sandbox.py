@@ -148,7 +148,18 @@ def space_uid(registry: Path, key: str) -> int:
 def instance_slot(registry: Path, key: str) -> netns.Slot:
     """Network slot: machine-wide (namespaces and interfaces are global kernel objects)."""
     with locked(registry / "slots.lock"):
+        _prune_slots(registry / "slots.json")
         return netns.Slot(_allocate(registry / "slots.json", key, 0, netns.MAX_SLOT))
+
+
+def _prune_slots(table: Path) -> None:
+    """Reclaim slots of instances whose state is gone (a deleted data dir, a test's tmp dir)."""
+    data: dict[str, int] = json.loads(table.read_text()) if table.exists() else {}
+    stale = {k: v for k, v in data.items() if not (Path(k.partition("|")[0]) / "instances" / k.partition("|")[2]).exists()}
+    for index in stale.values():
+        netns.delete(netns.Slot(index))
+    if stale:
+        table.write_text(json.dumps({k: v for k, v in data.items() if k not in stale}, indent=1, sort_keys=True))
 
 
 def release_slot(registry: Path, key: str) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from builder.artifact import artifact_to_dict
+from builder.baseimages import parse_aliases
 from builder.spaceconfig import parse_front_matter
 from controller.db.models import Build, Secret, Space, Variable, utcnow
 from controller.domain.naming import image_tag
@@ -203,7 +204,7 @@ def _execute(platform: Platform, build_id: int, owner: str, name: str, sha: str,
         artifact = build(
             source, kind=kind, cache_dir=settings.artifacts_dir, log=writer, tag=image_tag(owner, name, sha),
             client=docker_client(settings.docker_host) if kind == "image" else None, build_args=build_args,
-            aliases=settings.base_image_aliases or None, mirror=settings.registry_mirror or None,
+            aliases=parse_aliases(settings.base_image_aliases) or None, mirror=settings.registry_mirror or None,
             ca_dir=settings.extra_ca_dir, no_cache=no_cache, time_limit=settings.build_time_limit, cancel=cancel,
         )
     except BuildFailure as failure:

@@ -105,12 +105,17 @@ def _snapshot(space: Space, head: Build | None, target_build: Build | None, inst
         private=space.private, sdk=space.sdk, desired=space.desired, stage=space.stage,
         error_message=space.error_message, hardware=space.requested_hardware,
         current_hardware=space.current_hardware, wanted=wanted,
-        health_path=str(artifact.get("health_path", "/")),
+        health_path=_health_path(space, str(artifact.get("health_path", "/"))),
         startup_timeout=_startup_timeout(space),
         observed_build=(space.head_sha is not None, head.status if head else None,
                         head.error_stage if head else None, head.error_message if head else None),
         instances=tuple(_row(i) for i in instances if i.state != "retired"),
     )
+
+
+def _health_path(space: Space, path: str) -> str:
+    """Streamlit serves everything under its base URL path (see app_env)."""
+    return f"/apps/{space.owner.name}/{space.name}{path}" if space.sdk == "streamlit" else path
 
 
 def _startup_timeout(space: Space) -> float:
@@ -222,9 +227,10 @@ def app_env(session: Session, platform: Platform, space: Space, hardware: Hardwa
         "CPU_CORES": f"{hardware.cpu:g}",
         "MEMORY": f"{hardware.memory_mb // 1024}Gi",
         "ACCELERATOR": hardware.accelerators.type if hardware.accelerators else "none",
-        "GRADIO_ROOT_PATH": base,
-        "STREAMLIT_SERVER_BASE_URL_PATH": base.strip("/"),
+        "GRADIO_ROOT_PATH": base,  # Gradio only builds public URLs from it; the proxy strips the prefix
     }
+    if space.sdk == "streamlit":  # Streamlit mounts its routes under the prefix; the proxy keeps it
+        env["STREAMLIT_SERVER_BASE_URL_PATH"] = base.strip("/")
     for var in session.scalars(select(Variable).where(Variable.space_id == space.id)):
         env[var.key] = var.value
     for secret in session.scalars(select(Secret).where(Secret.space_id == space.id)):

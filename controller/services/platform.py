@@ -25,6 +25,8 @@ class Platform:
     # Hooks the hosting process plugs in: the controller kicks its reconciler; both enqueue builds.
     kick: Callable[[], None] = field(default=lambda: None)
     enqueue_build: Callable[[int], None] = field(default=lambda _build_id: None)
+    # Set when apps would run unsandboxed on the host and the admin did not opt in: only admins may push.
+    untrusted_push_refusal: str | None = None
 
     def __post_init__(self) -> None:
         self.settings.ensure_dirs()

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import timedelta
 
 import aiohttp
 from starlette.concurrency import run_in_threadpool
@@ -33,6 +34,7 @@ from controller.services.platform import Platform
 
 log = logging.getLogger(__name__)
 LIVE = (State.RUNNING, State.FROZEN)
+RETIRE_GRACE = timedelta(seconds=2)
 
 
 class WakeFailed(Exception):
@@ -99,8 +101,12 @@ class Reconciler:
             await self._freeze(snap, actual)
         elif snap.wanted:
             await self._run_wanted(snap, actual)
-        fresh = (await run_in_threadpool(db.load_snapshots, self.platform, snap.pk))[0] if snap.instances or snap.wanted else snap
-        await self._publish(fresh)
+        if not (snap.instances or snap.wanted):
+            await self._publish(snap)
+            return
+        fresh = (await run_in_threadpool(db.load_snapshots, self.platform, snap.pk))[0]
+        await self._publish(fresh)  # the route moves to the new instance before the old one goes
+        await self._retire_others(fresh, actual)
 
     async def _run_wanted(self, snap: SpaceSnapshot, actual: dict[str, InstanceStatus]) -> None:
         assert snap.wanted is not None
@@ -115,8 +121,6 @@ class Reconciler:
             await self._crashed(snap.wanted, status)
         elif row.state == "crashed" and row.next_restart_at is not None and row.next_restart_at <= utcnow():
             self._launch(snap)
-        elif row.state == "ready":
-            await self._retire_others(snap, actual)
 
     async def _crashed(self, name: str, status: InstanceStatus | None) -> None:
         detail = status.message if status is not None and status.message else "the app stopped"
@@ -125,6 +129,13 @@ class Reconciler:
         await run_in_threadpool(db.mark_crashed, self.platform, name, f"The app exited{code}. Last log lines:\n{detail}")
 
     async def _retire_others(self, snap: SpaceSnapshot, actual: dict[str, InstanceStatus]) -> None:
+        """Once the wanted instance is ready and routed (for a short grace, so in-flight requests to the
+        old one finish), remove the older ones."""
+        wanted = snap.row(snap.wanted) if snap.wanted else None
+        if snap.desired != "running" or wanted is None or wanted.state != "ready" or wanted.ready_at is None:
+            return
+        if utcnow() - wanted.ready_at < RETIRE_GRACE:
+            return
         old = [r.name for r in snap.instances if r.name != snap.wanted and r.name not in self._tasks]
         for name in old:
             if name in actual:
@@ -201,6 +212,7 @@ class Reconciler:
         if ok:
             await run_in_threadpool(db.update_row, self.platform, name, state="ready", endpoint=endpoint.url,
                                     ready_at=utcnow(), message=None)
+            await self._publish((await run_in_threadpool(db.load_snapshots, self.platform, snap.pk))[0])
         else:
             await self._quietly(self.runtime.stop(name))
             await run_in_threadpool(db.mark_crashed, self.platform, name, message)

@@ -5,15 +5,15 @@ Everything here goes through the session and the domain; nothing talks to a runt
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from controller.db.models import PlatformSetting, Space, Variable
+from controller.db.models import PlatformSetting, Space
 from controller.domain.errors import BadRequest
 from controller.git import storage
-from controller.services import builds, lifecycle, quotas, settings_vars, spaces
-from controller.services.accounts import Principal
+from controller.services import lifecycle, quotas
 from controller.services.platform import Platform
 
 
@@ -46,21 +46,23 @@ def put_setting(session: Session, key: str, value: Any) -> None:
     session.flush()
 
 
-def duplicate_space(session: Session, platform: Platform, principal: Principal, source: Space, owner: str,
-                    name: str, *, private: bool, hardware: str = "cpu-basic") -> Space:
-    """Fork source into owner/name: code with history and variables; secrets must be re-entered."""
-    repos = platform.settings.repos_dir
-    copy = spaces.create_space(session, repos, principal, owner, name, sdk=source.sdk, private=private,
-                               hardware=hardware)
-    copy.duplicated_from = source.space_id
-    copy.card_data = dict(source.card_data or {})
-    for var in settings_vars.list_variables(session, source):
-        session.add(Variable(space_id=copy.id, key=var.key, value=var.value, description=var.description))
-    if source.head_sha:
-        src = storage.repo_path(repos, source.owner.name, source.name)
-        dest = storage.repo_path(repos, owner, name)
-        storage.git(src, "push", "-q", str(dest), "refs/heads/main:refs/heads/main")
-        build = builds.record_push(session, copy, dest, source.head_sha)
-        platform.queue_build(session, build.id)
-    session.flush()
-    return copy
+
+# ---- the repository at HEAD, for the file and commit pages -----------------------------------
+
+
+def _repo(platform: Platform, space: Space) -> Path:
+    return storage.repo_path(platform.settings.repos_dir, space.owner.name, space.name)
+
+
+def head_files(platform: Platform, space: Space) -> list[str]:
+    return storage.list_files(_repo(platform, space), space.head_sha) if space.head_sha else []
+
+
+def head_file(platform: Platform, space: Space, path: str, limit: int) -> bytes | None:
+    if not space.head_sha or not path or ".." in path.split("/"):
+        return None
+    return storage.read_file(_repo(platform, space), space.head_sha, path, limit)
+
+
+def recent_commits(platform: Platform, space: Space, limit: int = 100) -> list[storage.Commit]:
+    return storage.commits(_repo(platform, space), limit=limit)

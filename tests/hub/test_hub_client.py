@@ -292,7 +292,7 @@ def test_gradio_client_calls_space_by_id(server: LiveServer, tokens: dict[str, s
     wait_running(hf, "alice/greeter", timeout=600)
     script = LOOPBACK_SHIM + (
         "from gradio_client import Client\n"
-        "print(Client('alice/greeter', verbose=False).predict('Ada', api_name='/predict'))\n"
+        "print(Client('alice/greeter', verbose=False).predict('Ada', api_name='/greet'))\n"
     )
     env = {**os.environ, "HF_ENDPOINT": server.url, "HF_TOKEN": tokens["alice"], "HF_HUB_OFFLINE": "0"}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)

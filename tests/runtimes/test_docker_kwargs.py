@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import docker
 import pytest
 
@@ -12,7 +14,7 @@ from controller.runtimes.docker import DockerRuntime, build_create_kwargs
 
 def _spec(name: str, image: str, acc: Accelerators | None) -> InstanceSpec:
     return InstanceSpec(name=name, space_id="alice/gpu", artifact=ImageArtifact(image=image, port=7860),
-                        hardware=HardwareSpec(flavor="t4-small", cpu=4, memory_mb=1024, pids=128, accelerators=acc))
+                        hardware=HardwareSpec(flavor="t4-small", cpu=2, memory_mb=1024, pids=128, accelerators=acc))
 
 
 def test_ascend_kwargs_map_devices_and_driver() -> None:
@@ -22,13 +24,13 @@ def test_ascend_kwargs_map_devices_and_driver() -> None:
     assert kwargs["volumes"] == {"/usr/local/Ascend/driver": {"bind": "/usr/local/Ascend/driver", "mode": "ro"}}
     assert kwargs["init"] is True and kwargs["user"] == "1000:1000"
     assert kwargs["ports"] == {"7860/tcp": ("127.0.0.1", None)}
-    assert kwargs["pids_limit"] == 128 and kwargs["nano_cpus"] == 4_000_000_000 and kwargs["mem_limit"] == "1024m"
+    assert kwargs["pids_limit"] == 128 and kwargs["nano_cpus"] == 2_000_000_000 and kwargs["mem_limit"] == "1024m"
 
 
 @pytest.mark.docker
 def test_t4_container_requests_the_assigned_gpu(docker_host: str, test_image: str) -> None:
     runtime = DockerRuntime(docker_host)
-    spec = _spec("t4probe-" + docker_host[-6:].replace("/", ""), test_image, Accelerators("nvidia-t4", ("1",)))
+    spec = _spec(f"t4probe-{uuid.uuid4().hex[:8]}", test_image, Accelerators("nvidia-t4", ("1",)))
     runtime.ensure_network()
     container = runtime.client.containers.create(**build_create_kwargs(spec))
     try:

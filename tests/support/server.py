@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -54,15 +55,25 @@ class LiveServer:
             time.sleep(0.1)
         raise RuntimeError(f"server did not answer within {timeout}s:\n{self.logs()[-3000:]}")
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+    def stop(self, sig: int = signal.SIGTERM, *, remove_apps: bool = True) -> None:
+        """Stop the server (and its worker); unless told otherwise also remove the apps it started."""
+        self._stop_server(sig)
+        if remove_apps:
+            self.cli("remove-all-instances", check=False)
+
+    def _stop_server(self, sig: int) -> None:
+        """Stop serve and its worker (same process group); apps live in their own sessions."""
+        if self.proc is None:
             return
-        os.killpg(self.proc.pid, sig)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        self.proc.wait()
 
     def kill_controller_only(self) -> None:
         """SIGKILL the serve process itself (not its group): its worker child and apps live on."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import pytest
 
@@ -205,12 +203,16 @@ def test_admin_page_is_admin_only_and_saves_sleep_defaults(world: Site) -> None:
         assert bad.status_code == 400
 
 
-def test_duplicate_as_another_user(world: Site, tmp_path: Path) -> None:
+def test_duplicate_as_another_user(world: Site) -> None:
+    with world.client("alice") as alice:
+        settings = "/spaces/alice/demo/settings"
+        post_form(alice, settings, f"{settings}/secrets", {"key": "DUP_TOKEN", "value": "not-copied-1"})
     with world.client("bob") as bob:
         done = post_form(bob, "/spaces/alice/demo", "/spaces/alice/demo/duplicate",
                          {"to_owner": "bob", "to_name": "demo-copy", "visibility": "public"})
         assert done.status_code == 303 and done.headers["location"] == "/spaces/bob/demo-copy"
-        assert "Duplicated from" in bob.get("/spaces/bob/demo-copy").text
+        copy = bob.get("/spaces/bob/demo-copy").text
+        assert "Duplicated from" in copy and "still needs its secrets: " in copy and "DUP_TOKEN" in copy
         assert "index.html" in bob.get("/spaces/bob/demo-copy/tree").text
         again = post_form(bob, "/spaces/alice/demo", "/spaces/alice/demo/duplicate",
                           {"to_owner": "bob", "to_name": "demo-copy", "visibility": "public"})

@@ -9,8 +9,7 @@ from fastapi.responses import Response
 
 from controller.db.models import Space
 from controller.domain.errors import NotFound, SpaceportError
-from controller.git import storage
-from controller.services import accounts, spaces, webqueries
+from controller.services import accounts, duplicate, spaces, webqueries
 from controller.services.views import app_host
 from web.context import CSRF, Web, WebDep
 from web.routing import WebRoute
@@ -32,7 +31,15 @@ def space_context(web: Web, space: Space, tab: str) -> dict[str, Any]:
         "git_url": f"{site_url(web)}{base}",
         "runtime_url": f"/api/spaces/{space.owner.name}/{space.name}/runtime",
         "owners": duplicate_owners(web),
+        "missing_secrets": missing_secrets(web, space),
     }
+
+
+def missing_secrets(web: Web, space: Space) -> list[str]:
+    """Secrets the source of a duplicate has and the copy still lacks (shown to its owners)."""
+    if not space.duplicated_from or not spaces.can_write(web.session, web.principal, space):
+        return []
+    return duplicate.missing_secrets(web.session, space)
 
 
 def duplicate_owners(web: Web) -> list[str]:
@@ -40,10 +47,6 @@ def duplicate_owners(web: Web) -> list[str]:
         return []
     user = web.principal.user
     return [user.name, *[o.name for o in accounts.orgs_of(web.session, user)]]
-
-
-def repo_of(web: Web, space: Space) -> Any:
-    return storage.repo_path(web.platform.settings.repos_dir, space.owner.name, space.name)
 
 
 @router.get("")
@@ -63,15 +66,15 @@ def logs_page(web: WebDep, owner: str, name: str) -> Response:
 @router.get("/tree")
 def files_page(web: WebDep, owner: str, name: str) -> Response:
     space = spaces.get_space(web.session, web.principal, owner, name)
-    files = storage.list_files(repo_of(web, space), space.head_sha) if space.head_sha else []
+    files = webqueries.head_files(web.platform, space)
     return web.render("files.html", files=files, **space_context(web, space, "files"))
 
 
 @router.get("/blob/{path:path}")
 def blob_page(web: WebDep, owner: str, name: str, path: str) -> Response:
     space = spaces.get_space(web.session, web.principal, owner, name)
-    data = storage.read_file(repo_of(web, space), space.head_sha, path, MAX_SHOWN + 1) if space.head_sha else None
-    if data is None or ".." in path.split("/"):
+    data = webqueries.head_file(web.platform, space, path, MAX_SHOWN + 1)
+    if data is None:
         raise NotFound(f"No file {path!r} at the head of {owner}/{name}.")
     binary = b"\0" in data[:8000]
     text = None if binary else data[:MAX_SHOWN].decode(errors="replace")
@@ -82,7 +85,7 @@ def blob_page(web: WebDep, owner: str, name: str, path: str) -> Response:
 @router.get("/commits")
 def commits_page(web: WebDep, owner: str, name: str) -> Response:
     space = spaces.get_space(web.session, web.principal, owner, name)
-    commits = storage.commits(repo_of(web, space), limit=100)
+    commits = webqueries.recent_commits(web.platform, space)
     return web.render("commits.html", commits=commits, **space_context(web, space, "commits"))
 
 
@@ -94,13 +97,12 @@ def duplicate_page(web: WebDep, owner: str, name: str) -> Response:
 
 
 @router.post("/duplicate", dependencies=[CSRF])
-def duplicate(web: WebDep, owner: str, name: str, to_owner: str = Form(""), to_name: str = Form(""),
-              visibility: str = Form("public")) -> Response:
+def duplicate_action(web: WebDep, owner: str, name: str, to_owner: str = Form(""), to_name: str = Form(""),
+                     visibility: str = Form("public")) -> Response:
     principal = web.require_user()
-    source = spaces.get_space(web.session, web.principal, owner, name)
     try:
-        copy = webqueries.duplicate_space(web.session, web.platform, principal, source, to_owner, to_name.strip(),
-                                          private=visibility == "private")
+        request = duplicate.DuplicateRequest(target=f"{to_owner}/{to_name.strip()}", private=visibility == "private")
+        copy = duplicate.duplicate(web.session, web.platform, principal, owner, name, request).space
         web.session.commit()
     except SpaceportError as error:
         web.fail(error)

@@ -19,7 +19,9 @@ function updateBadges(url, runtime) {
     badge.textContent = runtime.stage;
     badge.dataset.stage = runtime.stage;
     badge.className = `badge badge-${stageKind(runtime.stage)}`;
-    if (before !== runtime.stage && runtime.stage === "RUNNING") reloadApp();
+    if (before === runtime.stage) return;
+    if (runtime.stage === "RUNNING") reloadApp();
+    reopenEndedLogs();
   });
   document.querySelectorAll("[data-error-for]").forEach((el) => {
     if (!url.includes(`/api/spaces/${el.dataset.errorFor}/`)) return;
@@ -48,11 +50,21 @@ function logState(name, text) {
   if (el) el.textContent = text;
 }
 
+const endedLogs = new Set();
+
+function reopenEndedLogs() {
+  const ended = [...endedLogs];
+  endedLogs.clear();
+  ended.forEach(streamLog);
+}
+
 function streamLog(pre) {
   const name = pre.dataset.state;
   const source = new EventSource(pre.dataset.sse);
+  let received = false;
   source.onopen = () => { pre.textContent = ""; logState(name, "Streaming live."); };
   source.onmessage = (event) => {
+    received = true;
     let line = event.data;
     try { line = JSON.parse(event.data).data; } catch (_error) { /* plain text line */ }
     const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
@@ -62,8 +74,14 @@ function streamLog(pre) {
   source.onerror = () => {
     if (source.readyState === EventSource.CLOSED) {
       logState(name, "Logs are not available from this server right now (the stream could not be opened).");
+    } else if (received) {
+      // The server ended the stream (build finished, app stopped): keep what we have and reopen
+      // when the stage changes instead of replaying the whole log every few seconds.
+      source.close();
+      endedLogs.add(pre);
+      logState(name, "Stream ended; it reopens when the space's stage changes.");
     } else {
-      logState(name, "Stream ended; waiting for new output…");
+      logState(name, "Waiting for output…");
     }
   };
 }
