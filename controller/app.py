@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -32,11 +33,12 @@ from controller.services.reconciler import Reconciler
 from controller.tasks import make_celery
 
 log = logging.getLogger(__name__)
+_HEADER_UNSAFE = re.compile(r"[^\x20-\x7e\xa0-\xff]")  # what an HTTP header value can carry (latin-1 text)
 
 
 def _error_response(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SpaceportError)
-    header = exc.message.encode("latin-1", "replace").decode("latin-1")[:1000]
+    header = _HEADER_UNSAFE.sub("?", exc.message)[:1000]  # a control char would abort the whole response
     headers = {"X-Error-Message": header}
     if exc.hf_code:
         headers["X-Error-Code"] = exc.hf_code

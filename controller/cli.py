@@ -110,7 +110,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: DataDir = None,
     err.print(f"Spaceport on [bold]{settings.public_url}[/bold], data in {settings.data_dir}")
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info", loop="uvloop",
-                    http="httptools", ws="websockets", timeout_graceful_shutdown=5)
+                    http="httptools", ws="websockets", timeout_graceful_shutdown=5,
+                    server_header=False, date_header=False)  # the proxied app's own headers pass through
     finally:
         for child in children:
             child.send_signal(signal.SIGTERM)

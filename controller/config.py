@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     build_time_limit: float = 1800.0
     reconcile_interval: float = 5.0
     sweep_interval: float = 30.0
+    build_stale_after: float = Field(default=60.0, description="Seconds without a heartbeat before a running build counts as lost")
+    recover_interval: float = Field(default=30.0, description="How often beat looks for lost builds")
     light_sleep_enabled: bool = True
     deep_sleep_enabled: bool = True
     deep_sleep_after: float = 3600.0

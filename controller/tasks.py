@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from functools import cache
 
 from celery import Celery
@@ -25,7 +26,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         beat_schedule={
             "sweep-idle": {"task": "spaceport.sweep", "schedule": settings.sweep_interval},
-            "recover-builds": {"task": "spaceport.recover", "schedule": 30.0},
+            "recover-builds": {"task": "spaceport.recover", "schedule": settings.recover_interval},
         },
     )
     if settings.celery_broker.startswith("spacefs"):
@@ -74,8 +75,9 @@ def recover_task() -> int:
     """Find builds no live task owns (lost worker, lost message) and run them again."""
     from controller.services.builds import queued_ids, recover_lost
 
-    with _platform().tx() as session:
-        ids = recover_lost(session) + queued_ids(session)
+    platform = _platform()
+    with platform.tx() as session:
+        ids = recover_lost(session, timedelta(seconds=platform.settings.build_stale_after)) + queued_ids(session)
     for build_id in sorted(set(ids)):
         build_task.delay(build_id)
     return len(ids)

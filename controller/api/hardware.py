@@ -8,7 +8,6 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.api.deps import DB, PlatformDep, User
-from controller.domain.errors import BadRequest
 from controller.services import lifecycle, quotas, spaces
 from controller.services.views import runtime_json
 
@@ -30,31 +29,18 @@ def list_hardware(platform: PlatformDep) -> list[dict[str, Any]]:
     return quotas.catalog(platform).to_hf_json()
 
 
-def _check_sleep(seconds: int | None) -> None:
-    if seconds is not None and seconds != -1 and seconds < 60:
-        raise BadRequest("sleepTimeSeconds must be -1 (never sleep) or at least 60 seconds.")
-
-
 @router.post("/{owner}/{name}/hardware")
 def request_hardware(owner: str, name: str, body: HardwareRequest, db: DB, user: User, platform: PlatformDep) -> dict[str, Any]:
     """Switch flavor: refused with 403 (quota) or 409 (capacity) naming who holds the devices."""
     space = spaces.get_writable_space(db, user, owner, name)
-    _check_sleep(body.sleepTimeSeconds)
-    quotas.check_request(db, platform, space, body.flavor)
     if body.sleepTimeSeconds is not None:
-        space.sleep_time = body.sleepTimeSeconds
-    if body.flavor != space.requested_hardware:
-        space.requested_hardware = body.flavor
-        if space.target_build_id is not None and space.desired != "paused":
-            space.desired = "running"
-            lifecycle.bump_generation(space)
-        platform.after_commit(db, platform.kick)
+        lifecycle.set_sleep_time(space, body.sleepTimeSeconds)
+    lifecycle.change_hardware(db, platform, space, body.flavor)
     return runtime_json(space, default_sleep=lifecycle.default_sleep(db, space))
 
 
 @router.post("/{owner}/{name}/sleeptime")
 def set_sleep_time(owner: str, name: str, body: SleepTimeRequest, db: DB, user: User) -> dict[str, Any]:
     space = spaces.get_writable_space(db, user, owner, name)
-    _check_sleep(body.seconds)
-    space.sleep_time = body.seconds
+    lifecycle.set_sleep_time(space, body.seconds)
     return runtime_json(space, default_sleep=lifecycle.default_sleep(db, space))

@@ -176,6 +176,7 @@ def preupload(owner: str, name: str, revision: str, body: PreuploadBody, db: DB,
 def commit(owner: str, name: str, revision: str, body: Annotated[bytes, Depends(raw_body)], db: DB, user: User,
            platform: PlatformDep, create_pr: str | None = None) -> dict[str, Any]:
     space = spaces.get_writable_space(db, user, owner, name)
+    spaces.check_code_push(platform, user)
     if create_pr not in (None, "", "0", "false"):
         raise BadRequest("Spaceport has no pull requests: commit to main directly (create_pr=False).")
     commits.check_branch(revision)

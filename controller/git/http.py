@@ -75,8 +75,7 @@ def _authorize_push(session: Session, platform: Platform, principal: Principal |
         raise Unauthorized("Pushing needs a write token: git push http://USER:TOKEN@HOST/spaces/OWNER/NAME")
     if not principal.can_write:
         raise Forbidden("This token is read-only; pushing needs a token with write scope.")
-    if platform.untrusted_push_refusal and not principal.user.is_admin:
-        raise Forbidden(platform.untrusted_push_refusal)
+    spaces.check_code_push(platform, principal)
     if missing:
         spaces.create_space(session, platform.settings.repos_dir, principal, req.owner, req.name)
         return

@@ -3,7 +3,9 @@
 Containers run with --init, as uid 1000, no capabilities, no-new-privileges, memory/CPU/pids limits,
 on the `spaceport-apps` bridge network created with inter-container communication disabled (apps
 cannot reach each other), and publish their port only on 127.0.0.1 with a random host port that is
-read back after every start. Instances are found by the `spaceport.instance` label.
+read back after every start. Instances are found by the `spaceport.instance` label, scoped by the
+`spaceport.site` label (and a name prefix) so several sites or test servers can share one engine without
+listing, adopting or removing each other's containers.
 
 stop() keeps the container (a later start() of the same spec is a plain `container.start()`, a fast
 deep wake); remove() deletes it. start() of a spec that differs (artifact, env, hardware) from the
@@ -15,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -37,10 +41,16 @@ from controller.runtimes.sandbox import ASCEND_DRIVER, ASCEND_SHARED
 NETWORK = "spaceport-apps"
 APP_UID = "1000:1000"
 NOFILE = 8192
+LABEL_SITE = "spaceport.site"
 
 
-def container_name(instance: str) -> str:
-    return f"spaceport-{instance}"
+def container_name(instance: str, site: str = "") -> str:
+    return f"spaceport-{site}-{instance}" if site else f"spaceport-{instance}"
+
+
+def site_id(data_dir: Path) -> str:
+    """A short, stable id of a site (its data directory) for labels and container names."""
+    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:10]
 
 
 def accelerator_kwargs(spec: InstanceSpec) -> dict[str, Any]:
@@ -59,7 +69,8 @@ def accelerator_kwargs(spec: InstanceSpec) -> dict[str, Any]:
     raise RuntimeFailure(f"unknown accelerator type {acc.type!r}")
 
 
-def build_create_kwargs(spec: InstanceSpec, *, network: str = NETWORK, bind_address: str = "127.0.0.1") -> dict[str, Any]:
+def build_create_kwargs(spec: InstanceSpec, *, network: str = NETWORK, bind_address: str = "127.0.0.1",
+                        site: str = "") -> dict[str, Any]:  # fmt: skip
     """Keyword arguments for `client.containers.create` (pure, so it is tested without devices)."""
     artifact = spec.artifact
     if not isinstance(artifact, ImageArtifact):
@@ -68,12 +79,12 @@ def build_create_kwargs(spec: InstanceSpec, *, network: str = NETWORK, bind_addr
     env = {**user_env(spec), "SPACE_ID": spec.space_id, **port_env(artifact.port, "0.0.0.0")}
     return {
         "image": artifact.image,
-        "name": container_name(spec.name),
+        "name": container_name(spec.name, site),
         "detach": True,
         "init": True,
         "user": APP_UID,
         "environment": env,
-        "labels": instance_labels(spec),
+        "labels": {**instance_labels(spec), **({LABEL_SITE: site} if site else {})},
         "mem_limit": f"{hw.memory_mb}m",
         "memswap_limit": f"{hw.memory_mb}m",
         "nano_cpus": int(hw.cpu * 1_000_000_000),
@@ -100,7 +111,8 @@ class DockerRuntime:
     name = "docker"
 
     def __init__(self, docker_host: str | None = None, *, network: str = NETWORK, bind_address: str = "127.0.0.1",
-                 stop_timeout: int = 10) -> None:  # fmt: skip
+                 stop_timeout: int = 10, site: str = "") -> None:  # fmt: skip
+        self.site = site
         self.client = docker.DockerClient(base_url=docker_host) if docker_host else docker.from_env()
         self.network = network
         self.bind_address = bind_address
@@ -142,7 +154,7 @@ class DockerRuntime:
     # ---------------------------------------------------------------- internals
     def _get(self, name: str) -> Container | None:
         try:
-            return self.client.containers.get(container_name(name))
+            return self.client.containers.get(container_name(name, self.site))
         except NotFound:
             return None
 
@@ -166,7 +178,7 @@ class DockerRuntime:
             if container is None:
                 self.ensure_network()
                 container = self.client.containers.create(**build_create_kwargs(
-                    spec, network=self.network, bind_address=self.bind_address))  # fmt: skip
+                    spec, network=self.network, bind_address=self.bind_address, site=self.site))  # fmt: skip
             if container.status == "paused":
                 container.unpause()
             elif container.status != "running":
@@ -197,7 +209,8 @@ class DockerRuntime:
                               message=f"exited with code {code}\n{tail}".strip())  # fmt: skip
 
     def _list(self) -> builtins.list[InstanceStatus]:
-        found = self.client.containers.list(all=True, filters={"label": LABEL_INSTANCE})
+        labels = [LABEL_INSTANCE, f"{LABEL_SITE}={self.site}"] if self.site else [LABEL_INSTANCE]
+        found = self.client.containers.list(all=True, filters={"label": labels})
         return [self._describe(c.labels[LABEL_INSTANCE], c) for c in found]
 
     def _call(self, name: str, action: str) -> None:

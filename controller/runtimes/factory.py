@@ -35,9 +35,9 @@ def make_runtime(settings: Settings) -> Runtime:
 
         return LocalRuntime(settings.runtime_dir, sandbox=settings.sandbox, protected_paths=protected_paths(settings))
     if settings.runtime == "docker":
-        from controller.runtimes.docker import DockerRuntime
+        from controller.runtimes.docker import DockerRuntime, site_id
 
-        return DockerRuntime(settings.docker_host or None)
+        return DockerRuntime(settings.docker_host or None, site=site_id(settings.data_dir))
     from controller.domain.hardware import load_catalog
     from controller.runtimes.kubernetes.client import KubeClient
     from controller.runtimes.kubernetes.runtime import KubernetesRuntime, SiteConfig

@@ -119,17 +119,17 @@ def claim(session: Session, build_id: int, worker: str) -> Build | None:
     return session.get(Build, build_id)
 
 
-def stale_builds(session: Session) -> list[Build]:
+def stale_builds(session: Session, stale_after: timedelta = STALE) -> list[Build]:
     """Running builds whose worker stopped heartbeating: lost to a crash."""
-    cutoff = utcnow() - STALE
+    cutoff = utcnow() - stale_after
     stmt = select(Build).where(Build.status == "running", Build.heartbeat_at < cutoff)
     return list(session.scalars(stmt))
 
 
-def recover_lost(session: Session) -> list[int]:
+def recover_lost(session: Session, stale_after: timedelta = STALE) -> list[int]:
     """Retry builds a dead worker held (or fail them with a reason after MAX_ATTEMPTS); return ids to enqueue."""
     retry: list[int] = []
-    for build in stale_builds(session):
+    for build in stale_builds(session, stale_after):
         if build.attempts >= MAX_ATTEMPTS:
             _fail(session, build, Stage.BUILD_ERROR, f"The build worker was lost {build.attempts} times; giving up. Push again or factory-rebuild.")
         else:

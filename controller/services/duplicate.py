@@ -10,12 +10,11 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
-from controller.db.models import Account, Space
-from controller.domain.errors import BadRequest, Conflict
-from controller.domain.hardware import Catalog, HardwareFlavor, UnknownFlavor, load_catalog
+from controller.db.models import Space
+from controller.domain.errors import Conflict
 from controller.domain.naming import split_repo_id
 from controller.git import storage
-from controller.services import builds, settings_vars, spaces
+from controller.services import builds, quotas, settings_vars, spaces
 from controller.services.accounts import Principal
 from controller.services.platform import Platform
 from controller.services.settings_vars import KeyValue
@@ -39,28 +38,19 @@ class Duplicated:
     missing_secrets: list[str]
 
 
-def check_hardware_allowed(session: Session, owner_account: Account, flavor: str, *,
-                           catalog: Catalog | None = None) -> HardwareFlavor:
-    """May `owner_account` run a space on `flavor`? Hook for quotas; today it only checks the name exists."""
-    try:
-        return (catalog or load_catalog()).flavor(flavor)
-    except UnknownFlavor as exc:
-        raise BadRequest(f"Unknown hardware {flavor!r}: choose one of {', '.join(exc.valid)}.") from None
-
-
 def duplicate(session: Session, platform: Platform, principal: Principal | None, source_owner: str,
               source_name: str, request: DuplicateRequest) -> Duplicated:
     source = spaces.get_space(session, principal, source_owner, source_name)
     owner, name = split_repo_id(request.target)
-    account = spaces.check_namespace_writable(session, principal, owner)
+    spaces.check_namespace_writable(session, principal, owner)
     if spaces.find_space(session, owner, name) is not None:
         raise Conflict(f"You already created this space repo: {owner}/{name}.", url=_url(platform, owner, name))
-    flavor = request.hardware or DEFAULT_FLAVOR
-    check_hardware_allowed(session, account, flavor, catalog=load_catalog(platform.settings.hardware_catalog))
+    flavor = quotas.flavor(platform, request.hardware or DEFAULT_FLAVOR).name  # 400 lists valid flavors
     _validate_items(request)
     target = spaces.create_space(session, platform.settings.repos_dir, principal, owner, name, sdk=source.sdk,
                                  private=source.private if request.private is None else request.private,
                                  hardware=flavor)
+    quotas.check_request(session, platform, target, flavor)  # 403 quota / 409 capacity, nothing kept
     target.duplicated_from = source.space_id
     target.sleep_time = request.sleep_time
     _copy_config(session, platform, source, target, request)

@@ -6,9 +6,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.db.models import AcceleratorDevice, PlatformSetting, Space
+from controller.domain.errors import BadRequest
 from controller.domain.stages import SERVING, Stage
 from controller.git import storage
-from controller.services import builds
+from controller.services import builds, quotas
 from controller.services.platform import Platform
 
 DEFAULT_SLEEP = {"cpu-basic": 48 * 3600}
@@ -63,3 +64,22 @@ def release_accelerators(session: Session, space: Space) -> None:
     for device in session.scalars(select(AcceleratorDevice).where(AcceleratorDevice.space_id == space.id)):
         device.space_id = None
         device.allocated_at = None
+
+
+def change_hardware(session: Session, platform: Platform, space: Space, flavor: str) -> None:
+    """Switch flavor (as POST /api/spaces/O/N/hardware): refused 403 quota / 409 capacity."""
+    quotas.check_request(session, platform, space, flavor)
+    if flavor == space.requested_hardware:
+        return
+    space.requested_hardware = flavor
+    if space.target_build_id is not None and space.desired != "paused":
+        space.desired = "running"
+        bump_generation(space)
+    platform.after_commit(session, platform.kick)
+
+
+def set_sleep_time(space: Space, seconds: int | None) -> None:
+    """None: platform default; -1: never sleep; else idle seconds before sleeping (60 or more)."""
+    if seconds is not None and seconds != -1 and seconds < 60:
+        raise BadRequest("The sleep time must be -1 (never sleep) or at least 60 seconds.")
+    space.sleep_time = seconds

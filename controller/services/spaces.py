@@ -21,6 +21,7 @@ from controller.services.accounts import (
     orgs_of,
     require_account,
 )
+from controller.services.platform import Platform
 
 SDKS = ("gradio", "streamlit", "docker", "static")
 
@@ -147,3 +148,9 @@ def touch(space: Space) -> None:
 
 def require_owner_account(session: Session, name: str) -> Account:
     return require_account(session, name)
+
+
+def check_code_push(platform: Platform, principal: Principal) -> None:
+    """New code runs on this host: refuse non-admins when apps would run unsandboxed (see factory)."""
+    if platform.untrusted_push_refusal and not principal.user.is_admin:
+        raise Forbidden(platform.untrusted_push_refusal)

@@ -1,4 +1,4 @@
-"""Use cases the web UI needs that no other service offers as a function (the API has them inline).
+"""Read helpers the web UI needs: platform settings and the repository at HEAD.
 
 Everything here goes through the session and the domain; nothing talks to a runtime directly.
 """
@@ -11,29 +11,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from controller.db.models import PlatformSetting, Space
-from controller.domain.errors import BadRequest
 from controller.git import storage
-from controller.services import lifecycle, quotas
 from controller.services.platform import Platform
-
-
-def change_hardware(session: Session, platform: Platform, space: Space, flavor: str) -> None:
-    """Switch flavor (as POST /api/spaces/O/N/hardware): refused 403 quota / 409 capacity."""
-    quotas.check_request(session, platform, space, flavor)
-    if flavor == space.requested_hardware:
-        return
-    space.requested_hardware = flavor
-    if space.target_build_id is not None and space.desired != "paused":
-        space.desired = "running"
-        lifecycle.bump_generation(space)
-    platform.after_commit(session, platform.kick)
-
-
-def set_sleep_time(space: Space, seconds: int | None) -> None:
-    """None: platform default; -1: never sleep; else idle seconds before sleeping (60 or more)."""
-    if seconds is not None and seconds != -1 and seconds < 60:
-        raise BadRequest("Sleep time must be at least 60 seconds, or 'never'.")
-    space.sleep_time = seconds
 
 
 def get_setting(session: Session, key: str) -> Any:

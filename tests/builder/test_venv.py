@@ -53,7 +53,7 @@ def test_streamlit_and_static_commands(space: Callable[[str], Path], tmp_path: P
     static_source = space("static")
     static = build(static_source, kind="venv", cache_dir=tmp_path, log=lambda _line: None)
     assert isinstance(static, VenvArtifact)
-    assert static.command[1:] == ("-m", "http.server", "{port}", "--bind", "127.0.0.1", "--directory", str(static_source))
+    assert static.command[1:] == ("-m", "http.server", "{port}", "--bind", "{host}", "--directory", str(static_source))
     assert Path(static.command[0]).is_file()
 
 

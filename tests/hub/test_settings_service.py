@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from controller.config import Settings
 from controller.db.models import Secret, Space
 from controller.domain.errors import BadRequest
-from controller.services import accounts, duplicate, settings_vars, spaces
+from controller.services import accounts, duplicate, quotas, settings_vars, spaces
 from controller.services.platform import Platform
 from controller.services.settings_vars import KeyValue
 
@@ -77,9 +77,6 @@ def test_missing_secrets_follow_the_source(platform: Platform) -> None:
         assert duplicate.missing_secrets(session, copy) == ["A_KEY"]
 
 
-def test_hardware_hook_validates_flavor_names(platform: Platform) -> None:
-    with platform.tx() as session:
-        account = accounts.create_user(session, "ada")
-        assert duplicate.check_hardware_allowed(session, account, "cpu-basic").name == "cpu-basic"
-        with pytest.raises(BadRequest, match="Unknown hardware"):
-            duplicate.check_hardware_allowed(session, account, "warp-drive")
+def test_unknown_flavor_names_the_valid_ones(platform: Platform) -> None:
+    with pytest.raises(BadRequest, match="cpu-basic"):
+        quotas.flavor(platform, "warp-drive")

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from controller.db.models import Space
 from controller.domain.errors import BadRequest, SpaceportError
-from controller.services import lifecycle, quotas, settings_vars, spaces, webqueries
+from controller.services import lifecycle, quotas, settings_vars, spaces
 from controller.services.settings_vars import KeyValue
 from web.context import CSRF, Web, WebDep
 from web.routes.space import space_context
@@ -55,7 +55,7 @@ def show(web: WebDep, owner: str, name: str) -> Response:
 
 @router.post("/hardware", dependencies=[CSRF])
 def hardware(web: WebDep, owner: str, name: str, flavor: str = Form("")) -> Response:
-    return act(web, owner, name, lambda s: webqueries.change_hardware(web.session, web.platform, s, flavor),
+    return act(web, owner, name, lambda s: lifecycle.change_hardware(web.session, web.platform, s, flavor),
                f"Hardware set to {flavor}.")
 
 
@@ -70,7 +70,7 @@ def parse_sleep(value: str) -> int | None:
 
 @router.post("/sleep", dependencies=[CSRF])
 def sleep(web: WebDep, owner: str, name: str, seconds: str = Form("")) -> Response:
-    return act(web, owner, name, lambda s: webqueries.set_sleep_time(s, parse_sleep(seconds)), "Sleep time saved.")
+    return act(web, owner, name, lambda s: lifecycle.set_sleep_time(s, parse_sleep(seconds)), "Sleep time saved.")
 
 
 @router.post("/variables", dependencies=[CSRF])
