@@ -61,6 +61,7 @@ def build_venv(
     key = environment_key(source, config)
     final = venvs / key
     if no_cache:
+        log("no cache (factory rebuild): building a fresh environment and refreshing downloads")
         final = venvs / f"{key}.{uuid.uuid4().hex[:8]}"
     if (final / MARKER).is_file():
         log(f"reusing environment {key}")

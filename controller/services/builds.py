@@ -86,8 +86,7 @@ def rebuild(session: Session, space: Space, *, no_cache: bool) -> Build | None:
 def _requeue(build: Build, no_cache: bool) -> None:
     build.status = "queued"
     build.no_cache = no_cache
-    build.error_stage = build.error_message = None
-    build.artifact = None
+    build.error_stage = build.error_message = None  # the old artifact stays until a new one replaces it
     build.attempts = 0
     build.created_at = utcnow()
     build.started_at = build.finished_at = None
@@ -168,6 +167,8 @@ def _succeed(session: Session, build: Build, artifact: dict[str, object]) -> Non
     space = session.get(Space, build.space_id)
     if space is None or space.head_sha != build.commit_sha:
         return
+    if space.target_build_id == build.id:  # a rebuild of the same commit: a new instance takes the new artifact
+        space.generation += 1
     space.target_build_id = build.id
     space.stage = (Stage.RUNNING_APP_STARTING if Stage(space.stage) in SERVING else Stage.APP_STARTING).value
 

@@ -205,3 +205,17 @@ def test_controller_restart_keeps_apps_running(server: LiveServer, token: str, t
     while host_get(server, "alice-survivor").status_code != 200 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert host_get(server, "alice-survivor").text == "survivor"
+
+
+def test_factory_rebuild_builds_again_without_cache_and_swaps(server: LiveServer, token: str, tmp_path: Path) -> None:
+    push_fixture(server, tmp_path, static_files("factory"), "alice", "factory", token)
+    wait_stage(server, "alice/factory", {"RUNNING"})
+    pid = app_pid(server, "alice-factory")
+    HfApi(endpoint=server.url, token=token).restart_space("alice/factory", factory_reboot=True)
+    stages: list[str] = []
+    wait_stage(server, "alice/factory", {"RUNNING_BUILDING", "RUNNING_APP_STARTING"}, seen=stages)
+    wait_stage(server, "alice/factory", {"RUNNING"}, seen=stages)
+    log = httpx.get(f"{server.url}/api/spaces/alice/factory/logs/build", params={"follow": "false"}).text
+    assert log.count("Build succeeded") == 2 and "no cache" in log.lower()
+    assert app_pid(server, "alice-factory") != pid
+    assert host_get(server, "alice-factory").text == "factory"

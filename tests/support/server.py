@@ -67,10 +67,8 @@ class LiveServer:
             return
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
