@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import inspect, select, text
 
-from controller.config import Settings
 from controller.db.models import Build, Space
 from controller.domain.errors import Conflict, Forbidden
 from controller.services import accounts, spaces
 from controller.services.platform import Platform
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def platform(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Platform]:
-    if request.param == "sqlite":
-        url = ""
-    else:
-        base = make_url(request.getfixturevalue("pg_url"))
-        name = f"t_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(base, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = base.set(database=name).render_as_string(hide_password=False)
-    p = Platform(Settings(data_dir=tmp_path / "data", database_url=url))
-    p.migrate()
-    yield p
-    p.dispose()
-    if request.param == "postgres":
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+@pytest.fixture
+def platform(db_platform: Platform) -> Platform:
+    return db_platform
 
 
 def test_migrations_create_every_table_and_are_idempotent(platform: Platform) -> None:

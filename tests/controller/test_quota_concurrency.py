@@ -2,40 +2,22 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from controller.config import Settings
 from controller.db.models import AcceleratorDevice, Space
 from controller.domain.errors import CapacityExhausted, QuotaExceeded
 from controller.services import accounts, quotas, spaces
 from controller.services.platform import Platform
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def platform(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Platform]:
-    url = ""
-    if request.param == "postgres":
-        base = make_url(request.getfixturevalue("pg_url"))
-        name = f"q_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(base, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = base.set(database=name).render_as_string(hide_password=False)
-    p = Platform(Settings(data_dir=tmp_path / "data", database_url=url))
-    p.migrate()
-    yield p
-    p.dispose()
-    if request.param == "postgres":
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+@pytest.fixture
+def platform(db_platform: Platform) -> Platform:
+    return db_platform
 
 
 def _setup(platform: Platform, tmp_path: Path, owners: int, per_owner: int) -> list[int]:
