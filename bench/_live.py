@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -32,6 +33,13 @@ from tests.support.spaces import push_fixture, runtime  # noqa: E402
 __all__ = ["LiveServer", "push_fixture"]
 
 FIXTURES = ROOT / "tests" / "fixtures" / "spaces"
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # run the `finally` blocks that stop servers and remove their apps
+
+
+signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 @dataclass(frozen=True)

@@ -62,8 +62,8 @@ def current(server: LiveServer, slug: str) -> str:
     return rows[0][0]
 
 
-def cold_start(server: LiveServer, token: str, name: str, probe: Inspector) -> float:
-    """restart_space; seconds from the new instance's start (its row) to its first direct 200."""
+def cold_start(server: LiveServer, token: str, name: str, probe: Inspector, path: str) -> float:
+    """restart_space; seconds from the new instance's start (its row) to its first direct 200 on `path`."""
     slug = f"{OWNER}-{name}"
     before = {row[0] for row in instances(server, slug)}
     response = httpx.post(f"{server.url}/api/spaces/{OWNER}/{name}/restart",
@@ -79,7 +79,7 @@ def cold_start(server: LiveServer, token: str, name: str, probe: Inspector) -> f
     instance, started_at = fresh[0]
     endpoint = probe.endpoint(instance)
     assert endpoint is not None
-    ready = wait_url(endpoint + "/")
+    ready = wait_url(endpoint + path)
     wait_stage(server, f"{OWNER}/{name}", {"RUNNING"})
     return ready - started_at
 
@@ -117,13 +117,14 @@ def deep_wake(server: LiveServer, name: str, probe: Inspector) -> float:
 
 def measure(server: LiveServer, token: str, fixture: str, runs: int, probe: Inspector) -> Samples:
     name = f"wake-{fixture}"
+    path = f"/apps/{OWNER}/{name}/" if fixture == "streamlit" else "/"  # Streamlit serves under its base path
     with tempfile.TemporaryDirectory(prefix="spaceport-bench-repo-") as tmp:
         push_fixture(server, Path(tmp), fixture, OWNER, name, token)
     wait_stage(server, f"{OWNER}/{name}", {"RUNNING"})
     wait_proxy(server, f"{OWNER}-{name}")
     samples = Samples()
     for run in range(runs):
-        samples.cold.append(cold_start(server, token, name, probe))
+        samples.cold.append(cold_start(server, token, name, probe, path))
         samples.light.append(light_wake(server, name, probe))
         samples.deep.append(deep_wake(server, name, probe))
         log(f"  {fixture} run {run + 1}: cold {samples.cold[-1]:.2f} light {samples.light[-1]:.3f} "

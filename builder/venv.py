@@ -168,7 +168,9 @@ def _install(tmp: Path, source: Path, config: SpaceConfig, env: dict[str, str], 
              deadline: float, cancel: threading.Event | None, refresh: bool) -> None:
     uv_bin = uv.find_uv_bin()
     python = str(tmp / "bin" / "python")
-    flags = ["--no-config", *(["--refresh"] if refresh else [])]
+    # Bytecode is compiled once here: sandboxed apps see their venv read-only and could never cache it,
+    # so every start (and every deep wake) would recompile Gradio from source.
+    flags = ["--no-config", "--compile-bytecode", *(["--refresh"] if refresh else [])]
     steps: list[tuple[str, list[str]]] = [
         (f"creating a Python {config.python} environment failed",
          [uv_bin, "venv", "--no-config", "--relocatable", "--python", config.python, str(tmp)]),

@@ -21,6 +21,7 @@ router = APIRouter(prefix="/api/spaces", tags=["logs"])
 KEEPALIVE = 15.0
 POLL = 0.3
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_DOC: dict[int | str, dict[str, object]] = {200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}}
 
 
 def sse_event(text: str, ts: datetime | None = None) -> bytes:
@@ -28,7 +29,7 @@ def sse_event(text: str, ts: datetime | None = None) -> bytes:
     return f"data: {json.dumps({'timestamp': stamp, 'data': text})}\n\n".encode()
 
 
-@router.get("/{owner}/{name}/logs/build")
+@router.get("/{owner}/{name}/logs/build", response_class=StreamingResponse, responses=SSE_DOC)
 def build_logs(owner: str, name: str, db: DB, caller: Caller, platform: PlatformDep, request: Request,
                follow: bool = True) -> StreamingResponse:
     space = spaces.get_space(db, caller, owner, name)
@@ -69,7 +70,7 @@ def _poll(platform: Platform, build_id: int, after: int) -> tuple[list, bool]:  
         return lines, active
 
 
-@router.get("/{owner}/{name}/logs/run")
+@router.get("/{owner}/{name}/logs/run", response_class=StreamingResponse, responses=SSE_DOC)
 def run_logs(owner: str, name: str, db: DB, caller: Caller, platform: PlatformDep, request: Request,
              follow: bool = True) -> StreamingResponse:
     """The app's own output (the serving instance, else the newest one), secrets masked."""

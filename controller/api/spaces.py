@@ -20,7 +20,11 @@ def list_spaces(db: DB, caller: Caller, platform: PlatformDep, author: str | Non
                 offset: int = Query(0, ge=0), full: bool = False) -> list[dict[str, Any]]:
     query = spaces.SpaceQuery(author=author, search=search, sdk=sdk, limit=limit, offset=offset)
     found = spaces.list_spaces(db, caller, query)
-    return [space_json(s, platform.settings, default_sleep=lifecycle.default_sleep(db, s)) for s in found]
+    sleeps: dict[str, int | None] = {}  # one settings lookup per flavor, not one query per space
+    for s in found:
+        if s.requested_hardware not in sleeps:
+            sleeps[s.requested_hardware] = lifecycle.default_sleep(db, s)
+    return [space_json(s, platform.settings, default_sleep=sleeps[s.requested_hardware]) for s in found]
 
 
 @router.get("/{owner}/{name}")

@@ -144,6 +144,9 @@ async def _run_backend(platform: Platform, request: Request, req: GitRequest, re
     feeder = asyncio.create_task(_feed(request, proc))
     assert proc.stdout is not None
     status, headers = await _read_cgi_headers(proc.stdout)
+    # The whole request body goes in before the response starts: a StreamingResponse listens for a
+    # disconnect by reading the request's messages, which would steal the rest of a large pack (early EOF).
+    await feeder
     body = _stream_body(platform, proc, feeder, req, repo, before)
     return StreamingResponse(body, status_code=status, headers=headers)
 
@@ -152,9 +155,11 @@ async def _feed(request: Request, proc: asyncio.subprocess.Process) -> None:
     assert proc.stdin is not None
     try:
         async for chunk in request.stream():
+            if not chunk:  # a GET's empty body: nothing to write (the backend may already have exited)
+                continue
             proc.stdin.write(chunk)
             await proc.stdin.drain()
-    except (BrokenPipeError, ConnectionResetError):
+    except (BrokenPipeError, ConnectionResetError, RuntimeError):  # RuntimeError: uvloop's "handler is closed"
         pass
     finally:
         proc.stdin.close()

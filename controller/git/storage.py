@@ -39,14 +39,36 @@ def git(repo: Path, *args: str, input: bytes | None = None, check: bool = True) 
     return result.stdout.decode(errors="replace")
 
 
+PRE_RECEIVE = """#!/bin/sh
+# Spaceport: main is what the space runs; it may move (even by force) but not disappear.
+while read old new ref; do
+  case "$new" in *[!0]*) continue ;; esac
+  if [ "$ref" = "refs/heads/main" ]; then
+    echo "Spaceport refuses to delete main: it is what this space runs. Push a new commit to main instead, or delete the space." >&2
+    exit 1
+  fi
+done
+exit 0
+"""
+
+
 def init_bare(path: Path) -> None:
     if (path / "HEAD").exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["git", "init", "--bare", "-q", "-b", "main", str(path)], check=True)
+    configure(path)
+
+
+def configure(path: Path) -> None:
+    """Settings and hooks every space repo has (new or copied)."""
     git(path, "config", "http.receivepack", "true")
-    git(path, "config", "receive.denyDeleteCurrent", "warn")
+    git(path, "config", "receive.denyDeleteCurrent", "refuse")
     git(path, "config", "uploadpack.allowAnySHA1InWant", "true")
+    hook = path / "hooks" / "pre-receive"
+    hook.parent.mkdir(exist_ok=True)
+    hook.write_text(PRE_RECEIVE)
+    hook.chmod(0o755)
 
 
 def delete_repo(path: Path) -> None:
@@ -96,5 +118,5 @@ def copy_repo(source: Path, dest: Path) -> None:
     """Server-side copy with full history (used by duplicate)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["git", "clone", "--bare", "-q", "--no-local", str(source), str(dest)], check=True)
-    git(dest, "config", "http.receivepack", "true")
+    configure(dest)
     git(dest, "remote", "remove", "origin", check=False)

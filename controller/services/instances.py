@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, joinedload
 
 from builder.artifact import Artifact, artifact_from_dict
@@ -179,11 +179,20 @@ def retire(platform: Platform, names: list[str]) -> None:
             session.delete(row)
 
 
-def write_stage(platform: Platform, space_pk: int, stage: str, message: str | None, hardware: str | None) -> None:
+@dataclass(frozen=True)
+class StageRow:
+    space_pk: int
+    stage: str
+    message: str | None
+    hardware: str | None
+
+
+def write_stages(platform: Platform, rows: list[StageRow]) -> None:
+    """Store derived stages, many in one transaction (a pass over thousands of spaces stays cheap)."""
     with platform.tx() as session:
-        space = session.get(Space, space_pk)
-        if space is not None:
-            space.stage, space.error_message, space.current_hardware = stage, message, hardware
+        for row in rows:
+            session.execute(update(Space).where(Space.id == row.space_pk)
+                            .values(stage=row.stage, error_message=row.message, current_hardware=row.hardware))
 
 
 def release(platform: Platform, space_pk: int) -> None:

@@ -87,22 +87,25 @@ class Reconciler:
                 await run_in_threadpool(db.record_activity, self.platform, seen)
             actual = {s.name: s for s in await self.runtime.list()}
             snaps = await run_in_threadpool(db.load_snapshots, self.platform, only)
+            batch: list[db.StageRow] = []
             for snap in snaps:
-                await self._reconcile(snap, actual)
+                await self._reconcile(snap, actual, batch)
+            if batch:
+                await run_in_threadpool(db.write_stages, self.platform, batch)
             if only is None:
                 await self._remove_orphans(snaps, actual)
                 self._drop_stale_routes(snaps)
 
     # -- one space -----------------------------------------------------------------------------
-    async def _reconcile(self, snap: SpaceSnapshot, actual: dict[str, InstanceStatus]) -> None:
+    async def _reconcile(self, snap: SpaceSnapshot, actual: dict[str, InstanceStatus], batch: list[db.StageRow]) -> None:
         if snap.desired in ("sleeping", "paused"):
             await self._stop_all(snap, actual)
         elif snap.desired == "frozen":
             await self._freeze(snap, actual)
         elif snap.wanted:
             await self._run_wanted(snap, actual)
-        if not (snap.instances or snap.wanted):
-            await self._publish(snap)
+        if not (snap.instances or snap.wanted):  # nothing runs: no I/O beyond the batched stage write
+            await self._publish(snap, batch)
             return
         fresh = (await run_in_threadpool(db.load_snapshots, self.platform, snap.pk))[0]
         await self._publish(fresh)  # the route moves to the new instance before the old one goes
@@ -240,12 +243,17 @@ class Reconciler:
         return False, f"The app did not answer on its port within {timeout:.0f} s (startup_duration_timeout)."
 
     # -- routes and stage ----------------------------------------------------------------------
-    async def _publish(self, snap: SpaceSnapshot) -> None:
+    async def _publish(self, snap: SpaceSnapshot, batch: list[db.StageRow] | None = None) -> None:
+        """Route the space and store its derived stage (now, or in the pass's batch)."""
         serving = self._serving(snap)
         stage, message = derive_stage(db.observed(snap, serving is not None))
         hardware = snap.hardware if serving is not None else None
         if stage.value != snap.stage or message != snap.error_message or hardware != snap.current_hardware:
-            await run_in_threadpool(db.write_stage, self.platform, snap.pk, stage.value, message, hardware)
+            row = db.StageRow(snap.pk, stage.value, message, hardware)
+            if batch is None:
+                await run_in_threadpool(db.write_stages, self.platform, [row])
+            else:
+                batch.append(row)
         self.routes.set(self._route(snap, serving, stage, message))
 
     def _serving(self, snap: SpaceSnapshot) -> str | None:

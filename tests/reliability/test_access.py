@@ -193,7 +193,7 @@ def web_post_routes() -> list[APIRoute]:
     for info in pkgutil.iter_modules(web.routes.__path__):
         router = getattr(importlib.import_module(f"web.routes.{info.name}"), "router", None)
         if isinstance(router, APIRouter):
-            routes += [r for r in router.routes if isinstance(r, APIRoute) and "POST" in r.methods]
+            routes += [r for r in router.routes if isinstance(r, APIRoute) and "POST" in (r.methods or set())]
     return routes
 
 

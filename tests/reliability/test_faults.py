@@ -10,6 +10,7 @@ stage, no build lost silently, exactly one instance per space running (counted w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -165,10 +166,8 @@ class Worker:
             self.proc.wait(timeout=20)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait()
 
 
@@ -255,10 +254,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         shutil.rmtree(pg_root, ignore_errors=True)
 
 
-def wait_for(predicate: object, what: str, timeout: float = 120) -> None:
+def wait_for(predicate: object, what: object, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what() if callable(what) else what}"
         time.sleep(0.1)
 
 
@@ -278,12 +277,19 @@ def app_sessions(space_id: str) -> set[int]:
 
 
 def assert_settled(site: Site, name: str, version: str) -> None:
-    """RUNNING, served right, exactly one instance, and every build accounted for (none stuck)."""
-    state = wait_stage(site.server, f"alice/{name}", FINAL, timeout=180)
+    """Served right (a visit wakes it if the sweep put it to sleep), RUNNING, exactly one instance, and every
+    build accounted for (none stuck)."""
+    state = wait_stage(site.server, f"alice/{name}", FINAL | {"SLEEPING"}, timeout=180)
+    if state["stage"] == "SLEEPING":
+        site.host_get(name)  # the activator holds this request while it wakes the app
+        state = wait_stage(site.server, f"alice/{name}", FINAL, timeout=180)
     assert state["stage"] == "RUNNING", state
     response = site.host_get(name)
     assert response.status_code == 200 and response.text == version, (response.status_code, response.text[:200])
-    wait_for(lambda: len(app_sessions(f"alice/{name}")) == 1, f"one instance of alice/{name}", timeout=30)
+    dirs = sorted(d.name for d in (site.server.data_dir / "runtime" / "instances").glob(f"sp-alice-{name}-*"))
+    wait_for(lambda: len(app_sessions(f"alice/{name}")) == 1,
+             lambda: f"one instance of alice/{name}: sessions {app_sessions(f'alice/{name}')}, instance dirs {dirs}",
+             timeout=30)
     assert all(status in ("succeeded", "cancelled") for status, _ in site.build_rows(name)), site.build_rows(name)
 
 
@@ -341,10 +347,8 @@ def test_controller_killed_mid_wake(site: Site) -> None:
 
 
 def _ignore_errors(call: object) -> None:
-    try:
+    with contextlib.suppress(httpx.HTTPError):
         call()  # type: ignore[operator]
-    except httpx.HTTPError:
-        pass
 
 
 def test_redis_restart_while_running(site: Site) -> None:

@@ -22,12 +22,20 @@ def site_url(web: Web) -> str:
     return (web.platform.settings.public_url or str(web.request.base_url)).rstrip("/")
 
 
+def app_url(web: Web, space: Space) -> str:
+    """Host-based like *.hf.space; a private space uses the path-based URL on this origin, where the
+    browser sends the session cookie the proxy checks (a host-only cookie never reaches app subdomains)."""
+    if space.private:
+        return f"/apps/{space.owner.name}/{space.name}/"
+    return app_host(web.platform.settings, space) + "/"
+
+
 def space_context(web: Web, space: Space, tab: str) -> dict[str, Any]:
     base = f"/spaces/{space.owner.name}/{space.name}"
     return {
         "space": space, "tab": tab, "base": base,
         "can_write": spaces.can_write(web.session, web.principal, space),
-        "app_url": app_host(web.platform.settings, space) + "/",
+        "app_url": app_url(web, space),
         "git_url": f"{site_url(web)}{base}",
         "runtime_url": f"/api/spaces/{space.owner.name}/{space.name}/runtime",
         "owners": duplicate_owners(web),
