@@ -21,7 +21,7 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	@bash scripts/test-services.sh $(CURDIR)/.test-env.sh
-	@. $(CURDIR)/.test-env.sh && PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n 2 --dist loadgroup -q -rfEs $(PYTEST_ARGS)
+	@. $(CURDIR)/.test-env.sh && PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n 2 --dist loadfile -q -rfEs $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory lint
 
 lint: $(STAMP)

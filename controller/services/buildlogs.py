@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db.models import BuildLogLine, utcnow
@@ -50,9 +51,16 @@ class BuildLogWriter:
         with self._lock:
             batch, self._pending = self._pending, []
             self._last_flush = time.monotonic()
-        if batch:
+        if not batch:
+            return
+        try:
             with self._sessions() as session, session.begin():
                 session.add_all(batch)
+        except OperationalError:  # e.g. SQLite busy under load: keep the lines and try on the next flush
+            fresh = [BuildLogLine(build_id=b.build_id, seq=b.seq, ts=b.ts, text=b.text) for b in batch]
+            with self._lock:
+                self._pending = fresh + self._pending
+            raise
 
 
 def read_lines(session: Session, build_id: int, after_seq: int = 0, limit: int = 1000) -> list[BuildLogLine]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from builder.artifact import artifact_to_dict
@@ -241,16 +242,24 @@ def _watch(platform: Platform, build_id: int, writer: BuildLogWriter, stop: thre
     """Flush logs, heartbeat, and notice cancellation while a build runs."""
     ticks = 0
     while not stop.wait(0.25):
-        writer.flush()
         ticks += 1
-        if ticks % 8:
-            continue
-        with platform.tx() as session:
-            build = session.get(Build, build_id)
-            if build is None or build.status != "running":
+        try:
+            writer.flush()
+            if ticks % 8 == 0 and not _heartbeat(platform, build_id):
                 cancel.set()
                 return
-            build.heartbeat_at = utcnow()
+        except OperationalError as exc:  # a busy or restarting database must not end the watch
+            log.warning("build %s: log flush/heartbeat deferred: %s", build_id, exc)
+
+
+def _heartbeat(platform: Platform, build_id: int) -> bool:
+    """Mark the build alive; False once it was cancelled (a newer push) or removed."""
+    with platform.tx() as session:
+        build = session.get(Build, build_id)
+        if build is None or build.status != "running":
+            return False
+        build.heartbeat_at = utcnow()
+        return True
 
 
 def _export_source(artifacts_dir: Path, repos_dir: Path, owner: str, name: str, sha: str) -> Path:
