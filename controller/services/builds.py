@@ -15,8 +15,10 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from builder import build as builder
 from builder.artifact import artifact_to_dict
 from builder.baseimages import parse_aliases
+from builder.errors import BuildFailure
 from builder.spaceconfig import parse_front_matter
 from controller.db.models import Build, Secret, Space, Variable, utcnow
 from controller.domain.naming import image_tag
@@ -192,8 +194,6 @@ def run_build(platform: Platform, build_id: int) -> str:
 
 def _execute(platform: Platform, build_id: int, owner: str, name: str, sha: str,
              build_args: dict[str, str], no_cache: bool, writer: BuildLogWriter) -> str:
-    from builder.build import BuildFailure, build
-
     settings = platform.settings
     stop = threading.Event()
     cancel = threading.Event()
@@ -203,7 +203,7 @@ def _execute(platform: Platform, build_id: int, owner: str, name: str, sha: str,
         source = _export_source(settings.artifacts_dir, settings.repos_dir, owner, name, sha)
         writer(f"Building {owner}/{name} at {sha[:12]}")
         kind: Literal["venv", "image"] = "venv" if settings.runtime == "local" else "image"
-        artifact = build(
+        artifact = builder.build(
             source, kind=kind, cache_dir=settings.artifacts_dir, log=writer, tag=image_tag(owner, name, sha),
             client=docker_client(settings.docker_host) if kind == "image" else None, build_args=build_args,
             aliases=parse_aliases(settings.base_image_aliases) or None, mirror=settings.registry_mirror or None,

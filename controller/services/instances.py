@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -17,7 +17,9 @@ from controller.domain.lifecycle import Observed, restart_backoff
 from controller.domain.naming import instance_name
 from controller.runtimes.base import Accelerators, HardwareSpec, InstanceSpec
 from controller.services import quotas
+from controller.services.lifecycle import release_accelerators
 from controller.services.platform import Platform
+from controller.services.spaces import find_space
 from controller.services.views import app_host
 
 DEFAULT_STARTUP_TIMEOUT = 1800.0
@@ -196,8 +198,6 @@ def write_stages(platform: Platform, rows: list[StageRow]) -> None:
 
 
 def release(platform: Platform, space_pk: int) -> None:
-    from controller.services.lifecycle import release_accelerators
-
     with platform.tx() as session:
         space = session.get(Space, space_pk)
         if space is not None:
@@ -250,8 +250,6 @@ def app_env(session: Session, platform: Platform, space: Space, hardware: Hardwa
 def secret_values(platform: Platform, space_id: str) -> list[str]:
     owner, _, name = space_id.partition("/")
     with platform.sessions() as session:
-        from controller.services.spaces import find_space
-
         space = find_space(session, owner, name)
         if space is None:
             return []
@@ -260,10 +258,6 @@ def secret_values(platform: Platform, space_id: str) -> list[str]:
 
 def record_activity(platform: Platform, seen: dict[str, float]) -> None:
     """Persist the proxy's last-seen times (epoch seconds) as Space.last_activity_at."""
-    from datetime import UTC
-
-    from controller.services.spaces import find_space
-
     with platform.tx() as session:
         for space_id, ts in seen.items():
             owner, _, name = space_id.partition("/")
@@ -274,8 +268,6 @@ def record_activity(platform: Platform, seen: dict[str, float]) -> None:
 
 def set_desired(platform: Platform, space_id: str, desired: str, only_from: tuple[str, ...]) -> int | None:
     """Move desired state (e.g. wake: sleeping/frozen -> running); return the space pk."""
-    from controller.services.spaces import find_space
-
     owner, _, name = space_id.partition("/")
     with platform.tx() as session:
         space = find_space(session, owner, name)

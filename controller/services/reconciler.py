@@ -52,6 +52,8 @@ class Reconciler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http: aiohttp.ClientSession | None = None
         self._lock = asyncio.Lock()
+        self._woken: dict[int, float] = {}  # space pk -> when a wake changed its desired state
+        self._waking: set[str] = set()  # spaces whose wake is in flight: new visitors join it
         self.starts = 0  # instances started by this process (observability, tests)
 
     # -- driving -------------------------------------------------------------------------------
@@ -85,10 +87,13 @@ class Reconciler:
             seen = self.activity.drain()
             if seen:
                 await run_in_threadpool(db.record_activity, self.platform, seen)
+            started = time.monotonic()
             actual = {s.name: s for s in await self.runtime.list()}
             snaps = await run_in_threadpool(db.load_snapshots, self.platform, only)
             batch: list[db.StageRow] = []
             for snap in snaps:
+                if only is None and self._woken.get(snap.pk, 0.0) > started:
+                    continue  # woken since this pass read the database: its snapshot is stale
                 await self._reconcile(snap, actual, batch)
             if batch:
                 await run_in_threadpool(db.write_stages, self.platform, batch)
@@ -269,6 +274,9 @@ class Reconciler:
             return replace(base, state="paused", message="The owner paused this space.")
         if snap.desired in ("sleeping", "frozen"):
             return replace(base, state="asleep", message="Sleeping")
+        if not target and (snap.space_id in self._waking or stage is Stage.APP_STARTING):
+            # visitors wait for the start in progress (the activator joins it) instead of getting a 503
+            return replace(base, state="asleep", message="Starting")
         if target:
             return base
         return replace(base, state="unavailable", message=f"{stage.value}: {message or _waiting(stage)}")
@@ -281,12 +289,20 @@ class Reconciler:
 
     # -- activator -----------------------------------------------------------------------------
     async def wake(self, route: Route) -> Route:
-        return await self._wakes.run(route.space_id, lambda: self._wake(route))
+        return await self._wakes.run(route.space_id, lambda: self._waking_wake(route))
+
+    async def _waking_wake(self, route: Route) -> Route:
+        self._waking.add(route.space_id)
+        try:
+            return await self._wake(route)
+        finally:
+            self._waking.discard(route.space_id)
 
     async def _wake(self, route: Route) -> Route:
         pk = await run_in_threadpool(db.set_desired, self.platform, route.space_id, "running", ("sleeping", "frozen"))
         if pk is None:
             raise WakeFailed(f"Space {route.space_id} no longer exists.")
+        self._woken[pk] = time.monotonic()  # passes that read the old desired state must leave it alone
         snap = (await run_in_threadpool(db.load_snapshots, self.platform, pk))[0]
         row = snap.row(snap.wanted) if snap.wanted else None
         if row is not None and row.state == "frozen":

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import PlatformSetting, Space, utcnow
 from controller.domain.sleep import IdleSpace, SleepAction, SleepPolicy, decide
+from controller.services import quotas
 from controller.services.lifecycle import default_sleep
 from controller.services.platform import Platform
 
@@ -53,7 +54,5 @@ def sweep(platform: Platform, now: datetime | None = None, accelerated: set[str]
 
 
 def _accelerated_flavors(platform: Platform) -> set[str]:
-    from controller.domain.hardware import load_catalog
-
-    catalog = load_catalog(platform.settings.hardware_catalog)
+    catalog = quotas.catalog(platform)
     return {f.name for f in catalog.flavors.values() if f.accelerator}

@@ -171,15 +171,16 @@ def test_deep_sleep_wakes_once_for_50_concurrent_visitors(server: LiveServer, to
         time.sleep(0.2)
     assert not app_alive(server, "alice-deep")
 
-    async def visit(client: httpx.AsyncClient) -> int:
+    async def visit(client: httpx.AsyncClient) -> tuple[int, str]:
         response = await client.get(f"{server.url}/", headers={"Host": f"alice-deep.localhost:{server.port}"})
-        return response.status_code
+        return response.status_code, response.text
 
-    async def visitors() -> list[int]:
+    async def visitors() -> list[tuple[int, str]]:
         async with httpx.AsyncClient(timeout=120) as client:
             return list(await asyncio.gather(*(visit(client) for _ in range(50))))
 
-    assert asyncio.run(visitors()) == [200] * 50
+    answers = asyncio.run(visitors())
+    assert [status for status, _ in answers] == [200] * 50, [a for a in answers if a[0] != 200]
     assert start_count(server, "alice-deep") == starts + 1
     wait_stage(server, "alice/deep", {"RUNNING"})
 
