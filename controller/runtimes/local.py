@@ -332,8 +332,15 @@ class LocalRuntime:
 
     async def _logs(self, name: str, follow: bool) -> AsyncIterator[str]:
         idir = self._dir(name)
+        previous = idir.log.with_suffix(".log.1")
+        if not follow and previous.exists():  # output moved aside by a restart or the size cap comes first
+            for earlier in (await asyncio.to_thread(_read_from, previous, 0)).decode(errors="replace").splitlines():
+                yield earlier
         position, pending = 0, b""
         while True:
+            with contextlib.suppress(OSError):
+                if idir.log.stat().st_size < position:  # truncated by the size cap: start again at its top
+                    position = 0
             chunk = await asyncio.to_thread(_read_from, idir.log, position)
             position += len(chunk)
             pending += chunk

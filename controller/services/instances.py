@@ -52,6 +52,10 @@ class SpaceSnapshot:
     error_message: str | None
     hardware: str
     current_hardware: str | None
+    created_at: datetime
+    generation: int
+    head_sha: str | None
+    target_build_id: int | None
     wanted: str | None  # the instance name that should run (target build, generation)
     health_path: str
     startup_timeout: float
@@ -106,7 +110,8 @@ def _snapshot(space: Space, head: Build | None, target_build: Build | None, inst
         pk=space.id, space_id=space.space_id, owner=space.owner.name, name=space.name, slug=space.slug,
         private=space.private, sdk=space.sdk, desired=space.desired, stage=space.stage,
         error_message=space.error_message, hardware=space.requested_hardware,
-        current_hardware=space.current_hardware, wanted=wanted,
+        current_hardware=space.current_hardware, created_at=space.created_at, generation=space.generation,
+        head_sha=space.head_sha, target_build_id=space.target_build_id, wanted=wanted,
         health_path=_health_path(space, str(artifact.get("health_path", "/"))),
         startup_timeout=_startup_timeout(space),
         observed_build=(space.head_sha is not None, head.status if head else None,
@@ -183,18 +188,32 @@ def retire(platform: Platform, names: list[str]) -> None:
 
 @dataclass(frozen=True)
 class StageRow:
-    space_pk: int
+    snap: SpaceSnapshot  # what the stage was derived from
     stage: str
     message: str | None
     hardware: str | None
 
 
 def write_stages(platform: Platform, rows: list[StageRow]) -> None:
-    """Store derived stages, many in one transaction (a pass over thousands of spaces stays cheap)."""
+    """Store derived stages, many in one transaction (a pass over thousands of spaces stays cheap).
+
+    Each write only lands if the space still is what the stage was derived from: a push, restart or
+    wake since the snapshot (or a deleted space whose id SQLite reused) leaves it to the next pass.
+    """
     with platform.tx() as session:
         for row in rows:
-            session.execute(update(Space).where(Space.id == row.space_pk)
-                            .values(stage=row.stage, error_message=row.message, current_hardware=row.hardware))
+            snap = row.snap
+            session.execute(
+                update(Space)
+                .where(Space.id == snap.pk, Space.created_at == snap.created_at, Space.desired == snap.desired,
+                       Space.generation == snap.generation, _same(Space.head_sha, snap.head_sha),
+                       _same(Space.target_build_id, snap.target_build_id))
+                .values(stage=row.stage, error_message=row.message, current_hardware=row.hardware)
+            )
+
+
+def _same(column: Any, value: object) -> Any:
+    return column.is_(None) if value is None else column == value
 
 
 def release(platform: Platform, space_pk: int) -> None:

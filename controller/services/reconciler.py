@@ -254,7 +254,7 @@ class Reconciler:
         stage, message = derive_stage(db.observed(snap, serving is not None))
         hardware = snap.hardware if serving is not None else None
         if stage.value != snap.stage or message != snap.error_message or hardware != snap.current_hardware:
-            row = db.StageRow(snap.pk, stage.value, message, hardware)
+            row = db.StageRow(snap, stage.value, message, hardware)
             if batch is None:
                 await run_in_threadpool(db.write_stages, self.platform, [row])
             else:
