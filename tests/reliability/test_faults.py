@@ -171,28 +171,14 @@ class Worker:
         self.proc.wait()
 
 
-class ControllerOnly(LiveServer):
+def controller_only(data_dir: Path, port: int, env: dict[str, str]) -> LiveServer:
     """`spaceport serve --no-worker`: the production controller; builds run in a separate worker."""
-
-    def start(self, timeout: float = 60) -> LiveServer:
-        cmd = [sys.executable, "-m", "controller.cli", "serve", "--port", str(self.port), "--no-worker"]
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
-                                     cwd=ROOT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited:\n{self.logs()[-3000:]}"
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server did not answer:\n{self.logs()[-3000:]}")
+    return LiveServer(data_dir=data_dir, port=port, env=env, serve_args=("--no-worker",))
 
 
 @dataclass
 class Site:
-    server: ControllerOnly
+    server: LiveServer
     worker: Worker
     pg: Postgres
     redis: Redis
@@ -201,7 +187,7 @@ class Site:
     work: Path
 
     def restart_controller(self) -> None:
-        self.server = ControllerOnly(data_dir=self.server.data_dir, port=self.server.port, env=self.server.env)
+        self.server = controller_only(self.server.data_dir, self.server.port, self.server.env)
         self.server.start()
 
     def build_rows(self, name: str) -> list[tuple[str, int]]:
@@ -236,7 +222,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     port = free_port()
     env = server_env(work / "data", SPACEPORT_PUBLIC_URL=f"http://localhost:{port}", SPACEPORT_DATABASE_URL=pg.url,
                      SPACEPORT_BROKER_URL=redis.url, SPACEPORT_BUILD_STALE_AFTER="6", SPACEPORT_RECOVER_INTERVAL="2")
-    server = ControllerOnly(data_dir=work / "data", port=port, env=env)
+    server = controller_only(work / "data", port, env)
     server.start()
     worker = Worker(env, work / "worker.log").start()
     engine = create_engine(pg.url, pool_pre_ping=True)

@@ -29,6 +29,7 @@ class LiveServer:
     port: int
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
+    serve_args: tuple[str, ...] = ()  # e.g. ("--no-worker",): the production controller alone
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -40,7 +41,7 @@ class LiveServer:
 
     def start(self, timeout: float = 60) -> LiveServer:
         log = self.log_path.open("ab")
-        cmd = [sys.executable, "-m", "controller.cli", "serve", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "controller.cli", "serve", "--port", str(self.port), *self.serve_args]
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout
