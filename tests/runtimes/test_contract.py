@@ -100,8 +100,14 @@ async def wait_state(runtime: Any, name: str, state: State, attempts: int = 200)
     return await runtime.status(name)
 
 
-async def collect_logs(runtime: Any, name: str) -> str:
-    return "\n".join([line async for line in runtime.logs(name, follow=False)])
+async def collect_logs(runtime: Any, name: str, expect: tuple[str, ...] = (), within: float = 15.0) -> str:
+    """The instance's log so far; waits (bounded) until every `expect` text has reached it."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        text = "\n".join([line async for line in runtime.logs(name, follow=False)])
+        if all(e in text for e in expect) or asyncio.get_running_loop().time() > deadline:
+            return text
+        await asyncio.sleep(0.2)
 
 
 async def test_start_serves_and_is_listed(harness: Harness) -> None:
@@ -117,7 +123,7 @@ async def test_start_serves_and_is_listed(harness: Harness) -> None:
     before = harness.identity(harness.runtime, spec.name)
     assert await harness.runtime.start(spec) == endpoint  # idempotent
     assert harness.identity(harness.runtime, spec.name) == before
-    logs = await collect_logs(harness.runtime, spec.name)
+    logs = await collect_logs(harness.runtime, spec.name, expect=("echo app listening", "GET /hello"))
     assert "echo app listening" in logs and "GET /hello" in logs
 
 
@@ -146,6 +152,11 @@ async def test_stop_keeps_instance_and_start_reuses_it(harness: Harness) -> None
     if harness.kind == "docker":
         assert harness.identity(harness.runtime, spec.name) == before  # same container, just started
     logs = await collect_logs(harness.runtime, spec.name)
+    for _ in range(75):  # container logs can trail the request by a moment
+        if logs.count("echo app listening") >= 2:
+            break
+        await asyncio.sleep(0.2)
+        logs = await collect_logs(harness.runtime, spec.name)
     assert logs.count("echo app listening") == 2
 
 
