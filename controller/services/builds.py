@@ -20,13 +20,14 @@ from builder.artifact import artifact_to_dict
 from builder.baseimages import parse_aliases
 from builder.errors import BuildFailure
 from builder.spaceconfig import parse_front_matter
-from controller.db.models import Build, Secret, Space, Variable, utcnow
+from controller.db.models import Build, Space, utcnow
 from controller.domain.naming import image_tag
 from controller.domain.stages import SERVING, Stage
 from controller.git import storage
 from controller.runtimes.factory import docker_client
 from controller.services.buildlogs import BuildLogWriter
 from controller.services.platform import Platform
+from controller.services.settings_vars import space_env
 
 log = logging.getLogger(__name__)
 ACTIVE = ("queued", "running")
@@ -185,8 +186,8 @@ def run_build(platform: Platform, build_id: int) -> str:
         space = session.get(Space, build.space_id)
         assert space is not None
         owner, name, sha = space.owner.name, space.name, build.commit_sha
-        build_args = {v.key: v.value for v in session.scalars(select(Variable).where(Variable.space_id == space.id))}
-        secrets = [platform.cipher.decrypt(s.ciphertext) for s in session.scalars(select(Secret).where(Secret.space_id == space.id))]
+        build_args, secret_env = space_env(session, platform, space)  # variables become build args
+        secrets = list(secret_env.values())  # only to mask them in the log
         no_cache = build.no_cache
     writer = BuildLogWriter(platform.sessions, build_id, secrets)
     return _execute(platform, build_id, owner, name, sha, build_args, no_cache, writer)

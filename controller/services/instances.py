@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, joinedload
 
 from builder.artifact import Artifact, artifact_from_dict
 from builder.spaceconfig import parse_duration
-from controller.db.models import Build, Instance, Secret, Space, Variable, utcnow
+from controller.db.models import Build, Instance, Space, utcnow
 from controller.domain.hardware import hardware_spec
 from controller.domain.lifecycle import Observed, restart_backoff
 from controller.domain.naming import instance_name
@@ -19,6 +19,7 @@ from controller.runtimes.base import Accelerators, HardwareSpec, InstanceSpec
 from controller.services import quotas
 from controller.services.lifecycle import release_accelerators
 from controller.services.platform import Platform
+from controller.services.settings_vars import space_env
 from controller.services.spaces import find_space
 from controller.services.views import app_host
 
@@ -259,20 +260,15 @@ def app_env(session: Session, platform: Platform, space: Space, hardware: Hardwa
     }
     if space.sdk == "streamlit":  # Streamlit mounts its routes under the prefix; the proxy keeps it
         env["STREAMLIT_SERVER_BASE_URL_PATH"] = base.strip("/")
-    for var in session.scalars(select(Variable).where(Variable.space_id == space.id)):
-        env[var.key] = var.value
-    for secret in session.scalars(select(Secret).where(Secret.space_id == space.id)):
-        env[secret.key] = platform.cipher.decrypt(secret.ciphertext)
-    return env
+    variables, secrets = space_env(session, platform, space)
+    return {**env, **variables, **secrets}
 
 
 def secret_values(platform: Platform, space_id: str) -> list[str]:
     owner, _, name = space_id.partition("/")
     with platform.sessions() as session:
         space = find_space(session, owner, name)
-        if space is None:
-            return []
-        return [platform.cipher.decrypt(s.ciphertext) for s in session.scalars(select(Secret).where(Secret.space_id == space.id))]
+        return list(space_env(session, platform, space)[1].values()) if space is not None else []
 
 
 def record_activity(platform: Platform, seen: dict[str, float]) -> None:

@@ -3,7 +3,7 @@
 It adopts running instances after a controller restart (the runtime's list() finds them; nothing is
 restarted), starts and health-checks wanted instances, swaps routes when a new instance is healthy,
 restarts crashed apps with backoff, freezes/stops/wakes for sleep, and removes orphans. It is also the
-proxy's Activator: one wake per space however many visitors arrive.
+proxy's Activator (the proxy makes it one wake per space however many visitors arrive).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from controller.db.models import utcnow
 from controller.domain.errors import SpaceportError
 from controller.domain.lifecycle import derive_stage
 from controller.domain.stages import Stage
-from controller.proxy.activator import SingleFlight
 from controller.proxy.activity import ThrottledActivity
 from controller.proxy.routes import RouteTable
 from controller.proxy.types import Route
@@ -47,7 +46,6 @@ class Reconciler:
         self.platform, self.runtime, self.routes, self.activity = platform, runtime, routes, activity
         self.interval = interval
         self._tasks: dict[str, asyncio.Task[bool]] = {}
-        self._wakes: SingleFlight[Route] = SingleFlight()
         self._kicked = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -289,9 +287,7 @@ class Reconciler:
 
     # -- activator -----------------------------------------------------------------------------
     async def wake(self, route: Route) -> Route:
-        return await self._wakes.run(route.space_id, lambda: self._waking_wake(route))
-
-    async def _waking_wake(self, route: Route) -> Route:
+        """The proxy's Activator; it already runs one wake per space (SingleFlight) for all visitors."""
         self._waking.add(route.space_id)
         try:
             return await self._wake(route)

@@ -93,7 +93,12 @@ def set_variable(session: Session, platform: Platform, space: Space, item: KeyVa
 
 
 def delete_variable(session: Session, platform: Platform, space: Space, key: str) -> bool:
-    row = session.scalar(select(Variable).where(Variable.space_id == space.id, Variable.key == key))
+    return _delete(session, platform, space, Variable, key)
+
+
+def _delete(session: Session, platform: Platform, space: Space, model: type[Variable] | type[Secret], key: str) -> bool:
+    """Delete one variable or secret; a change restarts the space. False if there was none."""
+    row = session.scalar(select(model).where(model.space_id == space.id, model.key == key))
     if row is None:
         return False
     session.delete(row)
@@ -135,13 +140,7 @@ def set_secret(session: Session, platform: Platform, space: Space, item: KeyValu
 
 
 def delete_secret(session: Session, platform: Platform, space: Space, key: str) -> bool:
-    row = session.scalar(select(Secret).where(Secret.space_id == space.id, Secret.key == key))
-    if row is None:
-        return False
-    session.delete(row)
-    session.flush()
-    config_changed(session, platform, space)
-    return True
+    return _delete(session, platform, space, Secret, key)
 
 
 def secret_keys(session: Session, space: Space) -> set[str]:

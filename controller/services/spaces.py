@@ -19,7 +19,6 @@ from controller.services.accounts import (
     may_read_namespace_private,
     may_write_namespace,
     orgs_of,
-    require_account,
 )
 from controller.services.platform import Platform
 
@@ -144,10 +143,6 @@ def set_private(space: Space, private: bool) -> None:
 
 def touch(space: Space) -> None:
     space.updated_at = utcnow()
-
-
-def require_owner_account(session: Session, name: str) -> Account:
-    return require_account(session, name)
 
 
 def check_code_push(platform: Platform, principal: Principal) -> None:
