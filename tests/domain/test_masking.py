@@ -60,7 +60,7 @@ def test_multi_line_secret_printed_as_is_is_masked_line_by_line() -> None:
     output = f"loading key\n{PEM}key loaded\n"
     masked = [masker(line) for line in output.splitlines()]
     assert masked[0] == "loading key" and masked[-1] == "key loaded"
-    for line in PEM_LINES + ["Ab=="]:
+    for line in [*PEM_LINES, "Ab=="]:
         assert all(line not in m for m in masked), line
 
 
