@@ -37,6 +37,7 @@ from controller.services.sleep import sweep
 from tests.support.gitrepo import commit_file, make_repo, push, remote
 from tests.support.server import ROOT, LiveServer, free_port, server_env
 from tests.support.spaces import wait_stage
+from tests.support.tiers import missing
 
 pytestmark = [pytest.mark.xdist_group("live-faults"), pytest.mark.slow]
 FINAL = {"RUNNING", "BUILD_ERROR", "RUNTIME_ERROR", "CONFIG_ERROR"}
@@ -209,9 +210,7 @@ class Site:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     pg_bin = os.environ.get("SPACEPORT_TEST_PG_BIN", "")
     if not pg_bin or shutil.which("redis-server") is None or os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("faults tests need root, PostgreSQL binaries (SPACEPORT_TEST_PG_BIN) and redis-server")
-        pytest.skip("faults tests need root, PostgreSQL binaries (SPACEPORT_TEST_PG_BIN) and redis-server")
+        missing("faults tests need root, PostgreSQL binaries (SPACEPORT_TEST_PG_BIN) and redis-server")
     work = tmp_path_factory.mktemp("faults")
     pg_root = Path(tempfile.mkdtemp(prefix="spaceport-faults-pg-", dir="/var/tmp"))
     pg_root.chmod(0o755)

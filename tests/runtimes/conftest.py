@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import subprocess
 import tarfile
@@ -14,6 +13,7 @@ import pytest
 import uv
 
 from controller.runtimes.sandbox import sandbox_status
+from tests.support.tiers import missing
 
 APPS = Path(__file__).resolve().parents[1] / "fixtures" / "apps"
 TEST_IMAGE = "spaceport-test/echo:1"
@@ -22,9 +22,7 @@ TEST_IMAGE = "spaceport-test/echo:1"
 def _need(ok: bool, message: str) -> None:
     if ok:
         return
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    missing(message)
 
 
 def copy_app(app: str, dest: Path) -> Path:
