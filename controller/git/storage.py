@@ -1,9 +1,18 @@
-"""Bare repository storage: one bare repo per space under DATA_DIR/repos/OWNER/NAME.git."""
+"""Bare repository storage: one bare repo per space under DATA_DIR/repos/OWNER/NAME.git.
+
+Every git command here runs isolated from the host's git configuration (`git_env()`): no system or
+global config or attributes (a system-wide git-lfs install adds a required `filter.lfs` there, which
+made `git archive` of any commit holding an LFS pointer fail with `smudge filter lfs failed`), an empty
+HOME, no prompts, a fixed PATH and locale. Only the bare repo's own config (written by `configure`)
+applies. Failures carry git's stderr.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,11 +41,36 @@ def repo_path(repos_dir: Path, owner: str, name: str) -> Path:
     return path
 
 
-def git(repo: Path, *args: str, input: bytes | None = None, check: bool = True) -> str:
-    result = subprocess.run(["git", "-C", str(repo), *args], input=input, capture_output=True, check=False)
+GIT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def _empty_home() -> str:
+    home = Path(tempfile.gettempdir()) / f"spaceport-git-home-{os.getuid()}"
+    home.mkdir(mode=0o700, exist_ok=True)
+    return str(home)
+
+
+def git_env() -> dict[str, str]:
+    """The whole environment of every git command: nothing from the host's config or the caller's env."""
+    home = _empty_home()
+    return {
+        "PATH": GIT_PATH, "HOME": home, "XDG_CONFIG_HOME": home, "LC_ALL": "C.UTF-8",
+        "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_ATTR_NOSYSTEM": "1",
+        "GIT_TERMINAL_PROMPT": "0", "GIT_LFS_SKIP_SMUDGE": "1",
+    }
+
+
+def run_git(argv: list[str], *, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    """`git ARGV` isolated from host config; on failure (check) a RuntimeError carrying git's stderr."""
+    result = subprocess.run(["git", *argv], input=input, capture_output=True, check=False, env=git_env())
     if check and result.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed: {result.stderr.decode(errors='replace').strip()}")
-    return result.stdout.decode(errors="replace")
+        stderr = result.stderr.decode(errors="replace").strip()
+        raise RuntimeError(f"git {' '.join(argv[2:] if argv[:1] == ['-C'] else argv)} failed (exit {result.returncode}): {stderr}")
+    return result
+
+
+def git(repo: Path, *args: str, input: bytes | None = None, check: bool = True) -> str:
+    return run_git(["-C", str(repo), *args], input=input, check=check).stdout.decode(errors="replace")
 
 
 PRE_RECEIVE = """#!/bin/sh
@@ -56,7 +90,7 @@ def init_bare(path: Path) -> None:
     if (path / "HEAD").exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["git", "init", "--bare", "-q", "-b", "main", str(path)], check=True)
+    run_git(["init", "--bare", "-q", "-b", "main", str(path)])
     configure(path)
 
 
@@ -85,12 +119,15 @@ def head_sha(path: Path, ref: str = MAIN) -> str | None:
 def export_tree(path: Path, sha: str, dest: Path) -> None:
     """Write the commit's files into dest (a fresh directory), like a checkout without .git."""
     dest.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", str(path), "archive", "--format=tar", sha], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    archive = run_git(["-C", str(path), "archive", "--format=tar", sha])
+    untar = subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, capture_output=True, check=False,
+                           env={"PATH": GIT_PATH, "LC_ALL": "C.UTF-8"})
+    if untar.returncode != 0:
+        raise RuntimeError(f"tar -x of commit {sha[:12]} failed: {untar.stderr.decode(errors='replace').strip()}")
 
 
 def read_file(path: Path, sha: str, file: str, limit: int = 1_000_000) -> bytes | None:
-    result = subprocess.run(["git", "-C", str(path), "show", f"{sha}:{file}"], capture_output=True, check=False)
+    result = run_git(["-C", str(path), "show", f"{sha}:{file}"], check=False)
     if result.returncode != 0:
         return None
     return result.stdout[:limit]
@@ -117,6 +154,6 @@ def commits(path: Path, ref: str = MAIN, limit: int = 50) -> list[Commit]:
 def copy_repo(source: Path, dest: Path) -> None:
     """Server-side copy with full history (used by duplicate)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["git", "clone", "--bare", "-q", "--no-local", str(source), str(dest)], check=True)
+    run_git(["clone", "--bare", "-q", "--no-local", str(source), str(dest)])
     configure(dest)
     git(dest, "remote", "remove", "origin", check=False)
