@@ -4,6 +4,15 @@ Every Dockerfile's FROM lines go through `resolve_from_lines` before a build. A 
 as is when the engine has it; otherwise an alias (python:3.11-slim -> spaceport/base-python:3.11)
 or a registry mirror rewrites it; otherwise the build fails naming the image and the settings that
 fix it. Stage references (`FROM builder` after `FROM x AS builder`) and `scratch` are left alone.
+
+Families the bootstrap can make from Debian packages (builder/bootstrap.py):
+* python:3.X[...] -> spaceport/base-python:3.X; a minor the site has no base for resolves to the nearest
+  one it has, with a build-log warning (Debian bookworm packages only Python 3.11);
+* node:<major>[-slim|-alpine|-bookworm|...] -> spaceport/base-node:18 (Debian's nodejs; other majors and
+  alpine variants with a warning);
+* debian:bookworm[-slim] -> spaceport/base-debian:bookworm.
+An unresolvable base fails naming the image and the exact setting that would provide it, with an example
+of the same family (never a Python base for a Node image).
 """
 
 from __future__ import annotations
@@ -16,8 +25,11 @@ from builder.errors import BUILD_ERROR, BuildFailure
 
 ALIASES_SETTING = "SPACEPORT_BASE_IMAGE_ALIASES"
 MIRROR_SETTING = "SPACEPORT_REGISTRY_MIRROR"
+BOOTSTRAP_COMMAND = "spaceport images bootstrap"
 DEBIAN_BASE = "spaceport/base-debian:bookworm"
 SUPPORTED_PYTHONS = ("3.11",)
+DEBIAN_NODE_MAJOR = "18"  # what bookworm's nodejs package provides
+_NODE_TAG = re.compile(r"^node(?::(?P<major>\d+|lts|current|latest)?(?:\.[\d.]+)?(?:-(?P<variant>[a-z][a-z0-9.-]*))?)?$")
 
 _DEBIAN_TAGS = ("bookworm", "bookworm-slim", "12", "12-slim", "stable", "stable-slim", "latest")
 _PY_SUFFIXES = ("", "-slim", "-bookworm", "-slim-bookworm")
@@ -33,6 +45,31 @@ def python_base(version: str) -> str:
     return f"spaceport/base-python:{version}"
 
 
+def sdk_base(version: str) -> str:
+    """The base generated gradio/streamlit builds start FROM (runtime-images/sdk)."""
+    return f"spaceport/base-sdk:{version}"
+
+
+def node_base(major: str = DEBIAN_NODE_MAJOR) -> str:
+    return f"spaceport/base-node:{major}"
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
+def nearest_python(requested: str, available: Iterable[str]) -> str | None:
+    """The available 3.X closest to the requested minor (ties: the newer); None when none is available."""
+    versions = list(available)
+    if not versions:
+        return None
+    want = _version_key(requested)[:2]
+    if len(want) < 2:
+        return max(versions, key=_version_key)
+    return min(versions, key=lambda v: (abs(_version_key(v)[1] - want[1]) if _version_key(v)[:1] == want[:1] else 99,
+                                        -_version_key(v)[1]))
+
+
 def default_aliases(python_versions: Iterable[str] = SUPPORTED_PYTHONS) -> dict[str, str]:
     """python:3.X[-slim][-bookworm] -> spaceport/base-python:3.X; debian:bookworm[-slim] -> base-debian."""
     versions = list(python_versions)
@@ -46,6 +83,9 @@ def default_aliases(python_versions: Iterable[str] = SUPPORTED_PYTHONS) -> dict[
             aliases[f"python:{tag}"] = python_base(newest)
     for tag in _DEBIAN_TAGS:
         aliases[f"debian:{tag}"] = DEBIAN_BASE
+    aliases["node"] = node_base()  # the family default; exact tags below need no warning
+    for suffix in ("", "-slim", "-bookworm", "-bookworm-slim"):
+        aliases[f"node:{DEBIAN_NODE_MAJOR}{suffix}"] = node_base()
     return aliases
 
 
@@ -209,19 +249,85 @@ def _resolve_image(
     if target is not None:
         note = " (digest dropped)" if split_digest(image)[1] else ""
         messages.append(f"base image {image} -> {target} (alias{note}, line {number})")
-        return target
+        return _bootstrapped(image, target, number, available)
     if mirror:
         mirrored = mirror_ref(image, mirror)
         messages.append(f"base image {image} -> {mirrored} (registry mirror, line {number})")
         return mirrored
-    raise BuildFailure(
-        BUILD_ERROR,
-        f"base image {image!r} (Dockerfile line {number}) is not available: this Spaceport cannot pull "
-        f"from a registry and the Docker engine does not have it. Fix: change FROM to an available image "
-        f"(e.g. {python_base(SUPPORTED_PYTHONS[0])}), or ask the admin to set {ALIASES_SETTING} "
-        f"(e.g. '{normalize_ref(split_digest(image)[0])}=spaceport/base-python:3.11') or {MIRROR_SETTING}, "
-        f"or load the image into the engine.",
+    fallback = fallback_alias(image, aliases)
+    if fallback is not None:
+        target, warning = fallback
+        messages.append(f"warning: {warning}; base image {image} -> {target} (line {number})")
+        return _bootstrapped(image, target, number, available)
+    raise BuildFailure(BUILD_ERROR, unavailable_message(image, number))
+
+
+def _bootstrapped(image: str, target: str, number: int, available: Callable[[str], bool]) -> str:
+    """An alias to a bootstrap image (spaceport/...) that the engine lacks fails saying how to make it."""
+    if target.startswith("spaceport/base-") and not available(target):
+        raise BuildFailure(
+            BUILD_ERROR,
+            f"base image {image!r} (Dockerfile line {number}) resolves to {target}, which this Docker engine "
+            f"does not have yet. Fix: ask the admin to run `{BOOTSTRAP_COMMAND}` (it builds it from Debian "
+            f"packages), or to set {MIRROR_SETTING}.",
+        )
+    return target
+
+
+def family_example(image: str) -> str:
+    """A replacement of the same family for an error message."""
+    name = normalize_ref(split_digest(image)[0])
+    if name.startswith("node"):
+        return node_base()
+    if name.startswith("python"):
+        return python_base(SUPPORTED_PYTHONS[0])
+    if name.startswith(("debian", "ubuntu")):
+        return DEBIAN_BASE
+    return "an image your engine has"
+
+
+def unavailable_message(image: str, number: int) -> str:
+    name = normalize_ref(split_digest(image)[0])
+    example = family_example(image)
+    target = example if example.startswith("spaceport/") else "REGISTRY/IMAGE:TAG"
+    return (
+        f"base image {image!r} (Dockerfile line {number}) is not available: this Spaceport cannot pull from a "
+        f"registry and the Docker engine does not have it. Fix: change FROM to an available image"
+        f"{f' (e.g. {example})' if example.startswith('spaceport/') else ''}, or ask the admin to set "
+        f"{ALIASES_SETTING}='{name}={target}' or {MIRROR_SETTING}=<registry mirror host>, or to load "
+        f"{name} into the Docker engine."
     )
+
+
+def fallback_alias(image: str, aliases: Mapping[str, str]) -> tuple[str, str] | None:
+    """(target, warning) for a python minor or node major the site has no base for, else None."""
+    name = normalize_ref(split_digest(image)[0])
+    canon = _PY_CANON.match(name)
+    if canon is not None:
+        have = {key.split(":", 1)[1]: target for key, target in aliases.items()
+                if re.fullmatch(r"python:3\.\d+", key)}
+        nearest = nearest_python(canon.group(1), have)
+        if nearest is None:
+            return None
+        return have[nearest], (f"Python {canon.group(1)} is not available on this server (Debian bookworm "
+                               f"packages only {', '.join(sorted(have, key=_version_key))}); using the nearest, "
+                               f"Python {nearest}")
+    return _node_fallback(name, aliases)
+
+
+def _node_fallback(name: str, aliases: Mapping[str, str]) -> tuple[str, str] | None:
+    node = _NODE_TAG.match(name)
+    target = aliases.get("node")
+    if node is None or target is None:
+        return None
+    major, variant = node.group("major") or "latest", node.group("variant") or ""
+    notes = []
+    if major != DEBIAN_NODE_MAJOR:
+        notes.append(f"Node {major} is not available on this server (Debian bookworm packages Node "
+                     f"{DEBIAN_NODE_MAJOR}); using Node {DEBIAN_NODE_MAJOR}")
+    if variant.startswith("alpine"):
+        notes.append("the alpine variant is replaced by a Debian one (use apt-get, not apk)")
+    return target, "; ".join(notes) or f"node base from Debian's nodejs {DEBIAN_NODE_MAJOR}"
 
 
 def lookup_alias(image: str, aliases: Mapping[str, str]) -> str | None:

@@ -4,6 +4,11 @@
    trusted (copied in + update-ca-certificates in a chroot), imported with the docker SDK.
 2. `spaceport/base-python:<v>` on top, from runtime-images/cpu/Dockerfile (python3, python3-venv,
    a uid-1000-owned venv first on PATH so `pip install` works, apt-get working).
+3. `spaceport/base-sdk:<v>` on that, from runtime-images/sdk/Dockerfile: the system packages of the hosted
+   Spaces SDK image (git, git-lfs, ffmpeg, libGL, a compiler, ...) and uv. Generated gradio/streamlit
+   builds start FROM it (builder/buildpacks, builder/sdkdeps.py).
+4. `spaceport/base-node:<major>` (with `node=True`), from runtime-images/node/Dockerfile: Debian's nodejs
+   and npm, the stand-in for node:<major>[-slim|-alpine] (builder/baseimages.py aliases).
 
 Debian bookworm packages only Python 3.11. Other versions would need `uv python install`, which
 downloads python-build-standalone from GitHub; that is unreachable on registry-less sites, so those
@@ -24,7 +29,7 @@ from pathlib import Path
 
 import docker
 
-from builder.baseimages import DEBIAN_BASE, python_base
+from builder.baseimages import DEBIAN_BASE, DEBIAN_NODE_MAJOR, node_base, python_base, sdk_base
 from builder.errors import BUILD_ERROR, BuildFailure
 from builder.image import FIXED_MTIME, image_available, run_docker_build
 
@@ -54,6 +59,8 @@ def bootstrap_images(
     python_versions: Sequence[str] = ("3.11",),
     ca_dir: Path | None = HOST_CA_DIR,
     progress: Progress = print,
+    sdk: bool = True,
+    node: bool = True,
 ) -> list[str]:
     """Make sure the base images exist; returns the image names that are available afterwards."""
     ready: list[str] = []
@@ -73,7 +80,20 @@ def bootstrap_images(
         else:
             build_python_base(client, version, progress=progress)
         ready.append(name)
+        if sdk:
+            ready.append(_ensure(client, sdk_base(version), "sdk", name, progress))
+    if node:
+        ready.append(_ensure(client, node_base(DEBIAN_NODE_MAJOR), "node", DEBIAN_BASE, progress))
     return ready
+
+
+def _ensure(client: docker.DockerClient, name: str, flavor: str, base: str, progress: Progress) -> str:
+    """Build runtime-images/<flavor>/Dockerfile on `base` as `name` unless the engine has it."""
+    if image_available(client, name):
+        progress(f"{name}: present")
+    else:
+        build_from_runtime_images(client, name, flavor, base, progress=progress)
+    return name
 
 
 def build_debian_base(client: docker.DockerClient, *, ca_dir: Path | None, progress: Progress) -> None:
@@ -119,12 +139,15 @@ def _changes(trusted: bool) -> list[str]:
 
 
 def build_python_base(client: docker.DockerClient, version: str, *, progress: Progress) -> None:
-    name = python_base(version)
-    dockerfile = (runtime_images_dir() / "cpu" / "Dockerfile").read_bytes()
-    progress(f"{name}: building from runtime-images/cpu/Dockerfile on {DEBIAN_BASE}")
+    build_from_runtime_images(client, python_base(version), "cpu", DEBIAN_BASE, progress=progress)
+
+
+def build_from_runtime_images(client: docker.DockerClient, name: str, flavor: str, base: str, *, progress: Progress) -> None:
+    dockerfile = (runtime_images_dir() / flavor / "Dockerfile").read_bytes()
+    progress(f"{name}: building from runtime-images/{flavor}/Dockerfile on {base}")
     context = _single_file_context("Dockerfile", dockerfile)
     run_docker_build(client, context, tag=name, dockerfile="Dockerfile", log=progress,
-                     build_args={"BASE_IMAGE": DEBIAN_BASE})
+                     build_args={"BASE_IMAGE": base})
     progress(f"{name}: ready")
 
 

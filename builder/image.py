@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import tarfile
 import tempfile
 import threading
@@ -28,9 +29,15 @@ import requests
 import urllib3.exceptions
 from docker.utils.build import exclude_paths
 
-from builder import buildpacks
+from builder import buildpacks, sdkdeps
 from builder.artifact import ImageArtifact
-from builder.baseimages import default_aliases, external_from_lines, resolve_from_lines
+from builder.baseimages import (
+    SUPPORTED_PYTHONS,
+    default_aliases,
+    external_from_lines,
+    nearest_python,
+    resolve_from_lines,
+)
 from builder.buildpacks.base import CONTAINER_PORT, RenderContext, RepoFiles
 from builder.certs import ca_bundle
 from builder.errors import BUILD_ERROR, BuildCancelled, BuildFailure
@@ -98,7 +105,8 @@ def prepare_dockerfile(
     if config.sdk == "docker":
         path = source / "Dockerfile"
         user_dockerfile = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
-    ctx = RenderContext(files=files, build_arg_names=tuple(sorted(build_args)), dockerfile=user_dockerfile)
+    ctx = RenderContext(files=files, build_arg_names=tuple(sorted(build_args)), dockerfile=user_dockerfile,
+                        sdk_release=sdkdeps.release_for(config))
     effective = {**default_aliases(), **(aliases or {})}
 
     def resolve(space: SpaceConfig) -> tuple[str, list[str]]:
@@ -108,11 +116,12 @@ def prepare_dockerfile(
     try:
         resolved, messages = resolve(config)
     except BuildFailure:
-        if config.sdk == "docker" or config.python == DEFAULT_PYTHON:
+        nearest = nearest_python(config.python, SUPPORTED_PYTHONS) or DEFAULT_PYTHON
+        if config.sdk == "docker" or config.python == nearest:
             raise
-        log(f"warning: no base image for Python {config.python} (python_version in README.md) on this server; "
-            f"building with Python {DEFAULT_PYTHON} instead")
-        resolved, messages = resolve(dataclasses.replace(config, python_version=DEFAULT_PYTHON))
+        log(f"warning: no base image for Python {config.python} (python_version in README.md) on this server "
+            f"(Debian bookworm packages only {', '.join(SUPPORTED_PYTHONS)}); building with the nearest, Python {nearest}")
+        resolved, messages = resolve(dataclasses.replace(config, python_version=nearest))
     for message in messages:
         log(message)
     return resolved
@@ -215,6 +224,7 @@ def run_docker_build(
     """
     read_timeout = None if deadline is None else max(1.0, deadline - time.monotonic())
     tail: list[str] = []
+    steps: list[str] = []
     image_id = ""
     try:
         stream = client.api.build(
@@ -223,7 +233,7 @@ def run_docker_build(
             pull=False, decode=True, timeout=read_timeout,
         )
         for chunk in _guarded(stream, deadline, cancel):
-            image_id = _handle_chunk(chunk, tail, log) or image_id
+            image_id = _handle_chunk(chunk, tail, log, steps) or image_id
     except (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError):
         raise BuildFailure(BUILD_ERROR, TIME_LIMIT_MESSAGE) from None
     except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
@@ -231,6 +241,24 @@ def run_docker_build(
     if not image_id:
         image_id = client.images.get(tag).id or ""
     return image_id
+
+
+_STEP = re.compile(r"^Step \d+/\d+ : ")
+_NOISE = re.compile(r"^(?: ---> |Removing intermediate container |Step \d+/\d+ : |\s*$)")
+_EXIT = re.compile(r"returned a non-zero code: (\d+)")
+
+
+def failure_summary(step: str, tail: list[str], error: str) -> str:
+    """'Dockerfile step 5/9 `RUN ...` failed (exit code 1): <its last error line>' for the stage message."""
+    instruction = step.split(" : ", 1)[1].strip() if " : " in step else ""
+    if len(instruction) > 160:
+        instruction = instruction[:157] + "..."
+    lines = [line.strip() for line in tail if not _NOISE.match(line)]
+    errors = [line for line in lines if re.search(r"error|exception|not found|no such|failed|cannot|unable", line, re.IGNORECASE)]
+    cause = (errors or lines or [error])[-1]
+    code = _EXIT.search(error)
+    where = f"Dockerfile step {step.split(' : ', 1)[0].removeprefix('Step ')} `{instruction}`" if instruction else "docker build"
+    return f"{where} failed{f' (exit code {code.group(1)})' if code else ''}: {cause}"
 
 
 def _guarded(stream: Iterator[dict[str, Any]], deadline: float | None, cancel: threading.Event | None) -> Iterator[dict[str, Any]]:
@@ -250,17 +278,21 @@ def _close(stream: Iterator[dict[str, Any]]) -> None:
         close()
 
 
-def _handle_chunk(chunk: dict[str, Any], tail: list[str], log: Log) -> str | None:
+def _handle_chunk(chunk: dict[str, Any], tail: list[str], log: Log, steps: list[str] | None = None) -> str | None:
     if "error" in chunk:
         error = str(chunk.get("error", "")).strip()
         recent = "\n".join(tail[-TAIL_LINES:])
-        raise BuildFailure(BUILD_ERROR, f"docker build failed: {error}\n--- last build output ---\n{recent}")
+        summary = failure_summary((steps or [""])[-1], tail, error)
+        raise BuildFailure(BUILD_ERROR, f"{summary}\n--- last build output ---\n{recent}\n--- docker: {error}")
     aux = chunk.get("aux")
     if isinstance(aux, dict) and aux.get("ID"):
         return str(aux["ID"])
     text = chunk.get("stream") or chunk.get("status") or ""
     for line in str(text).splitlines():
         if line.strip():
+            if steps is not None and _STEP.match(line):
+                steps[:] = [line]
+                tail.clear()  # the tail is the current step's output
             tail.append(line)
             del tail[:-TAIL_LINES]
             log(line)

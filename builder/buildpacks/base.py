@@ -1,23 +1,33 @@
 """BuildPack contract (repo2docker style): pure `detect(files)`, `render(config, ctx)` -> Dockerfile text.
 
-Rendered Dockerfiles are layered for the cache: base FROM, (CA certificates, injected by
-builder.image right after FROM), apt packages.txt, pre-requirements, requirements + pinned sdk,
-build ARGs (space variables), COPY of the source, LABELs last. Secrets are never build args.
+Rendered Dockerfiles are layered for the cache: base FROM (spaceport/base-sdk:<python>, the hosted SDK
+image's system packages + uv), (CA certificates, injected by builder.image right after FROM), apt
+packages.txt, the uid-1000 user and environment, then the install plan of builder.sdkdeps: base
+packages, pre-requirements, requirements, the SDK pin last (so it wins), each a `uv pip install` with the
+SDK line's constraints and `--exclude-newer` at the SDK release (retried without the date if that cannot
+resolve); build ARGs (space variables), COPY of the source, LABELs last. Secrets are never build args.
+The environment is the hosted one: HOME=/home/user, a writable /home/user/app owned by uid 1000,
+SYSTEM=spaces; SPACE_* variables come from the runtime, and no proxy variable is ever baked in.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import ClassVar
 
+from builder.baseimages import sdk_base
+from builder.sdkdeps import InstallPlan, InstallStep, install_plan
 from builder.spaceconfig import SpaceConfig
 
 APP_DIR = "/home/user/app"
+CONSTRAINTS_FILE = "/home/user/.spaceport/constraints.txt"
 CONTAINER_PORT = 7860
 _SKIP_DIRS = frozenset({".git", "__pycache__", ".venv", "node_modules"})
 _TEXT_FILES = ("app.py",)
@@ -54,6 +64,7 @@ class RenderContext:
     build_arg_names: tuple[str, ...] = ()
     dockerfile: str | None = None  # the user's Dockerfile text (docker sdk)
     labels: Mapping[str, str] = field(default_factory=dict)
+    sdk_release: datetime | None = None  # upload date of the pinned sdk_version (builder.sdkdeps)
 
 
 class BuildPack(ABC):
@@ -73,10 +84,10 @@ class PythonAppBuildPack(BuildPack):
 
     def render(self, config: SpaceConfig, ctx: RenderContext) -> str:
         parts = [
-            f"FROM python:{config.python}",
+            f"FROM {self.base_image(config)}",
             *self.apt_layer(ctx.files),
             *self.user_layer(),
-            *self.dependency_layers(config, ctx.files),
+            *self.dependency_layers(config, ctx.files, ctx.sdk_release),
             *[f"ARG {name}" for name in ctx.build_arg_names],
             f"COPY --chown=1000:1000 . {APP_DIR}",
             f"EXPOSE {CONTAINER_PORT}",
@@ -85,9 +96,13 @@ class PythonAppBuildPack(BuildPack):
         ]
         return "\n".join(parts) + "\n"
 
+    def base_image(self, config: SpaceConfig) -> str:
+        return sdk_base(config.python)
+
     def environment(self) -> dict[str, str]:
         return {
             "HOME": "/home/user",
+            "SYSTEM": "spaces",
             "PATH": "/home/user/.local/bin:$PATH",
             "PYTHONUNBUFFERED": "1",
             "PIP_NO_CACHE_DIR": "1",
@@ -116,28 +131,40 @@ class PythonAppBuildPack(BuildPack):
             f"WORKDIR {APP_DIR}",
         ]
 
-    def dependency_layers(self, config: SpaceConfig, files: RepoFiles) -> list[str]:
-        lines: list[str] = []
-        if "pre-requirements.txt" in files.paths:
-            lines += [
-                f"COPY --chown=1000:1000 pre-requirements.txt {APP_DIR}/pre-requirements.txt",
-                "RUN pip install --no-cache-dir --progress-bar off -r pre-requirements.txt",
-            ]
-        packages = self.sdk_requirements(config)
-        if "requirements.txt" in files.paths:
-            lines.append(f"COPY --chown=1000:1000 requirements.txt {APP_DIR}/requirements.txt")
-            lines.append("RUN pip install --no-cache-dir --progress-bar off -r requirements.txt " + " ".join(json.dumps(p) for p in packages))
-        elif packages:
-            lines.append("RUN pip install --no-cache-dir --progress-bar off " + " ".join(json.dumps(p) for p in packages))
-        return lines
-
-    def sdk_requirements(self, config: SpaceConfig) -> list[str]:
-        """The sdk package, pinned to sdk_version when set."""
-        return [f"{self.sdk}=={config.sdk_version}" if config.sdk_version else self.sdk]
+    def dependency_layers(self, config: SpaceConfig, files: RepoFiles, release: datetime | None = None) -> list[str]:
+        return render_plan(install_plan(config, files.paths, release))
 
     @abstractmethod
     def command(self, config: SpaceConfig) -> list[str]:
         """The container CMD."""
+
+
+def render_plan(plan: InstallPlan) -> list[str]:
+    """Dockerfile lines for an install plan: notes + constraints file, then COPY/RUN per step."""
+    if not plan.steps:
+        return []
+    setup = [f"echo {shlex.quote('spaceport: ' + note)}" for note in plan.notes]
+    setup.append(f"mkdir -p {shlex.quote(CONSTRAINTS_FILE.rsplit('/', 1)[0])}")
+    setup.append(f"printf '%s\\n' {' '.join(shlex.quote(c) for c in plan.constraints)} > {CONSTRAINTS_FILE}"
+                 if plan.constraints else f": > {CONSTRAINTS_FILE}")
+    lines = ["RUN " + " \\\n && ".join(setup)]
+    for step in plan.steps:
+        lines += [f"COPY --chown=1000:1000 {name} {APP_DIR}/{name}" for name in step.files]
+        lines.append("RUN " + install_command(step))
+    return lines
+
+
+def install_command(step: InstallStep) -> str:
+    """`uv pip install ...`, retried without --exclude-newer (saying so) when the dated resolve fails."""
+    constraints = CONSTRAINTS_FILE if step.constraints else None
+    dated = "uv pip install " + " ".join(shlex.quote(a) for a in step.uv_args(constraints))
+    if not step.exclude_newer:
+        return dated
+    undated_step = InstallStep(step.what, step.requirements, step.files, step.constraints, None)
+    undated = "uv pip install " + " ".join(shlex.quote(a) for a in undated_step.uv_args(constraints))
+    retry = shlex.quote(f"spaceport: {step.what} cannot resolve as of {step.exclude_newer} "
+                        "(a requirement is newer than the sdk_version); retrying with today's packages")
+    return f"{dated} \\\n || {{ echo {retry} && {undated}; }}"
 
 
 def label_lines(labels: Mapping[str, str]) -> list[str]:

@@ -1,6 +1,8 @@
-"""Static spaces: the repository served by Python's http.server."""
+"""Static spaces: the repository served by Python's http.server (no SDK dependencies, plain Python base)."""
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from builder.buildpacks.base import APP_DIR, PythonAppBuildPack, RepoFiles
 from builder.spaceconfig import SpaceConfig
@@ -12,10 +14,10 @@ class StaticBuildPack(PythonAppBuildPack):
     def detect(self, files: RepoFiles) -> bool:
         return "index.html" in files.paths
 
-    def sdk_requirements(self, config: SpaceConfig) -> list[str]:
-        return []
+    def base_image(self, config: SpaceConfig) -> str:
+        return f"python:{config.python}"
 
-    def dependency_layers(self, config: SpaceConfig, files: RepoFiles) -> list[str]:
+    def dependency_layers(self, config: SpaceConfig, files: RepoFiles, release: datetime | None = None) -> list[str]:
         return []
 
     def command(self, config: SpaceConfig) -> list[str]:

@@ -11,11 +11,12 @@ from builder.baseimages import (
     default_aliases,
     lookup_alias,
     mirror_ref,
+    nearest_python,
     parse_aliases,
     resolve_from_lines,
 )
 from builder.errors import BUILD_ERROR, BuildFailure
-from builder.image import CA_BUNDLE, DOCKERFILE, inject_ca, make_context
+from builder.image import CA_BUNDLE, DOCKERFILE, failure_summary, inject_ca, make_context
 
 ALIASES = default_aliases(("3.11",))
 
@@ -24,8 +25,13 @@ def nothing(_ref: str) -> bool:
     return False
 
 
+def bootstrapped(ref: str) -> bool:
+    """An engine that has the bootstrap images (spaceport/base-*) and nothing else."""
+    return ref.startswith("spaceport/")
+
+
 def test_python_slim_is_aliased() -> None:
-    text, messages = resolve_from_lines("FROM python:3.11-slim\nRUN pip install x\n", ALIASES, None, nothing)
+    text, messages = resolve_from_lines("FROM python:3.11-slim\nRUN pip install x\n", ALIASES, None, bootstrapped)
     assert text == "FROM spaceport/base-python:3.11\nRUN pip install x\n"
     assert messages == ["base image python:3.11-slim -> spaceport/base-python:3.11 (alias, line 1)"]
 
@@ -41,7 +47,7 @@ def test_multi_stage_keeps_stage_references() -> None:
         "FROM --platform=linux/amd64 debian:bookworm-slim as runtime\n"
         "COPY --from=build /x /x\nFROM build\nFROM Runtime\n"
     )
-    text, messages = resolve_from_lines(dockerfile, ALIASES, None, nothing)
+    text, messages = resolve_from_lines(dockerfile, ALIASES, None, bootstrapped)
     assert text.splitlines() == [
         "FROM spaceport/base-python:3.11 AS build",
         "RUN echo build",
@@ -55,49 +61,110 @@ def test_multi_stage_keeps_stage_references() -> None:
 
 def test_arg_parameterised_from() -> None:
     dockerfile = 'ARG PY=3.11\nARG VARIANT="slim"\nFROM python:${PY}-$VARIANT\nARG PY\n'
-    text, _ = resolve_from_lines(dockerfile, ALIASES, None, nothing)
+    text, _ = resolve_from_lines(dockerfile, ALIASES, None, bootstrapped)
     assert text.splitlines()[2] == "FROM spaceport/base-python:3.11"
     untouched, messages = resolve_from_lines(dockerfile, ALIASES, None, lambda ref: ref == "python:3.11-slim")
     assert untouched == dockerfile and messages == []
 
 
 def test_build_arg_overrides_default_and_unresolvable_names_fix() -> None:
-    dockerfile = "ARG PY=3.11\nFROM python:${PY}-slim\n"
+    dockerfile = "ARG IMG=python:3.11\nFROM ${IMG}-slim\n"
     with pytest.raises(BuildFailure) as info:
-        resolve_from_lines(dockerfile, ALIASES, None, nothing, build_args={"PY": "3.10"})
+        resolve_from_lines(dockerfile, ALIASES, None, bootstrapped, build_args={"IMG": "ghcr.io/org/tool:2"})
     assert info.value.stage == BUILD_ERROR
-    for needle in ("python:3.10-slim", "line 2", "SPACEPORT_BASE_IMAGE_ALIASES", "SPACEPORT_REGISTRY_MIRROR"):
+    for needle in ("ghcr.io/org/tool:2-slim", "line 2", "SPACEPORT_BASE_IMAGE_ALIASES='ghcr.io/org/tool:2-slim=",
+                   "SPACEPORT_REGISTRY_MIRROR"):
         assert needle in info.value.message
+    assert "base-python" not in info.value.message
+
+
+def test_python_minor_the_site_lacks_resolves_to_the_nearest_with_a_warning() -> None:
+    text, messages = resolve_from_lines("FROM python:3.10\nFROM python:3.12-slim-bookworm\n", ALIASES, None, bootstrapped)
+    assert text == "FROM spaceport/base-python:3.11\nFROM spaceport/base-python:3.11\n"
+    assert messages[0].startswith("warning: Python 3.10 is not available on this server")
+    assert "using the nearest, Python 3.11" in messages[0] and "python:3.10 -> spaceport/base-python:3.11" in messages[0]
+    assert nearest_python("3.10", ("3.9", "3.11")) == "3.11" and nearest_python("3.8", ("3.9", "3.12")) == "3.9"
+    assert nearest_python("3.10", ()) is None
+
+
+@pytest.mark.parametrize(
+    ("image", "warning"),
+    [
+        ("node:18", None),
+        ("node:18-slim", None),
+        ("node:20-slim", "Node 20 is not available on this server"),
+        ("node:18-alpine", "alpine variant is replaced by a Debian one"),
+        ("node:lts-alpine3.19", "Node lts is not available"),
+        ("docker.io/library/node:22.3.0-bookworm", "Node 22 is not available"),
+    ],
+)
+def test_node_bases_resolve_to_debians_nodejs(image: str, warning: str | None) -> None:
+    text, messages = resolve_from_lines(f"FROM {image} AS web\nRUN npm ci\n", ALIASES, None, bootstrapped)
+    assert text == "FROM spaceport/base-node:18 AS web\nRUN npm ci\n"
+    if warning is None:
+        assert messages == [f"base image {image} -> spaceport/base-node:18 (alias, line 1)"]
+    else:
+        assert messages[0].startswith("warning: ") and warning in messages[0]
+
+
+def test_node_base_not_bootstrapped_names_the_command_never_a_python_base() -> None:
+    with pytest.raises(BuildFailure) as info:
+        resolve_from_lines("FROM node:18-alpine\n", ALIASES, None, nothing)
+    message = info.value.message
+    assert "node:18-alpine" in message and "spaceport/base-node:18" in message and "spaceport images bootstrap" in message
+    assert "python" not in message
+    with pytest.raises(BuildFailure) as info:
+        resolve_from_lines("FROM node:18-alpine\n", {}, None, nothing)
+    message = info.value.message
+    assert "SPACEPORT_BASE_IMAGE_ALIASES='node:18-alpine=spaceport/base-node:18'" in message
+    assert "SPACEPORT_REGISTRY_MIRROR" in message and "python" not in message
+
+
+def test_failure_summary_names_the_instruction_and_its_last_error_line() -> None:
+    tail = [
+        "Step 7/12 : RUN uv pip install -r requirements.txt",
+        " ---> Running in 567c0ffee123",
+        "Resolved 3 packages",
+        "  x No solution found when resolving dependencies:",
+        "  ╰─▶ Because torch==1.10.2 has no wheels with a matching Python ABI tag, we can conclude that it cannot be used.",
+        "Removing intermediate container 567c0ffee123",
+    ]
+    error = "The command '/bin/sh -c uv pip install -r requirements.txt' returned a non-zero code: 1"
+    summary = failure_summary(tail[0], tail, error)
+    assert summary == ("Dockerfile step 7/12 `RUN uv pip install -r requirements.txt` failed (exit code 1): "
+                       "╰─▶ Because torch==1.10.2 has no wheels with a matching Python ABI tag, we can conclude that it cannot be used.")
+    assert "Removing intermediate container" not in summary
+    assert failure_summary("", [], "pull access denied") == "docker build failed: pull access denied"
 
 
 def test_arg_without_value_is_an_error() -> None:
     with pytest.raises(BuildFailure, match="ARG"):
-        resolve_from_lines("ARG BASE\nFROM $BASE\n", ALIASES, None, nothing)
+        resolve_from_lines("ARG BASE\nFROM $BASE\n", ALIASES, None, bootstrapped)
 
 
 def test_mirror_used_when_no_alias() -> None:
-    text, messages = resolve_from_lines("FROM node:20-slim\nFROM ghcr.io/org/img:1\n", ALIASES, "mirror.local:5000", nothing)
+    text, messages = resolve_from_lines("FROM node:20-slim\nFROM ghcr.io/org/img:1\n", ALIASES, "mirror.local:5000", bootstrapped)
     assert text.splitlines() == ["FROM mirror.local:5000/library/node:20-slim", "FROM mirror.local:5000/org/img:1"]
     assert "registry mirror" in messages[0]
 
 
 def test_digests() -> None:
     ref = "python:3.11-slim@sha256:" + "a" * 64
-    text, messages = resolve_from_lines(f"FROM {ref}\n", ALIASES, None, nothing)
+    text, messages = resolve_from_lines(f"FROM {ref}\n", ALIASES, None, bootstrapped)
     assert text == "FROM spaceport/base-python:3.11\n" and "digest dropped" in messages[0]
     assert mirror_ref("node:20@sha256:" + "b" * 64, "m.io").endswith("/library/node:20@sha256:" + "b" * 64)
 
 
 def test_scratch_and_hub_spellings() -> None:
-    assert resolve_from_lines("FROM scratch\n", ALIASES, None, nothing) == ("FROM scratch\n", [])
+    assert resolve_from_lines("FROM scratch\n", ALIASES, None, bootstrapped) == ("FROM scratch\n", [])
     assert lookup_alias("docker.io/library/python:3.11", ALIASES) == "spaceport/base-python:3.11"
     assert lookup_alias("python:3.11.9-slim-bookworm", ALIASES) == "spaceport/base-python:3.11"
-    assert lookup_alias("python:3.12-slim", ALIASES) is None
+    assert lookup_alias("python:3.12-slim", ALIASES) is None  # no exact alias: the nearest-minor fallback decides
     assert lookup_alias("debian", ALIASES) == "spaceport/base-debian:bookworm"
 
 
 def test_continued_from_line_is_joined() -> None:
-    text, _ = resolve_from_lines("FROM \\\n  python:3.11 AS base\nRUN true\n", ALIASES, None, nothing)
+    text, _ = resolve_from_lines("FROM \\\n  python:3.11 AS base\nRUN true\n", ALIASES, None, bootstrapped)
     assert text == "FROM spaceport/base-python:3.11 AS base\nRUN true\n"
 
 

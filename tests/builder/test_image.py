@@ -49,7 +49,8 @@ def wait_for_http(url: str, attempts: int = 120) -> httpx.Response:
 def test_bootstrap_is_idempotent(client: docker.DockerClient) -> None:
     progress: list[str] = []
     ready = bootstrap_images(client, python_versions=("3.11",), progress=progress.append)
-    assert ready == ["spaceport/base-debian:bookworm", "spaceport/base-python:3.11"]
+    assert ready == ["spaceport/base-debian:bookworm", "spaceport/base-python:3.11", "spaceport/base-sdk:3.11",
+                     "spaceport/base-node:18"]
     assert all(line.endswith(": present") for line in progress)
 
 

@@ -2,7 +2,7 @@
 
 Usage in a docker test:
     from tests.support.images import ensure_base_images
-    ensure_base_images(docker_host)                  # spaceport/base-python:3.11 now exists
+    ensure_base_images(docker_host)                  # spaceport/base-{python,sdk}:3.11, base-node:18 now exist
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import docker
 
-from builder.baseimages import DEBIAN_BASE, python_base
+from builder.baseimages import DEBIAN_BASE, node_base, python_base, sdk_base
 from builder.bootstrap import bootstrap_images
 
 PYTHON_VERSIONS = ("3.11",)
@@ -26,7 +26,7 @@ def _lock_path(docker_host: str) -> Path:
 
 
 def _present(client: docker.DockerClient) -> bool:
-    names = [DEBIAN_BASE, *(python_base(v) for v in PYTHON_VERSIONS)]
+    names = [DEBIAN_BASE, *(python_base(v) for v in PYTHON_VERSIONS), *(sdk_base(v) for v in PYTHON_VERSIONS), node_base()]
     try:
         for name in names:
             client.images.get(name)
@@ -36,7 +36,7 @@ def _present(client: docker.DockerClient) -> bool:
 
 
 def ensure_base_images(docker_host: str) -> None:
-    """Bootstrap spaceport/base-debian:bookworm and spaceport/base-python:3.11 on that engine if missing."""
+    """Bootstrap spaceport/base-debian:bookworm, base-python:3.11, base-sdk:3.11 and base-node:18 if missing."""
     client = docker.DockerClient(base_url=docker_host, timeout=600)
     try:
         if _present(client):
