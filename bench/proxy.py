@@ -129,6 +129,7 @@ def serve_proxy(port: int, static_port: int, app_port: int) -> None:
         activity=ThrottledActivity(),
         access=AllowAll(),
         activator=None,
+        path_mode="trusted",  # measure forwarding on /apps/... URLs (the site default redirects them)
     )
     uvicorn.run(
         app,

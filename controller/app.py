@@ -23,14 +23,18 @@ from controller.config import Settings
 from controller.domain.errors import SpaceportError
 from controller.git import http as git_http
 from controller.proxy.activity import ThrottledActivity
+from controller.proxy.appauth import AppAuth
 from controller.proxy.middleware import ProxyMiddleware
 from controller.proxy.routes import RouteTable
 from controller.runtimes.base import Runtime
 from controller.runtimes.factory import make_runtime, untrusted_push_refusal
 from controller.services.access import SpaceAccess
+from controller.services.accounts import TOKEN_PREFIX
 from controller.services.platform import Platform
 from controller.services.reconciler import Reconciler
+from controller.services.websession import SESSION_COOKIE
 from controller.tasks import make_celery
+from web.context import CSRF_COOKIE
 
 log = logging.getLogger(__name__)
 _HEADER_UNSAFE = re.compile(r"[^\x20-\x7e\xa0-\xff]")  # what an HTTP header value can carry (latin-1 text)
@@ -71,6 +75,8 @@ def create_app(settings: Settings, *, platform: Platform | None = None, runtime:
     app = FastAPI(title="Spaceport", version="0.1.0", lifespan=lifespan)
     app.state.platform, app.state.settings, app.state.runtime = platform, settings, runtime
     app.state.reconciler, app.state.routes = reconciler, routes
+    app_auth = AppAuth(settings.key, cookie_max_age=settings.app_session_max_age)
+    app.state.app_auth = app_auth
     app.add_exception_handler(SpaceportError, _error_response)
     for router in (repos_api.router, hardware_api.router, spaces_api.router, logs_api.router, hub_api.router,
                    admin_api.router, git_http.router):
@@ -83,6 +89,8 @@ def create_app(settings: Settings, *, platform: Platform | None = None, runtime:
     web.install(app)  # last: the UI's /OWNER pages match any single-segment path
     app.add_middleware(
         ProxyMiddleware, apps_domain=settings.apps_domain or "localhost", routes=routes, activity=activity,
-        access=SpaceAccess(platform), activator=reconciler,
+        access=SpaceAccess(platform), activator=reconciler, path_mode=settings.path_apps,
+        public_url=settings.public_url, app_auth=app_auth, token_prefix=TOKEN_PREFIX,
+        platform_cookies=(SESSION_COOKIE, CSRF_COOKIE),
     )
     return app

@@ -39,6 +39,25 @@ class Settings(BaseSettings):
     deep_sleep_enabled: bool = True
     deep_sleep_after: float = 3600.0
     allow_signup: bool = False
+    path_apps: Literal["redirect", "sandboxed", "trusted"] = Field(
+        default="redirect",
+        description=(
+            "Path-based app URLs (/apps/OWNER/NAME/) are on the platform's own origin, where an app's "
+            "scripts could act as the visitor. 'redirect' (default): send them to the app's host URL "
+            "(OWNER-NAME.APPS_DOMAIN); needs wildcard DNS for APPS_DOMAIN, ideally a registrable domain "
+            "of its own (like hf.space next to huggingface.co) so apps cannot set cookies for the platform. "
+            "'sandboxed': serve them with a CSP sandbox (opaque origin, app cookies dropped): static pages "
+            "and plain forms work; Gradio and Streamlit front ends do not (no localStorage/cookies, every "
+            "fetch is cross-origin from the 'null' origin), WebSockets connect without cookies, and the "
+            "app cannot embed itself. 'trusted': serve them like host URLs, only for sites where every "
+            "space owner is trusted with the platform's pages (their scripts run as the visitor)."
+        ),
+    )
+    app_session_max_age: int = Field(
+        default=3600, ge=60,
+        description="Seconds a private space's sign-in cookie on its host URL lasts before the visitor is "
+                    "signed in again through the platform (access revoked meanwhile ends by then at the latest)",
+    )
     embedded_worker: bool = True
 
     def model_post_init(self, _context: object) -> None:

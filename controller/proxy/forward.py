@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
@@ -51,15 +53,39 @@ class ClientGone(Exception):
     """The downstream client disconnected while we were reading its request body."""
 
 
-def _strip_cookie(value: bytes, name: bytes) -> bytes:
-    parts = [p for p in value.split(b";") if p.strip().partition(b"=")[0] != name]
+def strip_cookies(value: bytes, names: frozenset[bytes]) -> bytes:
+    """A Cookie header without the cookies in `names` (the platform's own)."""
+    parts = [p for p in value.split(b";") if p.strip().partition(b"=")[0] not in names]
     return b";".join(parts).strip()
 
 
+def is_platform_credential(value: bytes, token_prefix: bytes) -> bool:
+    """Does this Authorization value carry a platform token (Bearer TOKEN or Basic USER:TOKEN)?
+
+    Decided by shape, not by a database lookup: every platform token starts with `token_prefix`, so
+    revoked and mistyped ones are stripped too, and an app's own API keys (any other value) still pass.
+    """
+    scheme, _, credential = value.strip().partition(b" ")
+    scheme, credential = scheme.lower(), credential.strip()
+    if scheme == b"bearer":
+        return credential.startswith(token_prefix)
+    if scheme == b"basic":
+        try:
+            decoded = base64.b64decode(credential, validate=False)
+        except (ValueError, binascii.Error):
+            return False
+        return decoded.partition(b":")[2].startswith(token_prefix)
+    return token_prefix in value  # unknown scheme: refuse to pass anything token-shaped
+
+
 def upstream_headers(
-    scope: MutableMapping[str, Any], drop_cookie: bytes, websocket: bool
+    scope: MutableMapping[str, Any],
+    drop_cookies: frozenset[bytes],
+    websocket: bool,
+    token_prefix: bytes = b"sp_",
 ) -> list[tuple[str, str]]:
-    """Request headers for the upstream: hop-by-hop dropped, X-Forwarded-* set, our cookie removed."""
+    """Request headers for the upstream: hop-by-hop dropped, X-Forwarded-* set, and the platform's
+    credentials removed (its cookies, an Authorization header carrying a platform token)."""
     raw: list[tuple[bytes, bytes]] = scope["headers"]
     drop = set(HOP_BY_HOP)
     for key, value in raw:
@@ -79,10 +105,12 @@ def upstream_headers(
             continue
         if key == b"host":
             host = value
-        elif key == b"cookie" and drop_cookie in value:
-            value = _strip_cookie(value, drop_cookie)
+        elif key == b"cookie":
+            value = strip_cookies(value, drop_cookies)
             if not value:
                 continue
+        elif key == b"authorization" and is_platform_credential(value, token_prefix):
+            continue
         out.append((key.decode("latin-1"), value.decode("latin-1")))
     client = scope.get("client")
     client_ip = client[0] if client else ""
@@ -180,7 +208,7 @@ async def forward_http(
     send: Send,
     headers: list[tuple[str, str]],
     tick: Tick,
-    rewrite_location: Callable[[bytes], bytes] | None = None,
+    fix_headers: Callable[[list[tuple[bytes, bytes]]], list[tuple[bytes, bytes]]] | None = None,
 ) -> None:
     """Send the request upstream streaming its body, and stream the answer back unbuffered.
 
@@ -198,8 +226,8 @@ async def forward_http(
         raise UpstreamError(_describe(exc)) from exc
     async with resp:
         out_headers = response_headers(resp)
-        if rewrite_location is not None:
-            out_headers = [(k, rewrite_location(v) if k == b"location" else v) for k, v in out_headers]
+        if fix_headers is not None:
+            out_headers = fix_headers(out_headers)
         await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
         if scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b"", "more_body": False})

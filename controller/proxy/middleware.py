@@ -2,6 +2,12 @@
 
 A request is space traffic when its Host is `<slug>.<apps_domain>` (host-based, like *.hf.space) or its
 path starts with `/apps/OWNER/NAME` (path-based). Everything else goes to `inner` untouched.
+
+App content never runs on the platform's origin unless the site says so (`path_mode`, see
+`isolation`): by default a path-based request is redirected to the app's host URL. The platform's
+credentials (its cookies, an Authorization header with a platform token) are used for the access check
+and stripped before the request reaches the app; app responses never set the platform's cookies.
+Private spaces on their host URL are signed in through the platform (see `appauth`).
 """
 
 from __future__ import annotations
@@ -11,13 +17,14 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 import aiohttp
 from yarl import URL
 
 from controller.proxy import pages
 from controller.proxy.activator import SingleFlight
+from controller.proxy.appauth import APP_COOKIE, AUTH_PATH, BRIDGE_PATH, AppAuth, safe_next
 from controller.proxy.forward import (
     UpstreamError,
     forward_http,
@@ -25,6 +32,7 @@ from controller.proxy.forward import (
     relay_websocket,
     upstream_headers,
 )
+from controller.proxy.isolation import PATH_MODES, PathMode, cookie_names, response_filter
 from controller.proxy.types import AccessPolicy, Activator, ActivitySink, HealthSink, Route, RouteSource
 
 Scope = MutableMapping[str, Any]
@@ -73,8 +81,12 @@ class ProxyMiddleware:
         health: HealthSink | None = None,
         wake_timeout: float = 120.0,
         connect_timeout: float = 10.0,
-        session_cookie: str = "spaceport_session",
+        platform_cookies: tuple[str, ...] = ("spaceport_session", "spaceport_csrf"),
+        token_prefix: str = "sp_",
         path_prefix: str = "/apps",
+        path_mode: PathMode = "redirect",
+        public_url: str = "",
+        app_auth: AppAuth | None = None,
         clock: Callable[[], float] = time.time,
         max_connections: int = 0,
     ) -> None:
@@ -84,8 +96,15 @@ class ProxyMiddleware:
         self.routes, self.activity, self.access, self.activator = routes, activity, access, activator
         self.health = health
         self.wake_timeout, self.connect_timeout = wake_timeout, connect_timeout
-        self._cookie = session_cookie.encode()
+        if path_mode not in PATH_MODES:
+            raise ValueError(f"path_mode must be one of {', '.join(PATH_MODES)}, got {path_mode!r}")
+        self._cookies = cookie_names((*platform_cookies, APP_COOKIE))
+        self._token_prefix = token_prefix.encode()
         self._path_prefix = "/" + path_prefix.strip("/") + "/"
+        self.path_mode: PathMode = path_mode
+        self.app_auth = app_auth
+        self._public = _origin_parts(public_url)
+        self._public_url = public_url.rstrip("/")
         self.clock = clock
         self.max_connections = max_connections
         self.wakes: SingleFlight[Route] = SingleFlight()
@@ -148,10 +167,23 @@ class ProxyMiddleware:
     async def _admit(self, target: Target, scope: Scope, send: Send, as_html: bool) -> Route | None:
         """Check existence, access and state; wake a sleeping space. None = already answered."""
         route = target.route
-        if route is None or (route.private and not await self.access.may_view(route, scope)):
+        if route is None:
             raise NOT_FOUND
+        if target.host_based and target.rest == AUTH_PATH.encode() and scope["type"] == "http":
+            await self._redeem(route, scope, send, as_html)
+            return None
+        if route.private and not await self._may_view(route, target, scope):
+            if target.host_based and as_html and self.app_auth is not None:
+                await _redirect(send, self._bridge_url(route, target, scope), keep_query=False)
+                return None
+            raise NOT_FOUND
+        if target.prefix and self.path_mode == "redirect":
+            if scope["type"] != "http":
+                raise Denied(404, "Use the app's own URL", f"Connect to {self.app_origin(route, scope)}.")
+            await _redirect(send, self.app_origin(route, scope) + (target.rest.decode("latin-1") or "/"), scope)
+            return None
         if target.prefix and not target.rest and scope["type"] == "http":
-            await _redirect(send, scope, target.prefix + "/")
+            await _redirect(send, target.prefix + "/", scope)
             return None
         if target.rest == pages.STATUS_SUFFIX.encode():
             await pages.respond_json(send, 200, self.status(route))
@@ -163,6 +195,49 @@ class ProxyMiddleware:
             route = woken
         _check_state(route)
         return route
+
+    async def _may_view(self, route: Route, target: Target, scope: Scope) -> bool:
+        """A valid app cookie for this very space (host URLs; no database), else the access policy
+        (a token in Authorization, or the platform session on path URLs)."""
+        auth = self.app_auth
+        if auth is not None and target.host_based:
+            value = _cookie(scope, APP_COOKIE)
+            if value and auth.check_cookie(value, route.space_id):
+                return True
+        return await self.access.may_view(route, scope)
+
+    async def _redeem(self, route: Route, scope: Scope, send: Send, as_html: bool) -> None:
+        """`/__spaceport__/auth?token=...&next=...`: bridge token -> per-space cookie -> `next`."""
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        token, target = query.get("token", [""])[0], safe_next(query.get("next", ["/"])[0])
+        grant = self.app_auth.redeem(token, route.space_id) if self.app_auth is not None else None
+        if self.app_auth is None or grant is None:
+            raise Denied(403, "Sign-in link expired", "This sign-in link is invalid or has expired. "
+                         "Open the app again from its page on the platform.")
+        secure = scope.get("scheme") == "https"
+        cookie = self.app_auth.set_cookie_header(
+            self.app_auth.cookie(route.space_id, grant.user_id), secure=secure, embed=grant.embed
+        )
+        await _redirect(send, target, keep_query=False, status=303, extra=[(b"set-cookie", cookie)])
+
+    def _bridge_url(self, route: Route, target: Target, scope: Scope) -> str:
+        query: bytes = scope.get("query_string", b"")
+        next_path = (target.rest or b"/") + (b"?" + query if query else b"")
+        params = f"space={quote(route.space_id, safe='/')}&next={quote(next_path.decode('latin-1'), safe='')}"
+        if _header(scope, b"sec-fetch-dest") in (b"iframe", b"frame"):
+            params += "&embed=1"
+        return f"{self.platform_origin(scope)}{BRIDGE_PATH}?{params}"
+
+    def app_origin(self, route: Route, scope: Scope) -> str:
+        """The app's host URL origin: scheme and port of the public URL (else of this request)."""
+        scheme, port = self._public or _request_origin_parts(scope)
+        return f"{scheme}://{route.slug}.{self.apps_domain}{port}"
+
+    def platform_origin(self, scope: Scope) -> str:
+        if self._public is not None:
+            return self._public_url
+        scheme, port = _request_origin_parts(scope)
+        return f"{scheme}://{self.apps_domain}{port}"
 
     def status(self, route: Route) -> dict[str, Any]:
         """The JSON the waking page polls: {"space", "state", "message"}."""
@@ -219,16 +294,20 @@ class ProxyMiddleware:
         self, route: Route, target: Target, scope: Scope, receive: Receive, send: Send
     ) -> None:
         url = _upstream_url(route, target, scope)
-        headers = upstream_headers(scope, self._cookie, websocket=False)
+        headers = upstream_headers(scope, self._cookies, websocket=False, token_prefix=self._token_prefix)
         space_id, activity, clock = route.space_id, self.activity, self.clock
 
         def tick() -> None:
             activity.record(space_id, clock())
 
+        fix = response_filter(
+            self._cookies,
+            on_platform_origin=not target.host_based,
+            sandboxed=not target.host_based and self.path_mode == "sandboxed",
+            rewrite_location=_location_rewriter(route, target),
+        )
         try:
-            await forward_http(
-                self.session(), url, scope, receive, send, headers, tick, _location_rewriter(route, target)
-            )
+            await forward_http(self.session(), url, scope, receive, send, headers, tick, fix)
         except UpstreamError as exc:
             self._upstream_failed(route, str(exc))
 
@@ -236,7 +315,7 @@ class ProxyMiddleware:
         self, route: Route, target: Target, scope: Scope, receive: Receive, send: Send
     ) -> None:
         url = _upstream_url(route, target, scope)
-        headers = upstream_headers(scope, self._cookie, websocket=True)
+        headers = upstream_headers(scope, self._cookies, websocket=True, token_prefix=self._token_prefix)
         try:
             ws = await open_websocket(self.session(), url, scope, headers)
         except UpstreamError as exc:
@@ -285,6 +364,35 @@ def _header(scope: Scope, name: bytes) -> bytes:
         if key == name:
             return bytes(value)
     return b""
+
+
+def _cookie(scope: Scope, name: str) -> str:
+    """The value of one cookie from the Cookie header(s), "" if absent."""
+    wanted = name.encode() + b"="
+    for key, value in scope["headers"]:
+        if key == b"cookie" and wanted in value:
+            for part in value.split(b";"):
+                part = part.strip()
+                if part.startswith(wanted):
+                    return part[len(wanted) :].decode("latin-1")
+    return ""
+
+
+def _origin_parts(url: str) -> tuple[str, str] | None:
+    """("https", ":8443") from a public URL; None when there is none."""
+    if not url:
+        return None
+    scheme, _, rest = url.partition("://")
+    hostport = rest.split("/", 1)[0]
+    port = ":" + hostport.rsplit(":", 1)[1] if ":" in hostport and not hostport.endswith("]") else ""
+    return (scheme or "http"), port
+
+
+def _request_origin_parts(scope: Scope) -> tuple[str, str]:
+    scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
+    host = _header(scope, b"host").decode("latin-1")
+    port = ":" + host.rsplit(":", 1)[1] if ":" in host and not host.endswith("]") else ""
+    return scheme, port
 
 
 def _raw_path(scope: Scope) -> bytes:
@@ -346,9 +454,18 @@ def _location_rewriter(route: Route, target: Target) -> Callable[[bytes], bytes]
     return rewrite
 
 
-async def _redirect(send: Send, scope: Scope, location: str) -> None:
-    query: bytes = scope.get("query_string", b"")
-    target = location.encode() + (b"?" + query if query else b"")
-    headers = [(b"location", target), (b"content-length", b"0")]
-    await send({"type": "http.response.start", "status": 307, "headers": headers})
+async def _redirect(
+    send: Send,
+    location: str,
+    scope: Scope | None = None,
+    *,
+    keep_query: bool = True,
+    status: int = 307,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Redirect to `location` (plus the request's query string when `scope` is given and keep_query)."""
+    query: bytes = scope.get("query_string", b"") if scope is not None and keep_query else b""
+    target = location.encode("latin-1") + (b"?" + query if query else b"")
+    headers = [(b"location", target), (b"content-length", b"0"), (b"cache-control", b"no-store"), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": b""})

@@ -33,8 +33,20 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route as StarletteRoute
 
 from controller.proxy import ProxyMiddleware, Route, RouteTable, ThrottledActivity
+from controller.proxy.appauth import AppAuth
 
 APPS_DOMAIN = "apps.localhost"
+TEST_KEY = "proxy-test-key"
+HOSTILE_SET_COOKIES = (
+    "spaceport_session=forged; Path=/",
+    "spaceport_session=forged; Domain=localhost; Path=/; HttpOnly",
+    "SPACEPORT_SESSION=forged; Path=/apps",
+    "__Host-spaceport_session=forged; Path=/; Secure",
+    "__Secure-spaceport_csrf=forged; Path=/; Secure",
+    "spaceport_csrf=forged",
+    " spaceport_app_session =forged; Max-Age=999999",
+    "theme=dark; Path=/",
+)
 
 
 def bind_socket() -> socket.socket:
@@ -137,6 +149,24 @@ def make_upstream(state: UpstreamState) -> web.Application:
     async def redirect(request: web.Request) -> web.Response:
         raise web.HTTPFound("/hello")
 
+    async def hostile_headers(request: web.Request) -> web.Response:
+        """What a hostile app answers: the platform's cookies in every disguise, plus headers that would
+        take over (service worker scope) or wipe (Clear-Site-Data) the origin it is served on."""
+        resp = web.Response(text="<h1>hostile</h1>", content_type="text/html")
+        for cookie in HOSTILE_SET_COOKIES:
+            resp.headers.add("Set-Cookie", cookie)
+        resp.headers["Service-Worker-Allowed"] = "/"
+        resp.headers["Clear-Site-Data"] = '"cookies"'
+        return resp
+
+    async def wsheaders(request: web.Request) -> web.WebSocketResponse:
+        """Sends the handshake's request headers as its first message."""
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_json([[k, v] for k, v in request.headers.items()])
+        await ws.close()
+        return ws
+
     async def wsecho(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(protocols=("chat.v1",), max_msg_size=0)
         await ws.prepare(request)
@@ -157,16 +187,24 @@ def make_upstream(state: UpstreamState) -> web.Application:
     app.router.add_get("/stream", stream)
     app.router.add_get("/sse", sse)
     app.router.add_get("/redirect", redirect)
+    app.router.add_get("/hostile-headers", hostile_headers)
     app.router.add_get("/ws", wsecho)
+    app.router.add_get("/wsheaders", wsheaders)
     return app
 
 
 # ---- controller-side doubles of the lead's implementations -------------------------------------
+PLATFORM_TOKEN = "sp_letmein-platform-token"
+
+
 class HeaderAccess:
-    """Private spaces are visible when the request carries `x-test-token: letmein`."""
+    """Private spaces are visible with `x-test-token: letmein` or the platform token as a Bearer."""
 
     async def may_view(self, route: Route, scope: Any) -> bool:
-        return (b"x-test-token", b"letmein") in scope["headers"]
+        headers = scope["headers"]
+        return (b"x-test-token", b"letmein") in headers or (
+            b"authorization", f"Bearer {PLATFORM_TOKEN}".encode()
+        ) in headers
 
 
 class TableActivator:
@@ -266,6 +304,8 @@ def stack() -> Iterator[Stack]:
         health=health,
         wake_timeout=10.0,
         connect_timeout=2.0,
+        path_mode="trusted",  # most tests prove forwarding through both URL styles; isolation flips it
+        app_auth=AppAuth(TEST_KEY),
     )
     sock = bind_socket()
     config = uvicorn.Config(middleware, log_level="warning", lifespan="on", proxy_headers=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
 
 import pytest
@@ -122,3 +123,42 @@ async def test_single_flight_propagates_errors_to_every_waiter() -> None:
 def test_upstream_path(strip: bool, prefix: str, rest: bytes, expected: bytes) -> None:
     route = make(strip_base_path=strip)
     assert upstream_path(route, Target(route, prefix, rest)) == expected
+
+
+# ---- isolation helpers (issue 18) -------------------------------------------------------------------
+def test_platform_credential_shapes() -> None:
+    from controller.proxy.forward import is_platform_credential
+
+    basic = b"Basic " + base64.b64encode(b"alice:sp_x")
+    for value in (b"Bearer sp_abc", b"bearer  sp_abc ", basic, b"Token sp_abc"):
+        assert is_platform_credential(value, b"sp_"), value
+    for value in (b"Bearer hf_abc", b"Bearer app-key", b"Basic " + base64.b64encode(b"u:pw"), b"Basic %%%", b""):
+        assert not is_platform_credential(value, b"sp_"), value
+
+
+def test_set_cookie_names_and_the_response_filter() -> None:
+    from controller.proxy.isolation import response_filter, set_cookie_name
+
+    assert set_cookie_name(b" __Host-Spaceport_Session =x; Path=/") == b"spaceport_session"
+    fix = response_filter(frozenset({b"spaceport_session"}), on_platform_origin=True, sandboxed=False,
+                          rewrite_location=lambda v: b"/p" + v)
+    out = fix([(b"set-cookie", b"spaceport_session=x; Domain=localhost"), (b"set-cookie", b"a=1"),
+               (b"location", b"/x"), (b"service-worker-allowed", b"/"), (b"content-type", b"text/html")])
+    assert out == [(b"set-cookie", b"a=1"), (b"location", b"/p/x"), (b"content-type", b"text/html")]
+
+
+def test_app_auth_tokens_and_cookies_are_bound_and_expire() -> None:
+    from controller.proxy.appauth import AppAuth, safe_next
+
+    auth = AppAuth("k")
+    token = auth.issue("Alice/Demo", 3, embed=True)
+    grant = auth.redeem(token, "alice/demo")
+    assert grant is not None and (grant.user_id, grant.embed) == (3, True)
+    assert auth.redeem(token, "alice/other") is None and auth.redeem("garbage", "alice/demo") is None
+    assert not auth.check_cookie(token, "alice/demo")  # a token is not a cookie
+    cookie = auth.cookie("alice/demo", 3)
+    assert auth.check_cookie(cookie, "alice/demo") and not auth.check_cookie(cookie, "alice/other")
+    assert auth.redeem(cookie, "alice/demo") is None  # nor a cookie a token
+    expired = AppAuth("k", cookie_max_age=-1, token_max_age=-1)
+    assert expired.redeem(token, "alice/demo") is None and not expired.check_cookie(cookie, "alice/demo")
+    assert [safe_next(v) for v in ("/a?b=1", "//x", "/\\x", "/\n/x", "http://x", None)] == ["/a?b=1", "/", "/", "/", "/", "/"]

@@ -111,7 +111,8 @@ def test_private_space_cannot_be_cloned_by_others(server: LiveServer, tokens: di
 
 def test_private_app_is_404_through_the_proxy_for_others(server: LiveServer, tokens: dict[str, str], private_space: str) -> None:
     assert host_get(server, "/", tokens["alice"]).text == "<h1>private page</h1>"
-    assert bearer(server, "GET", "/apps/alice/priv/", tokens["alice"]).text == "<h1>private page</h1>"
+    moved = bearer(server, "GET", "/apps/alice/priv/x?y=1", tokens["alice"])  # app content never on this origin
+    assert (moved.status_code, moved.headers["location"]) == (307, f"http://alice-priv.localhost:{server.port}/x?y=1")
     with logged_in(server, "bob") as bob:
         bob_cookies = dict(bob.cookies)
     for token, cookies in ((tokens["bob"], None), (None, None), (None, bob_cookies)):

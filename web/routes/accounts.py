@@ -6,6 +6,7 @@ from fastapi import APIRouter, Form
 from fastapi.responses import Response
 
 from controller.domain.errors import NotFound, SpaceportError
+from controller.proxy.appauth import safe_next as appauth_safe_next
 from controller.services import accounts
 from controller.services.websession import MAX_AGE, SESSION_COOKIE, sign_session
 from web.context import CSRF, WebDep
@@ -15,10 +16,8 @@ router = APIRouter(route_class=WebRoute, include_in_schema=False)
 
 
 def safe_next(target: str | None) -> str:
-    """Only same-site paths: never redirect to another host after login."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return "/"
+    """Only same-site paths: never redirect to another host after login (see appauth.safe_next)."""
+    return appauth_safe_next(target)
 
 
 def logged_in(web: WebDep, user_id: int, target: str | None) -> Response:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form
 from fastapi.responses import Response
 
 from controller.db.models import Space
 from controller.domain.errors import NotFound, SpaceportError
+from controller.proxy.appauth import BRIDGE_PATH
 from controller.services import accounts, duplicate, spaces, webqueries
 from controller.services.views import app_host
 from web.context import CSRF, Web, WebDep
@@ -23,11 +25,29 @@ def site_url(web: Web) -> str:
 
 
 def app_url(web: Web, space: Space) -> str:
-    """Host-based like *.hf.space; a private space uses the path-based URL on this origin, where the
-    browser sends the session cookie the proxy checks (a host-only cookie never reaches app subdomains)."""
-    if space.private:
-        return f"/apps/{space.owner.name}/{space.name}/"
+    """Always the host-based URL (like *.hf.space): app content never runs on the platform's origin.
+    A private space's host signs its visitors in through `/auth/app` (see controller.proxy.appauth)."""
     return app_host(web.platform.settings, space) + "/"
+
+
+def frame_url(web: Web, space: Space) -> str | None:
+    """What the space page embeds; None when the app can only be opened in its own tab.
+
+    A private app in the page's (cross-site) iframe needs a `SameSite=None; Secure; Partitioned`
+    cookie, which browsers keep only on secure origins (https, or *.localhost): elsewhere, a link.
+    """
+    url = app_url(web, space)
+    if not space.private:
+        return url
+    if not embeddable(url):
+        return None
+    return f"{BRIDGE_PATH}?space={quote(space.space_id, safe='/')}&next=%2F&embed=1"
+
+
+def embeddable(url: str) -> bool:
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rsplit(":", 1)[0].lower()
+    return scheme == "https" or host == "localhost" or host.endswith(".localhost")
 
 
 def space_context(web: Web, space: Space, tab: str) -> dict[str, Any]:
@@ -36,6 +56,7 @@ def space_context(web: Web, space: Space, tab: str) -> dict[str, Any]:
         "space": space, "tab": tab, "base": base,
         "can_write": spaces.can_write(web.session, web.principal, space),
         "app_url": app_url(web, space),
+        "frame_url": frame_url(web, space),
         "git_url": f"{site_url(web)}{base}",
         "runtime_url": f"/api/spaces/{space.owner.name}/{space.name}/runtime",
         "owners": duplicate_owners(web),

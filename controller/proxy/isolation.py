@@ -1,0 +1,63 @@
+"""What keeps app content away from the platform: path-mode policy and response header filtering.
+
+App responses never set the platform's cookies (whatever their Domain/Path attributes). Responses
+served on the platform's origin (path-based URLs) additionally never register a service worker over
+the platform (`Service-Worker-Allowed`) nor wipe its storage (`Clear-Site-Data`); in "sandboxed"
+mode they carry a CSP sandbox (opaque origin) and set no cookies at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+PathMode = Literal["redirect", "sandboxed", "trusted"]
+PATH_MODES: tuple[PathMode, ...] = ("redirect", "sandboxed", "trusted")
+
+# No allow-same-origin: scripts run in an opaque origin and cannot read platform pages or cookies.
+SANDBOX_CSP = b"sandbox allow-scripts allow-forms allow-popups allow-downloads allow-modals"
+_PLATFORM_ORIGIN_ONLY = frozenset({b"service-worker-allowed", b"clear-site-data"})
+_COOKIE_PREFIXES = (b"__host-", b"__secure-")
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def cookie_names(names: Iterable[str]) -> frozenset[bytes]:
+    return frozenset(n.encode() for n in names)
+
+
+def set_cookie_name(value: bytes) -> bytes:
+    """The cookie name a Set-Cookie value sets, lower-cased and without a __Host-/__Secure- prefix."""
+    name = value.partition(b";")[0].partition(b"=")[0].strip().lower()
+    for prefix in _COOKIE_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
+
+
+def response_filter(
+    platform_cookies: frozenset[bytes],
+    *,
+    on_platform_origin: bool,
+    sandboxed: bool,
+    rewrite_location: Callable[[bytes], bytes] | None,
+) -> Callable[[Headers], Headers]:
+    """The per-response header fix-up (one pass): see the module docstring."""
+    lowered = frozenset(n.lower() for n in platform_cookies)
+
+    def fix(headers: Headers) -> Headers:
+        out: Headers = []
+        for key, value in headers:
+            if key == b"set-cookie":
+                if sandboxed or set_cookie_name(value) in lowered:
+                    continue
+            elif key == b"location" and rewrite_location is not None:
+                value = rewrite_location(value)
+            elif on_platform_origin and key in _PLATFORM_ORIGIN_ONLY:
+                continue
+            out.append((key, value))
+        if sandboxed:
+            out.append((b"content-security-policy", SANDBOX_CSP))
+        return out
+
+    return fix
