@@ -43,7 +43,7 @@ def get_quotas(db: DB, user: User) -> list[dict[str, Any]]:
 
 @router.post("/quotas")
 def set_quota(body: QuotaBody, db: DB, user: User, platform: PlatformDep) -> dict[str, Any]:
-    require_admin(user)
+    require_admin(user, write=True)
     row = quotas.set_quota(db, platform, body.owner, body.accelerator, body.limit)
     return {"owner": body.owner, "accelerator": row.accelerator, "limit": row.limit}
 
@@ -60,14 +60,14 @@ def get_accelerators(db: DB, user: User) -> dict[str, Any]:
 
 @router.post("/accelerators")
 def add_accelerators(body: DevicesBody, db: DB, user: User, platform: PlatformDep) -> dict[str, Any]:
-    require_admin(user)
+    require_admin(user, write=True)
     ids = quotas.add_devices(db, platform, body.accelerator, body.count, body.node)
     return {"accelerator": body.accelerator, "added": ids}
 
 
 @router.post("/sleep")
 def set_sleep_defaults(body: SleepDefaults, db: DB, user: User) -> dict[str, Any]:
-    require_admin(user)
+    require_admin(user, write=True)
     if body.sleep_defaults is not None:
         db.merge(PlatformSetting(key="sleep_defaults", value=body.sleep_defaults))
     policy = {k: v for k, v in body.model_dump().items() if k != "sleep_defaults" and v is not None}

@@ -61,27 +61,34 @@ def _authorize(platform: Platform, req: GitRequest, auth_header: str | None) -> 
         principal: Principal | None = authenticate_token(session, token) if token else None
         space = spaces.find_space(session, req.owner, req.name)
         if req.service == "git-receive-pack":
-            _authorize_push(session, platform, principal, req, space is None)
+            _authorize_push(session, platform, principal, req)
         elif space is None or not spaces.can_read(session, principal, space):
-            if principal is None and space is not None:
-                raise Unauthorized("This space is private: authenticate with USER:TOKEN.")
-            raise NotFound(f"Space {req.owner}/{req.name} does not exist, or you may not see it.")
+            raise _hidden(req, principal)
     return storage.repo_path(platform.settings.repos_dir, req.owner, req.name)
 
 
-def _authorize_push(session: Session, platform: Platform, principal: Principal | None, req: GitRequest,
-                    missing: bool) -> None:
+def _authorize_push(session: Session, platform: Platform, principal: Principal | None, req: GitRequest) -> None:
     if principal is None:
         raise Unauthorized("Pushing needs a write token: git push http://USER:TOKEN@HOST/spaces/OWNER/NAME")
     if not principal.can_write:
         raise Forbidden("This token is read-only; pushing needs a token with write scope.")
     spaces.check_code_push(platform, principal)
-    if missing:
+    space = spaces.find_space(session, req.owner, req.name)
+    if space is None or not spaces.can_read(session, principal, space):
+        # A private space you may not see answers exactly like a missing one (no existence oracle).
+        spaces.check_namespace_writable(session, principal, req.owner)
+    if space is None:
         spaces.create_space(session, platform.settings.repos_dir, principal, req.owner, req.name)
-        return
-    space = spaces.get_space(session, principal, req.owner, req.name)
-    if not spaces.can_write(session, principal, space):
+    elif not spaces.can_write(session, principal, space):
         raise Forbidden(f"You may not push to {req.owner}/{req.name}: only its owner or its organization's members can.")
+
+
+def _hidden(req: GitRequest, principal: Principal | None) -> SpaceportError:
+    """One answer for "missing" and "private and not yours", so git reveals nothing about private spaces."""
+    if principal is None:
+        return Unauthorized(f"Authenticate with USER:TOKEN to read {req.owner}/{req.name} "
+                            "(it may be private, or may not exist).")
+    return NotFound(f"Space {req.owner}/{req.name} does not exist, or you may not see it.")
 
 
 def _error(exc: SpaceportError) -> Response:

@@ -172,11 +172,15 @@ def may_read_namespace_private(session: Session, principal: Principal | None, ow
     return owner.kind == "org" and is_member(session, user, owner)
 
 
-def require_admin(principal: Principal | None) -> Account:
+def require_admin(principal: Principal | None, *, write: bool = False) -> Account:
+    """The caller, if an admin; `write` for changes, which a read-scoped token may not make."""
     if principal is None:
         raise Unauthorized("Log in or pass an admin token.")
     if not principal.user.is_admin:
         raise Forbidden("Only Spaceport admins may do this.")
+    if write and not principal.can_write:
+        raise Forbidden("This token is read-only: admin changes need a write token "
+                        "(`spaceport tokens create USER --scope write`).")
     return principal.user
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import subprocess
+import unicodedata
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -161,14 +162,35 @@ def _content(value: dict[str, object], path: str) -> bytes:
     return data
 
 
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+_IGNORABLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                                   "\u206a\u206b\u206c\u206d\u206e\u206f\ufeff"))  # git's HFS+ ignorables
+
+
 def clean_path(path: object) -> str:
-    """A relative path inside the repo: no leading '/', no '..', no '.git' component."""
+    """A relative path inside the repo, checked like git's verify_path (and stricter): no leading '/', no
+    '.', '..' or '.git' component in any spelling (case, trailing dots/spaces, 8.3 `git~1`, Unicode
+    compatibility forms such as fullwidth full stops U+FF0E, invisible characters), no control characters."""
     if not isinstance(path, str) or not path.strip("/"):
         raise BadRequest("Every commit operation needs a non-empty 'path'.")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path) or "\\" in path:
+        raise BadRequest(f"Invalid path {path!r}: control characters and backslashes are not allowed in file names.")
+    if len(path.encode()) > MAX_PATH_BYTES:
+        raise BadRequest(f"Path is longer than {MAX_PATH_BYTES} bytes: shorten {path[:80]!r}...")
     parts = PurePosixPath(path.strip("/")).parts
-    if any(p in ("..", ".", ".git") for p in parts) or "\\" in path or "\0" in path:
-        raise BadRequest(f"Invalid path {path!r}: use a relative path inside the repository (no '..' or '.git').")
+    for part in parts:
+        _check_component(path, part)
     return "/".join(parts)
+
+
+def _check_component(path: str, part: str) -> None:
+    if len(part.encode()) > MAX_NAME_BYTES:
+        raise BadRequest(f"Invalid path {path!r}: a file or folder name is longer than {MAX_NAME_BYTES} bytes.")
+    folded = unicodedata.normalize("NFKC", part.translate(_IGNORABLE)).casefold().rstrip(". ")
+    if folded in ("", ".", "..", ".git", "git~1") or part in (".", ".."):
+        raise BadRequest(f"Invalid path {path!r}: use a relative path inside the repository "
+                         "(no '.', '..' or '.git' in any spelling).")
 
 
 # ----------------------------------------------------------------------------- upload modes
@@ -272,8 +294,8 @@ def _write_tree(repo: Path, entries: dict[str, Entry]) -> str:
     env = {"GIT_INDEX_FILE": str(index)}
     try:
         _git(repo, "read-tree", "--empty", env=env)
-        lines = "".join(f"{e.mode} {e.sha}\t{p}\n" for p, e in sorted(entries.items()))
-        _git(repo, "update-index", "--index-info", input=lines.encode(), env=env)
+        records = b"".join(f"{e.mode} {e.sha}\t{p}".encode() + b"\0" for p, e in sorted(entries.items()))
+        _git(repo, "update-index", "-z", "--index-info", input=records, env=env)
         return _git(repo, "write-tree", env=env).strip()
     finally:
         index.unlink(missing_ok=True)
