@@ -82,7 +82,7 @@ def test_gradio_image_warm_rebuild_reuses_dependency_layers(client: docker.Docke
     (source / "app.py").write_text((source / "app.py").read_text() + f"\n# change {uuid.uuid4().hex}\n")  # unique per run
     log: list[str] = []
     second = image_build(client, source, "spaceport/test-builder-gradio:b", log)
-    pip_step = next(i for i, line in enumerate(log) if "RUN pip install" in line and '"gradio"' in line)
+    pip_step = next(i for i, line in enumerate(log) if "RUN uv pip install 'gradio[oauth]'" in line)
     assert "Using cache" in log[pip_step + 1]
     copy_step = next(i for i, line in enumerate(log) if line.startswith("Step") and "COPY --chown=1000:1000 . " in line)
     assert "Using cache" not in log[copy_step + 1]
@@ -91,12 +91,53 @@ def test_gradio_image_warm_rebuild_reuses_dependency_layers(client: docker.Docke
 
 def test_unresolvable_base_image_names_image_and_fix(client: docker.DockerClient, tmp_path: Path) -> None:
     (tmp_path / "README.md").write_text("---\nsdk: docker\n---\n")
-    (tmp_path / "Dockerfile").write_text("FROM node:20-slim\nCMD [\"node\"]\n")
+    (tmp_path / "Dockerfile").write_text("FROM rstudio/plumber:v1\nCMD [\"R\"]\n")
     with pytest.raises(BuildFailure) as info:
-        build(tmp_path, kind="image", cache_dir=tmp_path, log=lambda _line: None, tag="spaceport/test-builder-node:a", client=client)
+        build(tmp_path, kind="image", cache_dir=tmp_path, log=lambda _line: None, tag="spaceport/test-builder-r:a", client=client)
     assert info.value.stage == BUILD_ERROR
-    for needle in ("node:20-slim", "SPACEPORT_BASE_IMAGE_ALIASES", "SPACEPORT_REGISTRY_MIRROR"):
+    for needle in ("rstudio/plumber:v1", "SPACEPORT_BASE_IMAGE_ALIASES='rstudio/plumber:v1=", "SPACEPORT_REGISTRY_MIRROR"):
         assert needle in info.value.message
+    assert "base-python" not in info.value.message
+
+
+def test_node_space_builds_on_debians_node_and_serves(client: docker.DockerClient, tmp_path: Path) -> None:
+    """`FROM node:20-slim` (an HF-style Node Dockerfile) builds on spaceport/base-node:18 with a warning."""
+    (tmp_path / "README.md").write_text("---\nsdk: docker\napp_port: 3000\n---\n")
+    (tmp_path / "server.js").write_text(
+        "require('http').createServer((q, r) => r.end('node ' + process.version + ' uid ' + process.getuid()))"
+        ".listen(3000, '0.0.0.0');\n")
+    (tmp_path / "Dockerfile").write_text(
+        "FROM node:20-slim\nUSER node\nWORKDIR /home/node/app\nCOPY --chown=node . .\nEXPOSE 3000\n"
+        "CMD [\"node\", \"server.js\"]\n")
+    log: list[str] = []
+    artifact = image_build(client, tmp_path, "spaceport/test-builder-node:a", log)
+    assert any("warning: Node 20 is not available on this server" in line and "spaceport/base-node:18" in line for line in log)
+    container = client.containers.run(artifact.image, detach=True, init=True, ports={"3000/tcp": ("127.0.0.1", None)})
+    try:
+        container.reload()
+        port = container.attrs["NetworkSettings"]["Ports"]["3000/tcp"][0]["HostPort"]
+        response = wait_for_http(f"http://127.0.0.1:{port}/")
+        assert response.status_code == 200 and response.text.startswith("node v18.") and "uid 1000" in response.text
+    finally:
+        container.remove(force=True)
+
+
+def test_cjk_file_names_build_and_land_intact(client: docker.DockerClient, tmp_path: Path) -> None:
+    """Non-ASCII names (ModelScope/HF repos have many) in the build context, the Dockerfile and .dockerignore."""
+    (tmp_path / "README.md").write_text("---\nsdk: docker\n---\n")
+    (tmp_path / "资产").mkdir()
+    (tmp_path / "资产" / "班級課表.html").write_text("<p>课表</p>\n")
+    (tmp_path / "模型 说明.txt").write_text("说明\n")
+    (tmp_path / "忽略.log").write_text("ignored\n")
+    (tmp_path / ".dockerignore").write_text("# 忽略日志\n*.log\n")
+    (tmp_path / "Dockerfile").write_text(
+        "# 中文注释\nFROM debian:bookworm-slim\nCOPY [\"资产/班級課表.html\", \"/data/\"]\nCOPY . /app\n"
+        "RUN test -f '/app/模型 说明.txt' && test ! -e /app/忽略.log && cat /data/班級課表.html\n")
+    log: list[str] = []
+    artifact = image_build(client, tmp_path, "spaceport/test-builder-cjk:a", log)
+    assert "<p>课表</p>" in log
+    out = client.containers.run(artifact.image, ["cat", "/app/资产/班級課表.html", "/app/模型 说明.txt"], remove=True)
+    assert out.decode() == "<p>课表</p>\n说明\n"
 
 
 def test_failing_step_is_build_error_with_output(client: docker.DockerClient, tmp_path: Path) -> None:
@@ -105,7 +146,9 @@ def test_failing_step_is_build_error_with_output(client: docker.DockerClient, tm
     with pytest.raises(BuildFailure) as info:
         build(tmp_path, kind="image", cache_dir=tmp_path, log=lambda _line: None, tag="spaceport/test-builder-fail:a", client=client)
     assert info.value.stage == BUILD_ERROR
-    assert "spaceport-boom" in info.value.message and "returned a non-zero code: 7" in info.value.message
+    first_line = info.value.message.splitlines()[0]
+    assert first_line == "Dockerfile step 2/2 `RUN echo spaceport-boom && exit 7` failed (exit code 7): spaceport-boom"
+    assert "returned a non-zero code: 7" in info.value.message
 
 
 def test_unavailable_python_version_falls_back_for_generated_dockerfiles(client: docker.DockerClient, space: Callable[[str], Path]) -> None:
@@ -114,8 +157,8 @@ def test_unavailable_python_version_falls_back_for_generated_dockerfiles(client:
     config = load_space_config(source)
     log: list[str] = []
     text = prepare_dockerfile(source, config, RepoFiles.scan(source), {}, None, None, client, log.append)
-    assert text.startswith("FROM spaceport/base-python:3.11\n")
-    assert any("Python 3.10" in line and "building with Python 3.11" in line for line in log)
+    assert text.startswith("FROM spaceport/base-sdk:3.11\n")
+    assert any("Python 3.10" in line and "building with the nearest, Python 3.11" in line for line in log)
 
 
 def test_time_limit_stops_a_silent_step(client: docker.DockerClient, tmp_path: Path) -> None:
