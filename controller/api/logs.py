@@ -13,8 +13,9 @@ from starlette.concurrency import run_in_threadpool
 
 from controller.api.deps import DB, Caller, PlatformDep
 from controller.db.models import Build
+from controller.domain.masking import Masker
 from controller.services import builds, instances, spaces
-from controller.services.buildlogs import mask, read_lines
+from controller.services.buildlogs import read_lines, secret_masker
 from controller.services.platform import Platform
 
 router = APIRouter(prefix="/api/spaces", tags=["logs"])
@@ -34,11 +35,13 @@ def build_logs(owner: str, name: str, db: DB, caller: Caller, platform: Platform
                follow: bool = True) -> StreamingResponse:
     space = spaces.get_space(db, caller, owner, name)
     build = builds.latest_build(db, space)
-    stream = _build_stream(platform, request, build.id if build else None, follow)
+    # lines are masked when stored; masking again with today's secrets covers secrets added since
+    stream = _build_stream(platform, request, build.id if build else None, follow, secret_masker(db, platform, space))
     return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-async def _build_stream(platform: Platform, request: Request, build_id: int | None, follow: bool) -> AsyncIterator[bytes]:
+async def _build_stream(platform: Platform, request: Request, build_id: int | None, follow: bool,
+                        masker: Masker) -> AsyncIterator[bytes]:
     if build_id is None:
         yield sse_event("No build yet: push a commit to main to start one.")
         return
@@ -47,7 +50,7 @@ async def _build_stream(platform: Platform, request: Request, build_id: int | No
         lines, active = await run_in_threadpool(_poll, platform, build_id, seq)
         for line in lines:
             seq = line.seq
-            yield sse_event(line.text, line.ts)
+            yield sse_event(masker(line.text), line.ts)
         if not lines and (not follow or not active):
             return
         if lines:
@@ -76,12 +79,11 @@ def run_logs(owner: str, name: str, db: DB, caller: Caller, platform: PlatformDe
     """The app's own output (the serving instance, else the newest one), secrets masked."""
     space = spaces.get_space(db, caller, owner, name)
     instance = instances.log_instance(db, space)
-    secrets = instances.secret_values(platform, space.space_id)
-    stream = _run_stream(request, instance, follow, secrets)
+    stream = _run_stream(request, instance, follow, secret_masker(db, platform, space))  # one masker per stream
     return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-async def _run_stream(request: Request, instance: str | None, follow: bool, secrets: list[str]) -> AsyncIterator[bytes]:
+async def _run_stream(request: Request, instance: str | None, follow: bool, masker: Masker) -> AsyncIterator[bytes]:
     if instance is None:
         yield sse_event("The app has not started yet.")
         return
@@ -99,7 +101,7 @@ async def _run_stream(request: Request, instance: str | None, follow: bool, secr
             line = pending.result()
             if line is None:
                 return
-            yield sse_event(mask(line.rstrip("\n"), secrets))
+            yield sse_event(masker(line.rstrip("\n")))
             pending = asyncio.ensure_future(anext(lines, None))
     finally:
         pending.cancel()

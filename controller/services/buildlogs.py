@@ -1,4 +1,8 @@
-"""Build log lines: stored in the database (so any process can stream them) with secrets masked."""
+"""Build log lines: stored in the database (so any process can stream them) with secrets masked.
+
+`secret_masker` is the one place a space's secrets become a Masker: for build logs, app log streams and
+every message about a space that is stored or shown (Build/Space/Instance error messages).
+"""
 
 from __future__ import annotations
 
@@ -10,26 +14,28 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from controller.db.models import BuildLogLine, utcnow
+from controller.db.models import BuildLogLine, Space, utcnow
+from controller.domain.masking import MASK, Masker
+from controller.services.platform import Platform
 
-MASK = "***"
+__all__ = ["MASK", "BuildLogWriter", "read_lines", "secret_masker"]
 
 
-def mask(text: str, secrets: Iterable[str]) -> str:
-    for value in secrets:
-        if value and len(value) >= 3:
-            text = text.replace(value, MASK)
-    return text
+def secret_masker(session: Session, platform: Platform, space: Space) -> Masker:
+    """A Masker for the space's secrets (decrypts them: build one per stream or stored message, not per line)."""
+    from controller.services.settings_vars import space_env  # settings_vars -> lifecycle -> builds -> here
+
+    return Masker(space_env(session, platform, space)[1].values())
 
 
 class BuildLogWriter:
     """Collects lines from the builder (any thread) and writes them in small batches."""
 
-    def __init__(self, sessions: sessionmaker[Session], build_id: int, secrets: Iterable[str] = (),
+    def __init__(self, sessions: sessionmaker[Session], build_id: int, secrets: Iterable[str] | Masker = (),
                  flush_every: float = 0.2) -> None:
         self._sessions = sessions
         self._build_id = build_id
-        self._secrets = [s for s in secrets if s]
+        self.mask = secrets if isinstance(secrets, Masker) else Masker(secrets)  # also for the stored error message
         self._pending: list[BuildLogLine] = []
         self._lock = threading.Lock()
         self._flush_every = flush_every
@@ -39,7 +45,7 @@ class BuildLogWriter:
         self._seq = (last or 0) + 1
 
     def __call__(self, line: str) -> None:
-        text = mask(line.rstrip("\n"), self._secrets)[:10_000]
+        text = self.mask(line.rstrip("\n"))[:10_000]
         with self._lock:
             self._pending.append(BuildLogLine(build_id=self._build_id, seq=self._seq, ts=utcnow(), text=text))
             self._seq += 1

@@ -211,12 +211,12 @@ def _execute(platform: Platform, build_id: int, owner: str, name: str, sha: str,
             ca_dir=settings.extra_ca_dir, no_cache=no_cache, time_limit=settings.build_time_limit, cancel=cancel,
         )
     except BuildFailure as failure:
-        stage, message = Stage(failure.stage), failure.message
+        stage, message = Stage(failure.stage), writer.mask(failure.message)  # stored and shown: secrets masked
         writer(f"Build failed ({stage.value}): {message}")
         return _finish(platform, build_id, writer, lambda s, b: _fail(s, b, stage, message))
     except Exception as exc:  # a bug or an infrastructure failure: still a clear, recorded failure
         log.exception("build %s crashed", build_id)
-        crash = f"Internal build error: {exc}"
+        crash = writer.mask(f"Internal build error: {exc}")
         writer(crash)
         return _finish(platform, build_id, writer, lambda s, b: _fail(s, b, Stage.BUILD_ERROR, crash))
     finally:

@@ -17,6 +17,7 @@ from controller.domain.lifecycle import Observed, restart_backoff
 from controller.domain.naming import instance_name
 from controller.runtimes.base import Accelerators, HardwareSpec, InstanceSpec
 from controller.services import quotas
+from controller.services.buildlogs import secret_masker
 from controller.services.lifecycle import release_accelerators
 from controller.services.platform import Platform
 from controller.services.settings_vars import space_env
@@ -160,8 +161,17 @@ def update_row(platform: Platform, name: str, **values: Any) -> None:
     with platform.tx() as session:
         row = session.scalar(select(Instance).where(Instance.name == name))
         if row is not None:
+            if values.get("message"):
+                values["message"] = _masked(session, platform, row, values["message"])
             for key, value in values.items():
                 setattr(row, key, value)
+
+
+def _masked(session: Session, platform: Platform, row: Instance, message: str) -> str:
+    """The message with the space's secrets masked, before it is stored: it becomes the public errorMessage.
+    Secrets are decrypted only here, when a message is about to be stored, never on a plain pass."""
+    space = session.get(Space, row.space_id)
+    return secret_masker(session, platform, space)(message) if space is not None else message
 
 
 def mark_crashed(platform: Platform, name: str, message: str) -> None:
@@ -172,7 +182,7 @@ def mark_crashed(platform: Platform, name: str, message: str) -> None:
             return
         row.restarts += 1
         delay = restart_backoff(row.restarts)
-        row.message = message
+        row.message = message = _masked(session, platform, row, message)  # it holds the app's last log lines
         if delay is None:
             row.state = "failed"
             row.message = f"The app keeps crashing ({row.restarts - 1} restarts); fix it and push, or restart it. {message}"
@@ -262,13 +272,6 @@ def app_env(session: Session, platform: Platform, space: Space, hardware: Hardwa
         env["STREAMLIT_SERVER_BASE_URL_PATH"] = base.strip("/")
     variables, secrets = space_env(session, platform, space)
     return {**env, **variables, **secrets}
-
-
-def secret_values(platform: Platform, space_id: str) -> list[str]:
-    owner, _, name = space_id.partition("/")
-    with platform.sessions() as session:
-        space = find_space(session, owner, name)
-        return list(space_env(session, platform, space)[1].values()) if space is not None else []
 
 
 def record_activity(platform: Platform, seen: dict[str, float]) -> None:

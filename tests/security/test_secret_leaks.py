@@ -1,0 +1,226 @@
+"""Issue 18 item 6: a space's secrets never reach a public place, in any form they are printed in.
+
+As an attacker with no account: a public space whose app prints its secrets (a token and a multi-line
+PEM-like key, as-is, as repr(), as JSON, base64, split over two writes) and crashes. Its runtime
+errorMessage (read anonymously with huggingface_hub), its web pages, its build and run log streams, the
+`spaceport logs` CLI, the database (Space/Instance/Build messages, log lines, the SQLite file itself) and
+the server's own log never contain them. A build whose requirements name a secret value fails without
+showing it, and secrets are never build arguments. On the local and the docker runtime.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from huggingface_hub import HfApi
+
+from controller.domain.masking import MASK
+from tests.support.gitrepo import make_repo, push, remote
+from tests.support.server import LiveServer, make_server
+from tests.support.spaces import wait_stage
+
+pytestmark = pytest.mark.xdist_group("live-secret-leaks")
+
+TOKEN = f"sk-live-{uuid.uuid4().hex}"
+PEM_BODY = [base64.b64encode(secrets.token_bytes(48)).decode() for _ in range(4)]
+PEM = "\n".join(["-----BEGIN PRIVATE KEY-----", *PEM_BODY, "-----END PRIVATE KEY-----"])
+REG_TOKEN = f"zq-leak-{uuid.uuid4().hex[:20]}"  # a valid package name: the owner pasted it into requirements.txt
+SETTLED = {"RUNNING", "BUILD_ERROR", "RUNTIME_ERROR", "CONFIG_ERROR"}
+
+CRASH_APP = (
+    "import base64, json, os, sys\n"
+    "token, key = os.environ['API_TOKEN'], os.environ['SIGNING_KEY']\n"
+    "def say(*parts):\n"
+    "    print(*parts, flush=True)\n"
+    "say('key follows:')\n"
+    "say(key)\n"
+    "say('key repr:', repr(key))\n"
+    "say('key json:', json.dumps({'key': key}))\n"
+    "say('token:', token)\n"
+    "say('token repr:', repr(token))\n"
+    "say('config:', json.dumps({'token': token}))\n"
+    "say('token b64:', base64.b64encode(token.encode()).decode())\n"
+    "sys.stdout.write('split: ' + token[:12]); sys.stdout.flush()\n"  # one value, two writes
+    "sys.stdout.write(token[12:] + '\\n'); sys.stdout.flush()\n"
+    "raise RuntimeError(f'upstream refused token {token!r}')\n"
+)
+CRASH_FILES = {
+    "local": {"README.md": "---\ntitle: Leaky\nsdk: gradio\nstartup_duration_timeout: 1m\n---\n", "app.py": CRASH_APP},
+    "docker": {
+        "README.md": "---\ntitle: Leaky\nsdk: docker\napp_port: 8080\nstartup_duration_timeout: 1m\n---\n",
+        "Dockerfile": "FROM python:3.11-slim\nWORKDIR /app\nCOPY app.py .\nCMD [\"python\", \"app.py\"]\n",
+        "app.py": CRASH_APP,
+    },
+}
+BAD_REQS = {
+    "local": {"README.md": "---\ntitle: Reqs\nsdk: gradio\n---\n", "app.py": "print('never runs')\n",
+              "requirements.txt": f"{REG_TOKEN}==1.0\n"},
+    "docker": {
+        "README.md": "---\ntitle: Reqs\nsdk: docker\napp_port: 8080\n---\n",
+        "Dockerfile": (
+            "FROM python:3.11-slim\nARG PUBLIC_VAR\nARG REG_TOKEN\n"
+            "RUN echo \"build args: var=[$PUBLIC_VAR] token=[$REG_TOKEN]\"\n"
+            "COPY requirements.txt .\nRUN pip install --no-index -r requirements.txt\n"
+        ),
+        "app.py": "print('never runs')\n", "requirements.txt": f"{REG_TOKEN}==1.0\n",
+    },
+}
+
+
+def token_forms() -> list[str]:
+    """Every form of the crash app's secrets that must never show, and pieces of them."""
+    hexpart = TOKEN[len("sk-live-"):]
+    forms = [TOKEN, repr(TOKEN), json.dumps(TOKEN), base64.b64encode(TOKEN.encode()).decode(), hexpart[:16], hexpart[16:]]
+    forms += [repr(PEM)[1:-1], json.dumps(PEM)[1:-1]]
+    for line in PEM_BODY:
+        forms += [line, line[:24], line[-24:]]
+    return forms
+
+
+def leaks(text: str, forms: list[str] | None = None) -> list[str]:
+    return [form for form in (token_forms() if forms is None else forms) if form in text]
+
+
+@dataclass
+class Stack:
+    runtime: str
+    server: LiveServer
+    token: str  # alice's write token
+
+
+@pytest.fixture(scope="module", params=["local", pytest.param("docker", marks=pytest.mark.docker)])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    extra: dict[str, str] = {}
+    if request.param == "docker":
+        from tests.support.images import ensure_base_images
+
+        docker_host = request.getfixturevalue("docker_host")
+        ensure_base_images(docker_host)
+        extra = {"SPACEPORT_RUNTIME": "docker", "SPACEPORT_DOCKER_HOST": docker_host}
+    server = make_server(tmp_path_factory.mktemp(f"leaks-{request.param}"), **extra).start()
+    try:
+        yield Stack(request.param, server, server.create_user("alice"))
+    finally:
+        server.stop()
+
+
+def api(stack: Stack, method: str, path: str, **kw: object) -> httpx.Response:
+    response = httpx.request(method, f"{stack.server.url}{path}", headers={"authorization": f"Bearer {stack.token}"},
+                             timeout=60, **kw)  # type: ignore[arg-type]
+    assert response.status_code == 200, response.text[:500]
+    return response
+
+
+def create_space(stack: Stack, name: str, files: dict[str, str], secrets_: dict[str, str], tmp: Path) -> str:
+    sdk = "docker" if "Dockerfile" in files else "gradio"
+    api(stack, "POST", "/api/repos/create", json={"type": "space", "name": name, "organization": "alice", "sdk": sdk})
+    for key, value in secrets_.items():
+        api(stack, "POST", f"/api/spaces/alice/{name}/secrets", json={"key": key, "value": value})
+    api(stack, "POST", f"/api/spaces/alice/{name}/variables", json={"key": "PUBLIC_VAR", "value": "visible"})
+    push(make_repo(tmp / name, files), remote(stack.server.url, "alice", name, "alice", stack.token))
+    return f"alice/{name}"
+
+
+@pytest.fixture(scope="module")
+def leaky(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A public space whose app prints its secrets and crashes; waits for its crash to be published."""
+    space = create_space(stack, "leaky", CRASH_FILES[stack.runtime], {"API_TOKEN": TOKEN, "SIGNING_KEY": PEM},
+                         tmp_path_factory.mktemp("leaky"))
+    state = wait_stage(stack.server, space, {"RUNTIME_ERROR", "BUILD_ERROR", "CONFIG_ERROR"}, timeout=400)
+    assert state["stage"] == "RUNTIME_ERROR", state
+    return space
+
+
+@pytest.fixture(scope="module")
+def bad_reqs(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> str:
+    space = create_space(stack, "reqs", BAD_REQS[stack.runtime], {"REG_TOKEN": REG_TOKEN}, tmp_path_factory.mktemp("reqs"))
+    state = wait_stage(stack.server, space, SETTLED, timeout=400)
+    assert state["stage"] == "BUILD_ERROR", state
+    return space
+
+
+def sse_text(stack: Stack, path: str) -> str:
+    """An SSE log stream read anonymously (the spaces are public)."""
+    response = httpx.get(f"{stack.server.url}{path}", params={"follow": "false"}, timeout=60)
+    assert response.status_code == 200, response.text[:500]
+    return "\n".join(json.loads(line[5:])["data"] for line in response.text.splitlines() if line.startswith("data:"))
+
+
+def db_texts(stack: Stack) -> dict[str, str]:
+    """Every stored message and log line, and the raw bytes of the SQLite files."""
+    db = stack.server.data_dir / "spaceport.db"
+    with sqlite3.connect(db) as conn:
+        rows = {
+            "spaces.error_message": conn.execute("SELECT error_message FROM spaces").fetchall(),
+            "instances.message": conn.execute("SELECT message FROM instances").fetchall(),
+            "builds.error_message": conn.execute("SELECT error_message FROM builds").fetchall(),
+            "build_log_lines.text": conn.execute("SELECT text FROM build_log_lines").fetchall(),
+        }
+    texts = {name: "\n".join(str(v) for (v,) in values if v) for name, values in rows.items()}
+    for path in db.parent.glob("spaceport.db*"):
+        texts[path.name] = path.read_bytes().decode("latin-1")
+    return texts
+
+
+# ----------------------------------------------------------------------------- a crashing app
+
+
+def test_public_error_message_read_anonymously_holds_no_secret(stack: Stack, leaky: str) -> None:
+    runtime = HfApi(endpoint=stack.server.url, token=False).get_space_runtime(leaky)
+    message = str(runtime.raw["errorMessage"])
+    assert runtime.stage == "RUNTIME_ERROR"
+    assert "key follows:" in message and f"token: {MASK}" in message  # the tail with the secrets is there...
+    assert leaks(message) == []  # ...masked in every form
+
+
+def test_space_pages_hold_no_secret(stack: Stack, leaky: str) -> None:
+    for path in ("/spaces/alice/leaky", "/spaces/alice/leaky/logs"):
+        page = httpx.get(f"{stack.server.url}{path}", timeout=30)
+        assert page.status_code == 200, page.text[:300]
+        assert leaks(page.text) == [] and leaks(page.text.replace("&#39;", "'").replace("&#34;", '"')) == []
+    assert f"token: {MASK}" in httpx.get(f"{stack.server.url}/spaces/alice/leaky", timeout=30).text
+
+
+def test_log_streams_hold_no_secret(stack: Stack, leaky: str) -> None:
+    run = sse_text(stack, f"/api/spaces/{leaky}/logs/run")
+    assert f"token: {MASK}" in run and f"split: {MASK}" in run and "key follows:" in run
+    assert leaks(run) == []
+    build = sse_text(stack, f"/api/spaces/{leaky}/logs/build")
+    assert "Build succeeded" in build and leaks(build) == []
+
+
+def test_cli_logs_hold_no_secret(stack: Stack, leaky: str) -> None:
+    out = stack.server.cli("logs", leaky, "--url", stack.server.url).stdout
+    assert f"token: {MASK}" in out and leaks(out) == []
+
+
+def test_database_and_server_log_hold_no_secret(stack: Stack, leaky: str) -> None:
+    texts = db_texts(stack)
+    assert f"token: {MASK}" in texts["spaces.error_message"]
+    assert {name: found for name, text in texts.items() if (found := leaks(text))} == {}
+    assert leaks(stack.server.logs()) == []
+
+
+# ----------------------------------------------------------------------------- a failing build
+
+
+def test_failed_build_shows_no_secret(stack: Stack, bad_reqs: str) -> None:
+    forms = [REG_TOKEN, repr(REG_TOKEN), REG_TOKEN[len("zq-leak-"):]]
+    build = sse_text(stack, f"/api/spaces/{bad_reqs}/logs/build")
+    assert MASK in build and leaks(build, forms) == []  # the failing requirement is named, masked
+    runtime = HfApi(endpoint=stack.server.url, token=False).get_space_runtime(bad_reqs)
+    message = str(runtime.raw["errorMessage"])
+    assert runtime.stage == "BUILD_ERROR" and MASK in message and leaks(message, forms) == []
+    texts = db_texts(stack)
+    assert {name: found for name, text in texts.items() if (found := leaks(text, forms))} == {}
+    if stack.runtime == "docker":  # variables are build arguments, secrets never are
+        assert "build args: var=[visible] token=[]" in build
