@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from builder.artifact import Artifact
 from builder.errors import BUILD_ERROR, BuildFailure
+from builder.requirements import check_requirement_files
+from builder.sandbox import BuildSandbox
 from builder.spaceconfig import SpaceConfig, load_space_config
 
 
@@ -27,6 +29,11 @@ def build(
     no_cache: bool = False,
     time_limit: float = 1800.0,
     cancel: threading.Event | None = None,
+    owner: str = "",
+    sandbox: BuildSandbox | None = None,
+    network: str | None = None,
+    container_limits: Mapping[str, int] | None = None,
+    uv_seed: Path | None = None,
 ) -> Artifact:
     """Build `source` (a snapshot of one commit). Raises BuildFailure(stage, message) on any failure.
 
@@ -34,13 +41,18 @@ def build(
     kind="image": docker build with `client` (docker.DockerClient) into `tag` (spaceport/OWNER-NAME:SHA12);
     `aliases` (e.g. parsed SPACEPORT_BASE_IMAGE_ALIASES) extend and override the default base image
     aliases; `mirror` is SPACEPORT_REGISTRY_MIRROR; build_args are public variables only, never secrets.
+    Owner code (build backends, RUN steps) runs in `sandbox` (venv) or in a build container limited by
+    `container_limits` on docker network `network` (image). Environments and caches are per `owner`.
+    Requirement lines pointing outside the repository are refused first (CONFIG_ERROR). `uv_seed`: a
+    trusted (root-owned) uv cache that a new per-owner cache starts from (read-only to builds).
     """
     config = load_space_config(source)
     log(f"space sdk: {config.sdk}" + (f" {config.sdk_version}" if config.sdk_version else "") + f", app: {config.app_file}")
     for note in config.notes:
         log(f"note: {note}")
+    check_requirement_files(source)
     if kind == "venv":
-        return _build_venv(source, config, cache_dir, log, no_cache, time_limit, cancel, ca_dir)
+        return _build_venv(source, config, cache_dir, log, no_cache, time_limit, cancel, ca_dir, owner, sandbox, uv_seed)
     if kind == "image":
         if client is None or not tag:
             raise ValueError("kind='image' needs a docker client and a tag")
@@ -49,12 +61,14 @@ def build(
         return build_image(
             source, config, client=client, tag=tag, build_args=build_args, aliases=aliases, mirror=mirror,
             ca_dir=ca_dir, log=log, no_cache=no_cache, time_limit=time_limit, cancel=cancel,
+            network=network, container_limits=container_limits,
         )
     raise ValueError(f"unknown build kind {kind!r}")
 
 
 def _build_venv(source: Path, config: SpaceConfig, cache_dir: Path, log: Callable[[str], None], no_cache: bool,
-                time_limit: float, cancel: threading.Event | None, ca_dir: Path | None) -> Artifact:
+                time_limit: float, cancel: threading.Event | None, ca_dir: Path | None, owner: str,
+                sandbox: BuildSandbox | None, uv_seed: Path | None) -> Artifact:
     if config.sdk == "docker":
         raise BuildFailure(
             BUILD_ERROR,
@@ -64,4 +78,5 @@ def _build_venv(source: Path, config: SpaceConfig, cache_dir: Path, log: Callabl
     from builder.venv import build_venv
 
     return build_venv(source, config, cache_dir=cache_dir, log=log, no_cache=no_cache, time_limit=time_limit,
-                      cancel=cancel, ca_dir=ca_dir)
+                      cancel=cancel, ca_dir=ca_dir, owner=owner, sandbox=sandbox,
+                      uv_seed=uv_seed)

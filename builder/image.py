@@ -41,6 +41,7 @@ from builder.baseimages import (
 from builder.buildpacks.base import CONTAINER_PORT, RenderContext, RepoFiles
 from builder.certs import ca_bundle
 from builder.errors import BUILD_ERROR, BuildCancelled, BuildFailure
+from builder.requirements import check_requirement_files
 from builder.spaceconfig import DEFAULT_PYTHON, SpaceConfig
 
 CONTEXT_DIR = ".spaceport"
@@ -70,8 +71,16 @@ def build_image(
     no_cache: bool = False,
     time_limit: float = 1800.0,
     cancel: threading.Event | None = None,
+    network: str | None = None,
+    container_limits: Mapping[str, int] | None = None,
 ) -> ImageArtifact:
-    """Build the space at `source` into image `tag` (spaceport/OWNER-NAME:SHA12, chosen by the caller)."""
+    """Build the space at `source` into image `tag` (spaceport/OWNER-NAME:SHA12, chosen by the caller).
+
+    RUN steps execute owner code: they run with `container_limits` (docker's memory/memswap/cpushares/
+    cpusetcpus) on docker network `network` (the caller's build network that cannot reach the host
+    nor private ranges), within `time_limit`.
+    """
+    check_requirement_files(source)
     args = dict(build_args or {})
     files = RepoFiles.scan(source)
     dockerfile = prepare_dockerfile(source, config, files, args, aliases, mirror, client, log)
@@ -84,7 +93,8 @@ def build_image(
     log(f"building image {tag} ({config.sdk}, context {size // 1024} KiB)")
     labels = {"io.spaceport.sdk": config.sdk} if config.sdk == "docker" else {}  # generated packs LABEL themselves
     run_docker_build(client, context, tag=tag, build_args=args, labels=labels, log=log, no_cache=no_cache,
-                     deadline=time.monotonic() + time_limit, cancel=cancel)
+                     deadline=time.monotonic() + time_limit, cancel=cancel, network=network,
+                     container_limits=container_limits)
     port = config.app_port if config.sdk == "docker" else CONTAINER_PORT
     health = "/_stcore/health" if config.sdk == "streamlit" else "/"
     return ImageArtifact(image=tag, port=port, env=tuple(sorted(config.env.items())), health_path=health)
@@ -217,6 +227,8 @@ def run_docker_build(
     no_cache: bool = False,
     deadline: float | None = None,
     cancel: threading.Event | None = None,
+    network: str | None = None,
+    container_limits: Mapping[str, int] | None = None,
 ) -> str:
     """Run a classic-builder build from a tar context, streaming its lines to `log`; returns the image id.
 
@@ -230,7 +242,8 @@ def run_docker_build(
         stream = client.api.build(
             fileobj=context, custom_context=True, tag=tag, buildargs=dict(build_args or {}),
             labels=dict(labels or {}), dockerfile=dockerfile, nocache=no_cache, rm=True, forcerm=True,
-            pull=False, decode=True, timeout=read_timeout,
+            pull=False, decode=True, timeout=read_timeout, network_mode=network,
+            container_limits=dict(container_limits) if container_limits else None,
         )
         for chunk in _guarded(stream, deadline, cancel):
             image_id = _handle_chunk(chunk, tail, log, steps) or image_id

@@ -30,7 +30,15 @@ class Settings(BaseSettings):
     hardware_catalog: Path | None = None
     sandbox: Literal["auto", "bwrap", "none"] = "auto"
     allow_unsandboxed: bool = False
+    egress_allow: str = Field(default="", description="CIDRs apps may reach although private/reserved (comma separated)")
     build_time_limit: float = 1800.0
+    build_egress_allow: str = Field(default="", description="Extra hosts builds may reach (comma separated; "
+                                    "'.example.org' allows subdomains), besides pypi.org and files.pythonhosted.org")
+    build_memory_mb: int = Field(default=4096, description="Memory limit of one build (venv sandbox and docker RUN steps)")
+    build_cpus: float = Field(default=2.0, description="CPU limit of one build")
+    build_network: str = Field(default="spaceport-build", description="Docker network for image builds' RUN steps")
+    build_uv_seed: Path | None = Field(default=None, description="A trusted, root-owned uv cache each owner's new build "
+                                       "cache starts from (hardlinked, read-only to builds); none: owners start cold")
     reconcile_interval: float = 5.0
     sweep_interval: float = 30.0
     build_stale_after: float = Field(default=60.0, description="Seconds without a heartbeat before a running build counts as lost")

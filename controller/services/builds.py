@@ -24,6 +24,7 @@ from controller.db.models import Build, Space, utcnow
 from controller.domain.naming import image_tag
 from controller.domain.stages import SERVING, Stage
 from controller.git import storage
+from controller.runtimes.buildbox import build_isolation
 from controller.runtimes.factory import docker_client
 from controller.services.buildlogs import BuildLogWriter
 from controller.services.platform import Platform
@@ -204,12 +205,17 @@ def _execute(platform: Platform, build_id: int, owner: str, name: str, sha: str,
         source = _export_source(settings.artifacts_dir, settings.repos_dir, owner, name, sha)
         writer(f"Building {owner}/{name} at {sha[:12]}")
         kind: Literal["venv", "image"] = "venv" if settings.runtime == "local" else "image"
-        artifact = builder.build(
-            source, kind=kind, cache_dir=settings.artifacts_dir, log=writer, tag=image_tag(owner, name, sha),
-            client=docker_client(settings.docker_host) if kind == "image" else None, build_args=build_args,
-            aliases=parse_aliases(settings.base_image_aliases) or None, mirror=settings.registry_mirror or None,
-            ca_dir=settings.extra_ca_dir, no_cache=no_cache, time_limit=settings.build_time_limit, cancel=cancel,
-        )
+        client = docker_client(settings.docker_host) if kind == "image" else None
+        # Owner code (build backends, RUN steps) runs only inside the sandbox / the build network.
+        with build_isolation(settings, owner, writer, kind, client) as isolation:
+            artifact = builder.build(
+                source, kind=kind, cache_dir=settings.artifacts_dir, log=writer, tag=image_tag(owner, name, sha),
+                client=client, build_args=build_args, aliases=parse_aliases(settings.base_image_aliases) or None,
+                mirror=settings.registry_mirror or None, ca_dir=settings.extra_ca_dir, no_cache=no_cache,
+                time_limit=settings.build_time_limit, cancel=cancel, owner=owner, sandbox=isolation.sandbox,
+                network=isolation.network, container_limits=isolation.container_limits,
+                uv_seed=settings.build_uv_seed,
+            )
     except BuildFailure as failure:
         stage, message = Stage(failure.stage), writer.mask(failure.message)  # stored and shown: secrets masked
         writer(f"Build failed ({stage.value}): {message}")

@@ -1,0 +1,291 @@
+"""Issue 18 items 1 and 5, as an attacker with an ordinary account: builds run owner code (in-tree build
+backends, .pth files, requirement lines) and must stay contained.
+
+a) `requirements.txt` = `./pkg` with an in-tree backend (`backend-path = ["."]`): it runs as the owner's
+   unprivileged build uid in bubblewrap, sees neither the platform key nor the controller's code nor
+   other spaces, cannot write outside its build, and reaches no host or direct internet address.
+b) requirement lines pointing outside the repo (`-r <data dir>/secret.key`, ...) are refused before
+   anything runs, naming the file and line; the key never reaches the build log.
+c) owner A's `./lib` (with a .pth that runs code) is never reused for owner B with the same text, and
+   A's build cannot write where B's builds read (B's uv cache, the venvs dir, root's uv cache).
+All with real bubblewrap, real uv and (for the end-to-end test) a real `spaceport serve`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from builder.artifact import VenvArtifact
+from builder.build import build
+from builder.errors import CONFIG_ERROR, BuildFailure
+from builder.venv import owner_cache
+from controller.config import Settings
+from controller.runtimes.buildbox import build_box_config, build_sandbox_status, open_build_sandbox
+from tests.support.server import LiveServer, make_server
+from tests.support.spaces import push_fixture, wait_stage
+from tests.support.tiers import missing
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "pl4tf0rm-s3cr3t-" + uuid.uuid4().hex
+STATIC = "---\nsdk: static\nstartup_duration_timeout: 1m\n---\n"
+
+BACKEND = r'''
+import base64, hashlib, json, os, socket, zipfile
+HERE = os.path.dirname(os.path.abspath(__file__))
+T = json.load(open(os.path.join(HERE, "targets.json")))
+
+def _read(p):
+    try:
+        with open(p) as f:
+            return "READ:" + f.read(64)
+    except Exception as e:
+        return type(e).__name__
+
+def _write(p):
+    try:
+        with open(p, "w") as f:
+            f.write("pwned")
+        return "WROTE"
+    except Exception as e:
+        return type(e).__name__
+
+def _connect(h, p):
+    try:
+        socket.create_connection((h, p), timeout=3).close()
+        return "CONNECTED"
+    except Exception as e:
+        return type(e).__name__
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    name = T["name"]
+    evidence = {"uid": os.getuid(), "read": {p: _read(p) for p in T["read"]},
+                "write": {p: _write(p) for p in T["write"]},
+                "connect": {f"{h}:{p}": _connect(h, p) for h, p in T["connect"]}}
+    dist = f"{name}-1.0.dist-info"
+    files = {f"{name}_evidence.json": json.dumps(evidence), **T.get("extra", {}),
+             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: evil\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    def digest(text):
+        return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+    record = "".join(f"{p},{digest(t)},{len(t.encode())}\n" for p, t in files.items()) + f"{dist}/RECORD,,\n"
+    wheel = f"{name}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, wheel), "w") as z:
+        for p, t in files.items():
+            z.writestr(p, t)
+        z.writestr(f"{dist}/RECORD", record)
+    return wheel
+'''
+PYPROJECT = '[build-system]\nrequires = []\nbuild-backend = "evil_backend"\nbackend-path = ["."]\n'
+
+
+def host_ip() -> str:
+    """An address of this machine other than loopback (the one routes to the internet leave from)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("192.0.2.123", 9))
+        return str(sock.getsockname()[0])
+
+
+@pytest.fixture(scope="module")
+def sandboxed() -> None:
+    status = build_sandbox_status()
+    if not status.available:
+        missing(f"build sandbox unavailable: {status.reason}")
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[str, int]]:
+    """A TCP port open on the host's own address: builds must not reach it."""
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        sock.listen(8)
+        yield host_ip(), int(sock.getsockname()[1])
+
+
+def package(root: Path, name: str, targets: dict[str, object]) -> None:
+    root.mkdir(parents=True)
+    (root / "pyproject.toml").write_text(PYPROJECT)
+    (root / "evil_backend.py").write_text(BACKEND)
+    (root / "targets.json").write_text(json.dumps({"name": name, **targets}))
+
+
+def space_with_package(path: Path, pkg_dir: str, name: str, targets: dict[str, object]) -> Path:
+    path.mkdir(parents=True)
+    (path / "README.md").write_text(STATIC)
+    (path / "index.html").write_text("<h1>hi</h1>")
+    (path / "requirements.txt").write_text(f"./{pkg_dir}\n")
+    package(path / pkg_dir, name, targets)
+    return path
+
+
+def evidence(venv: Path, name: str) -> dict[str, object]:
+    found = list(venv.glob(f"lib/python*/site-packages/{name}_evidence.json"))
+    assert found, f"the backend did not run: nothing installed in {venv}"
+    return dict(json.loads(found[0].read_text()))
+
+
+class Site:
+    """A data dir with the platform key, another owner's space source, and the settings builds use."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.settings = Settings(data_dir=tmp / "data")
+        self.data = self.settings.data_dir
+        self.data.mkdir(parents=True)
+        self.key = self.data / "secret.key"
+        self.key.write_text(SECRET)
+        self.cache = self.settings.artifacts_dir
+        self.other_source = self.cache / "sources" / "bob" / "private" / "abc" / "app.py"
+        self.other_source.parent.mkdir(parents=True)
+        self.other_source.write_text("BOB_PRIVATE_CODE = 1\n")
+        self.outside = tmp / "outside"
+        self.outside.mkdir()
+
+    def build(self, source: Path, owner: str, log: list[str]) -> VenvArtifact:
+        with open_build_sandbox(build_box_config(self.settings), owner, log.append) as box:
+            artifact = build(source, kind="venv", cache_dir=self.cache, log=log.append, owner=owner, sandbox=box)
+        assert isinstance(artifact, VenvArtifact)
+        return artifact
+
+
+def test_a_in_tree_backend_runs_confined_as_unprivileged_uid(sandboxed: None, tmp_path: Path,
+                                                               listener: tuple[str, int]) -> None:
+    site = Site(tmp_path)
+    bob_cache = owner_cache(site.cache, "bob")
+    bob_cache.mkdir(parents=True)
+    (bob_cache / "wheel.txt").write_text("bob's cached wheel")
+    reads = [str(site.key), str(ROOT / "controller" / "config.py"), str(site.other_source),
+             str(bob_cache / "wheel.txt"), str(Path.home() / ".cache" / "uv" / "CACHEDIR.TAG"), "/etc/shadow"]
+    writes = [str(site.data / "pwned"), str(site.outside / "pwned"), str(site.cache / "venvs" / "pwned"),
+              str(bob_cache / "pwned"), str(site.cache / "pwned")]
+    connect = [list(listener), ["pypi.org", 443], ["151.101.0.223", 443], ["10.232.0.1", 22]]
+    source = space_with_package(tmp_path / "space", "pkg", "evil", {"read": reads, "write": writes, "connect": connect})
+    log: list[str] = []
+    artifact = site.build(source, "mallory", log)
+    seen = evidence(artifact.venv, "evil")
+    assert seen["uid"] not in (0, os.getuid()) and int(str(seen["uid"])) >= 100_000, seen
+    for path, outcome in dict(seen["read"]).items():  # type: ignore[call-overload]
+        assert not str(outcome).startswith("READ:"), f"the build read {path}: {outcome}"
+    for path, outcome in dict(seen["write"]).items():  # type: ignore[call-overload]
+        assert outcome != "WROTE" and not Path(path).exists(), f"the build wrote {path}"
+    for target, outcome in dict(seen["connect"]).items():  # type: ignore[call-overload]
+        assert outcome != "CONNECTED", f"the build reached {target}"
+    assert SECRET not in "\n".join(log)
+    assert any(line.startswith("build sandbox: bubblewrap, uid ") for line in log)
+    # the finished venv is sealed: root-owned, writable by no build uid
+    for entry in [artifact.venv, *artifact.venv.rglob("*")]:
+        info = entry.lstat()
+        assert info.st_uid == 0, entry
+        assert stat.S_ISLNK(info.st_mode) or not info.st_mode & 0o022, entry
+
+
+@pytest.mark.parametrize("line", [
+    "-r {key}", "-c {key}", "-e {data}", "../data/secret.key", "file://{key}", "evil @ file://{data}",
+    "--index-url file://{data}", "-f {data}", "--extra-index-url {data}",
+])  # fmt: skip
+def test_b_outside_pointing_requirement_lines_are_refused_before_anything_runs(sandboxed: None, tmp_path: Path,
+                                                                                line: str) -> None:
+    site = Site(tmp_path)
+    source = tmp_path / "space"
+    source.mkdir()
+    (source / "README.md").write_text(STATIC)
+    (source / "index.html").write_text("hi")
+    text = line.format(key=site.key, data=site.data)
+    (source / "requirements.txt").write_text(f"six\n{text}\n")
+    log: list[str] = []
+    with pytest.raises(BuildFailure) as info:
+        site.build(source, "mallory", log)
+    assert info.value.stage == CONFIG_ERROR
+    assert info.value.message.startswith("requirements.txt line 2 ") and "repo" in info.value.message
+    assert SECRET not in info.value.message and SECRET not in "\n".join(log)
+    assert not any(line.startswith(("creating environment", "Using CPython")) for line in log)  # nothing ran
+    assert not (site.cache / "venvs").exists() or not any((site.cache / "venvs").iterdir())
+
+
+def test_c_local_package_env_is_never_reused_across_owners(sandboxed: None, tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    pth = {"alice_hook.pth": "import os; open(os.environ.get('HOOK_OUT', '/dev/null'), 'w').write('alice ran')\n"}
+    bob_cache = owner_cache(site.cache, "bob")
+    alice_writes = [str(bob_cache / "CACHEDIR.TAG"), str(bob_cache / "planted"), str(site.cache / "venvs" / "planted")]
+    alice = space_with_package(tmp_path / "alice", "lib", "lib", {"read": [], "write": alice_writes, "connect": [],
+                                                                   "extra": pth})
+    bob = space_with_package(tmp_path / "bob", "lib", "lib", {"read": [], "write": [], "connect": []})
+    assert (alice / "requirements.txt").read_text() == (bob / "requirements.txt").read_text()
+    bob_first = site.build(bob, "bob", [])  # bob's cache exists before alice's build tries to plant into it
+    alice_log: list[str] = []
+    alice_env = site.build(alice, "alice", alice_log)
+    writes = dict(evidence(alice_env.venv, "lib")["write"])  # type: ignore[call-overload]
+    assert all(outcome != "WROTE" for outcome in writes.values()), writes
+    assert not (bob_cache / "planted").exists() and not (site.cache / "venvs" / "planted").exists()
+    bob_log: list[str] = []
+    bob_env = site.build(bob, "bob", bob_log)
+    assert bob_env.venv == bob_first.venv != alice_env.venv
+    assert not list(bob_env.venv.glob("lib/python*/site-packages/alice_hook.pth"))
+    assert list(alice_env.venv.glob("lib/python*/site-packages/alice_hook.pth"))
+    out = tmp_path / "hook-out"
+    done = subprocess.run([str(bob_env.venv / "bin" / "python"), "-c", "print('ok')"], env={"HOOK_OUT": str(out)},
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "ok" and not out.exists()  # alice's .pth never runs in bob's environment
+    # each owner's uv cache is its own, unreadable by the other's build uid
+    caches = {owner: owner_cache(site.cache, owner).stat() for owner in ("alice", "bob")}
+    assert caches["alice"].st_uid != caches["bob"].st_uid
+    assert all(not info.st_mode & 0o077 for info in caches.values())
+
+
+# ---------------------------------------------------------------- end to end through `spaceport serve`
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    status = build_sandbox_status()
+    if not status.available:
+        missing(f"build sandbox unavailable: {status.reason}")
+    srv = make_server(tmp_path_factory.mktemp("buildbox")).start()
+    yield srv
+    srv.stop()
+
+
+def build_log(server: LiveServer, space: str, token: str) -> str:
+    response = httpx.get(f"{server.url}/api/spaces/{space}/logs/build", params={"follow": "false"},
+                         headers={"authorization": f"Bearer {token}"}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def test_pushed_spaces_build_in_the_sandbox_and_outside_lines_are_config_errors(server: LiveServer,
+                                                                                tmp_path: Path) -> None:
+    token = server.create_user("mallory")
+    key = server.data_dir / "secret.key"
+    key_text = key.read_text()
+    targets = {"read": [str(key), str(server.data_dir / "spaceport.db")], "write": [str(server.data_dir / "pwned")],
+               "connect": []}
+    files = {"README.md": STATIC, "index.html": "<h1>evil</h1>", "requirements.txt": "./pkg\n",
+             "pkg/pyproject.toml": PYPROJECT, "pkg/evil_backend.py": BACKEND,
+             "pkg/targets.json": json.dumps({"name": "evil", **targets})}
+    push_fixture(server, tmp_path, files, "mallory", "evil", token)
+    state = wait_stage(server, "mallory/evil", {"RUNNING", "BUILD_ERROR", "CONFIG_ERROR", "RUNTIME_ERROR"})
+    assert state["stage"] == "RUNNING", state
+    log = build_log(server, "mallory/evil", token)
+    assert "build sandbox: bubblewrap, uid " in log and key_text not in log
+    venvs = list((server.data_dir / "artifacts" / "venvs").glob("*/lib/python*/site-packages/evil_evidence.json"))
+    assert venvs
+    seen = json.loads(venvs[0].read_text())
+    assert seen["uid"] >= 100_000 and not any(str(v).startswith("READ:") for v in seen["read"].values()), seen
+    assert not (server.data_dir / "pwned").exists()
+
+    files = {"README.md": STATIC, "index.html": "x", "requirements.txt": f"# deps\n-r {key}\n"}
+    push_fixture(server, tmp_path, files, "mallory", "leak", token)
+    state = wait_stage(server, "mallory/leak", {"RUNNING", "BUILD_ERROR", "CONFIG_ERROR", "RUNTIME_ERROR"})
+    assert state["stage"] == "CONFIG_ERROR", state
+    message = str(state.get("errorMessage"))
+    assert "requirements.txt line 2" in message and "inside the repository" in message, state
+    assert key_text not in message and key_text not in build_log(server, "mallory/leak", token)
