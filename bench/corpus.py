@@ -372,10 +372,22 @@ def summary(results: Sequence[Result]) -> list[str]:
     return [line("all repos", results), line("repos needing nothing from the internet at run time", offline)]
 
 
-def write_json(path: Path, variant: Variant, results: Sequence[Result], started: float) -> None:
+def tree_state() -> dict[str, object]:
+    """The Spaceport commit measured and the product files changed on top of it (other work in progress)."""
+    root = BENCH.parent
+    with contextlib.suppress(RuntimeError, OSError):
+        head = git(root, "rev-parse", "HEAD").stdout.decode().strip()
+        status = git(root, "status", "--porcelain", "--", "builder", "controller", "runtime-images").stdout.decode()
+        return {"commit": head, "changed": sorted(line[3:] for line in status.splitlines() if line.strip())}
+    return {}
+
+
+def write_json(path: Path, variant: Variant, results: Sequence[Result], started: float,
+               tree: dict[str, object] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {
         "runtime": variant.name, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "spaceport": tree or {},
         "seconds": round(time.time() - started), "summary": summary(results),
         "results": [asdict(r) for r in results],
     }
@@ -403,6 +415,7 @@ def run(args: argparse.Namespace) -> int:
     results: list[Result] = []
     lock = threading.Lock()
     started = time.time()
+    tree = tree_state()
     log(f"{len(entries)} repos on {variant.name}, {args.jobs} at a time, timeout {args.timeout:.0f} s each")
     with live_server(variant) as (server, _), tempfile.TemporaryDirectory(prefix="corpus-push-") as tmp:
         log(f"server {server.url}, log {server.log_path}")
@@ -415,7 +428,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{', ' + result.cause[:200] if result.cause else ''}")
             with lock:
                 results.append(result)
-                write_json(json_path, variant, sorted(results, key=lambda r: r.repo.lower()), started)
+                write_json(json_path, variant, sorted(results, key=lambda r: r.repo.lower()), started, tree)
 
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             list(pool.map(one, entries))
