@@ -8,6 +8,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -49,9 +50,25 @@ def _error_response(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({**exc.extra, "error": exc.message, "code": exc.code}, status_code=exc.status, headers=headers)
 
 
+def log_app_isolation(settings: Settings) -> None:
+    """Say at start how app content is kept off the platform's origin, and warn where it is not."""
+    apps = (settings.apps_domain or "localhost").lower().strip(".")
+    site = (urlsplit(settings.public_url).hostname or "localhost").lower()
+    log.info("App isolation: apps on their own hosts (OWNER-NAME.%s); path URLs /apps/...: %s",
+             apps, settings.path_apps)
+    if settings.path_apps == "trusted":
+        log.warning("SPACEPORT_PATH_APPS=trusted: apps opened by /apps/... URLs run on the platform's origin "
+                    "and can act as their visitors; use 'redirect' unless every space owner is trusted.")
+    if apps != "localhost" and apps.split(".")[-2:] == site.split(".")[-2:]:
+        log.warning("APPS_DOMAIN %s shares a parent domain with the platform (%s): apps can set cookies the "
+                    "platform receives. Serve apps from a domain of their own (like hf.space next to "
+                    "huggingface.co).", apps, site)
+
+
 def create_app(settings: Settings, *, platform: Platform | None = None, runtime: Runtime | None = None) -> FastAPI:
     """Build the app. Nothing is created at import time; everything hangs off app.state."""
     platform = platform or Platform(settings)
+    log_app_isolation(settings)
     celery = make_celery(settings)
     platform.enqueue_build = lambda build_id: celery.send_task("spaceport.build", args=[build_id])
     runtime = runtime or make_runtime(settings)
