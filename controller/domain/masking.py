@@ -23,7 +23,9 @@ from __future__ import annotations
 import base64
 import json
 import re
+from bisect import bisect_right
 from collections.abc import Iterable
+from itertools import accumulate
 from urllib.parse import quote, quote_plus
 
 MASK = "***"
@@ -99,10 +101,14 @@ class Masker:
 
     def __init__(self, secrets: Iterable[str]) -> None:
         anywhere, tokens, pieces = _needles({s for s in secrets if s and len(s) >= MIN_LENGTH})
-        self._anywhere = sorted(anywhere, key=len, reverse=True)
+        self._anywhere: dict[str, list[str]] = {}  # first TOKEN_LENGTH chars -> the forms that start so
+        for form in sorted(anywhere, key=len, reverse=True):
+            self._anywhere.setdefault(form[:TOKEN_LENGTH], []).append(form)
         alternatives = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
         self._tokens = re.compile(f"(?<![{_ALNUM}])(?:{alternatives})(?![{_ALNUM}])") if tokens else None
-        self._pieces = sorted(pieces, key=len, reverse=True)
+        ordered = sorted(pieces)
+        self._pieces = "\0".join(ordered)  # one text to search: a few C-level finds per line, whatever the count
+        self._starts = list(accumulate((len(p) + 1 for p in ordered[:-1]), initial=0))
 
     def __bool__(self) -> bool:
         return bool(self._anywhere or self._tokens)
@@ -119,11 +125,11 @@ class Masker:
 
     def _once(self, text: str) -> str:
         spans: list[tuple[int, int]] = []
-        for needle in self._anywhere:
-            start = text.find(needle)
-            while start != -1:
-                spans.append((start, start + len(needle)))
-                start = text.find(needle, start + 1)
+        anywhere = self._anywhere
+        for start in range(len(text) - TOKEN_LENGTH + 1):  # one set lookup per position, any number of forms
+            forms = anywhere.get(text[start:start + TOKEN_LENGTH])
+            if forms is not None:
+                spans.extend((start, start + len(form)) for form in forms if text.startswith(form, start))
         if self._tokens is not None:
             spans.extend(match.span() for match in self._tokens.finditer(text))
         if self._pieces:
@@ -143,22 +149,25 @@ class Masker:
     def _line_edges(self, line: str) -> Iterable[tuple[int, int]]:
         """Spans of `line` that are a piece of a secret: the whole line, a head that ends a secret, or a
         tail that starts one (each at least MIN_PIECE long)."""
-        head, tail = line[:MIN_PIECE], line[-MIN_PIECE:]
-        for needle in self._pieces:
-            if len(line) < len(needle) and line in needle:
-                yield 0, len(line)
-                return
-            at = needle.find(tail)
-            while at != -1:
-                size = at + MIN_PIECE  # the candidate prefix needle[:size] ends the line
-                if line.endswith(needle[:size]):
-                    yield len(line) - size, len(line)
-                at = needle.find(tail, at + 1)
-            at = needle.find(head)
-            while at != -1:
-                if at > 0 and line.startswith(needle[at:]):
-                    yield 0, len(needle) - at
-                at = needle.find(head, at + 1)
+        pieces, starts = self._pieces, self._starts
+        if line in pieces:
+            yield 0, len(line)
+            return
+        tail = line[-MIN_PIECE:]
+        at = pieces.find(tail)
+        while at != -1:
+            base = starts[bisect_right(starts, at) - 1]
+            if line.endswith(pieces[base:at + MIN_PIECE]):  # the line ends with the start of a piece
+                yield len(line) - (at + MIN_PIECE - base), len(line)
+            at = pieces.find(tail, at + 1)
+        at = pieces.find(line[:MIN_PIECE])
+        while at != -1:
+            base = starts[bisect_right(starts, at) - 1]
+            end = pieces.find("\0", at)
+            end = len(pieces) if end == -1 else end
+            if at > base and line.startswith(pieces[at:end]):  # the line starts with the end of a piece
+                yield 0, end - at
+            at = pieces.find(line[:MIN_PIECE], at + 1)
 
 
 def _replace(text: str, spans: list[tuple[int, int]]) -> str:
