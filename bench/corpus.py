@@ -421,7 +421,11 @@ def run(args: argparse.Namespace) -> int:
         log(f"server {server.url}, log {server.log_path}")
         token = server.create_user(OWNER)
 
+        stop = threading.Event()
+
         def one(entry: Entry) -> None:
+            if stop.is_set():
+                return
             log(f"-> {entry.repo}")
             result = deploy(server, token, entry, args.corpus, Path(tmp), args.timeout, args.keep, logs_dir)
             log(f"<- {entry.repo}: {result.stage} {fmt_s(result.running_s)} s, UI {result.ui}"
@@ -430,8 +434,12 @@ def run(args: argparse.Namespace) -> int:
                 results.append(result)
                 write_json(json_path, variant, sorted(results, key=lambda r: r.repo.lower()), started, tree)
 
-        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, args.jobs))
+        try:
             list(pool.map(one, entries))
+        finally:  # SIGTERM/^C: no new repo starts; the server (and its apps) stop when live_server exits
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
     results.sort(key=lambda r: [e.repo for e in entries].index(r.repo))
     headers = ["repo", "sdk", "version", "stage", "push->RUNNING s", "UI", "cause"]
     print_table(f"Corpus on {variant.name} ({len(results)} repos, {time.time() - started:.0f} s)", headers,
