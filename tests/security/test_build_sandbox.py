@@ -81,6 +81,9 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     def digest(text):
         return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
     record = "".join(f"{p},{digest(t)},{len(t.encode())}\n" for p, t in files.items()) + f"{dist}/RECORD,,\n"
+    if T.get("evidence_out"):
+        with open(T["evidence_out"], "w") as out:
+            json.dump(evidence, out)
     wheel = f"{name}-1.0-py3-none-any.whl"
     with zipfile.ZipFile(os.path.join(wheel_directory, wheel), "w") as z:
         for p, t in files.items():
@@ -249,7 +252,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     status = build_sandbox_status()
     if not status.available:
         missing(f"build sandbox unavailable: {status.reason}")
-    srv = make_server(tmp_path_factory.mktemp("buildbox")).start()
+    srv = make_server(tmp_path_factory.mktemp("buildbox")).start(timeout=180)  # a loaded 2-core VM starts slowly
     yield srv
     srv.stop()
 
@@ -289,3 +292,134 @@ def test_pushed_spaces_build_in_the_sandbox_and_outside_lines_are_config_errors(
     message = str(state.get("errorMessage"))
     assert "requirements.txt line 2" in message and "inside the repository" in message, state
     assert key_text not in message and key_text not in build_log(server, "mallory/leak", token)
+
+
+# ---------------------------------------------------------------- the pieces, directly
+def test_egress_proxy_tunnels_only_connect_to_allowed_index_hosts(tmp_path: Path) -> None:
+    from controller.runtimes.egress import EgressProxy, allowed
+
+    assert allowed("pypi.org", ["pypi.org"]) and allowed("Files.PythonHosted.org.", [".pythonhosted.org"])
+    assert not allowed("evil-pypi.org", ["pypi.org"]) and not allowed("pypi.org.evil.com", ["pypi.org"])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    lines: list[str] = []
+    proxy = EgressProxy("127.0.0.1", port, ("pypi.org",), lines.append).start()
+    try:
+        def ask(request: bytes) -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+                sock.sendall(request)
+                return sock.recv(4096)
+
+        assert ask(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n").startswith(b"HTTP/1.1 403")
+        assert ask(b"CONNECT pypi.org:22 HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 403")
+        assert ask(b"GET http://pypi.org/simple/ HTTP/1.1\r\nHost: pypi.org\r\n\r\n").startswith(b"HTTP/1.1 403")
+        assert ask(b"CONNECT pypi.org:443 HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200")
+    finally:
+        proxy.stop()
+    assert any("example.com:443 is not an allowed package index host" in line and "SPACEPORT_BUILD_EGRESS_ALLOW" in line
+               for line in lines), lines
+
+
+def test_build_argv_uses_absolute_launchers_a_fixed_host_env_and_never_binds_protected(tmp_path: Path) -> None:
+    from controller.runtimes.buildbox import (
+        BubblewrapBuildSandbox,
+        BuildBoxConfig,
+        bwrap_build_argv,
+        check_binds,
+    )
+
+    data = tmp_path / "data"
+    protected = (data / "secret.key", data / "repos")
+    config = BuildBoxConfig(registry=tmp_path / "reg", identity_dir=tmp_path / "ids", protected=protected,
+                            key_prefix=str(data), allow_hosts=("pypi.org",), network=False)
+    box = BubblewrapBuildSandbox(config, "mallory", lambda _line: None, uid=123_456)
+    venv, src = tmp_path / "art" / "venv", tmp_path / "art" / "src"
+    argv, env = box.wrap(["/x/uv", "pip", "install"], writable={venv: venv}, readonly=[src],
+                         env={"PATH": "/usr/bin", "LD_PRELOAD": "/evil.so"}, cwd=src)
+    assert env == {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}  # the host launchers' env is fixed
+    assert argv[0].startswith("/") and "/usr/bin/bwrap" in argv and "/usr/bin/setpriv" in argv
+    assert argv[argv.index("--clearenv") + 1:argv.index("--clearenv") + 4] == ["--setenv", "LD_PRELOAD", "/evil.so"]
+    assert "--reuid=123456" in argv and "--no-new-privs" in argv and "--die-with-parent" in argv
+    assert ["--bind", str(venv), str(venv)] == argv[argv.index("--bind"):argv.index("--bind") + 3]
+    assert str(data / "secret.key") not in argv and argv[-3:] == ["/x/uv", "pip", "install"]
+    with pytest.raises(RuntimeError):
+        check_binds([Path("/")], protected)
+    with pytest.raises(RuntimeError):
+        check_binds([data / "repos" / "x"], protected)
+    masked = bwrap_build_argv(1, tmp_path, {data: data}, [], protected, data, {}, ["true"], config.limits)
+    assert "--tmpfs" in masked and str(data / "repos") in masked  # protected paths inside a bind are masked
+
+
+def test_build_reaches_only_allowed_index_hosts(sandboxed: None, tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    source = tmp_path / "space"
+    source.mkdir()
+    (source / "README.md").write_text(STATIC)
+    (source / "index.html").write_text("hi")
+    (source / "requirements.txt").write_text("--index-url https://example.com/simple\nsix\n")
+    log: list[str] = []
+    with pytest.raises(BuildFailure) as info:
+        site.build(source, "mallory", log)
+    assert "installing requirements.txt failed" in info.value.message
+    assert any("build egress refused: example.com:443 is not an allowed package index host" in line for line in log)
+
+
+# ---------------------------------------------------------------- docker runtime: image builds
+DOCKERFILE = """FROM python:3.11
+RUN useradd -m -u 1000 user
+USER 1000
+WORKDIR /home/user/app
+COPY --chown=1000:1000 . .
+RUN python -m pip wheel --no-deps -w /tmp/wheels ./pkg && echo "EVIDENCE $(cat /tmp/evidence.json)"
+RUN echo "MEMORY $(cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes)"
+"""
+
+
+@pytest.fixture
+def docker_client(docker_host: str) -> Iterator[object]:
+    import docker
+
+    client = docker.DockerClient(base_url=docker_host, timeout=600)
+    yield client
+    client.close()
+
+
+def test_image_build_runs_backend_in_a_limited_container_off_the_host(docker_client: object, tmp_path: Path,
+                                                                       listener: tuple[str, int]) -> None:
+    from builder.bootstrap import bootstrap_images
+    from controller.runtimes.buildbox import build_isolation
+
+    bootstrap_images(docker_client, progress=lambda _line: None)
+    settings = Settings(data_dir=tmp_path / "data", runtime="docker", build_memory_mb=1536)
+    settings.data_dir.mkdir(parents=True)
+    key = settings.data_dir / "secret.key"
+    key.write_text(SECRET)
+    targets = {"read": [str(key), str(ROOT / "controller" / "config.py")], "write": [], "evidence_out": "/tmp/evidence.json",
+               "connect": [list(listener)]}
+    source = tmp_path / "space"
+    source.mkdir()
+    (source / "README.md").write_text("---\nsdk: docker\napp_port: 7860\n---\n")
+    (source / "Dockerfile").write_text(DOCKERFILE)
+    package(source / "pkg", "evil", targets)
+    log: list[str] = []
+    tag = f"spaceport/test-buildbox-evil:{uuid.uuid4().hex[:8]}"
+    with build_isolation(settings, "mallory", log.append, "image", docker_client) as isolation:
+        assert isolation.network == settings.build_network and isolation.container_limits
+        build(source, kind="image", cache_dir=settings.artifacts_dir, log=log.append, tag=tag, client=docker_client,
+              network=isolation.network, container_limits=isolation.container_limits, no_cache=True)
+    docker_client.images.remove(tag, force=True)  # type: ignore[attr-defined]
+    found = [line.split(" ", 1)[1] for line in log if line.startswith("EVIDENCE ")]
+    assert found, log[-20:]
+    seen = json.loads(found[0])
+    assert seen["uid"] == 1000, seen
+    assert not any(str(v).startswith("READ:") for v in seen["read"].values()), seen
+    assert all(v != "CONNECTED" for v in seen["connect"].values()), seen  # the host's own address is off limits
+    assert f"MEMORY {1536 * 1024 * 1024}" in log
+    assert SECRET not in "\n".join(log)
+
+    (source / "requirements.txt").write_text(f"-r {key}\n")
+    with pytest.raises(BuildFailure) as info:
+        build(source, kind="image", cache_dir=settings.artifacts_dir, log=log.append, tag=tag, client=docker_client)
+    assert info.value.stage == CONFIG_ERROR and info.value.message.startswith("requirements.txt line 1 ")
+    assert SECRET not in info.value.message
