@@ -36,6 +36,9 @@ _WS_HANDSHAKE = frozenset(
     {b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions", b"sec-websocket-protocol"}
 )
 _UNSENDABLE_CLOSE = {1005: 1000, 1006: 1011, 1015: 1011}
+# Where clients put a platform token: Authorization, and X-HF-Authorization (gradio_client >= 1 and
+# huggingface_hub send the token there when talking to a Space, as the Hub's own proxy expects).
+CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-hf-authorization"})
 
 
 class UpstreamError(Exception):
@@ -85,7 +88,7 @@ def upstream_headers(
     token_prefix: bytes = b"sp_",
 ) -> list[tuple[str, str]]:
     """Request headers for the upstream: hop-by-hop dropped, X-Forwarded-* set, and the platform's
-    credentials removed (its cookies, an Authorization header carrying a platform token)."""
+    credentials removed (its cookies; Authorization / X-HF-Authorization carrying a platform token)."""
     raw: list[tuple[bytes, bytes]] = scope["headers"]
     drop = set(HOP_BY_HOP)
     for key, value in raw:
@@ -109,7 +112,7 @@ def upstream_headers(
             value = strip_cookies(value, drop_cookies)
             if not value:
                 continue
-        elif key == b"authorization" and is_platform_credential(value, token_prefix):
+        elif key in CREDENTIAL_HEADERS and is_platform_credential(value, token_prefix):
             continue
         out.append((key.decode("latin-1"), value.decode("latin-1")))
     client = scope.get("client")

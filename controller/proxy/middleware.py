@@ -204,7 +204,7 @@ class ProxyMiddleware:
             value = _cookie(scope, APP_COOKIE)
             if value and auth.check_cookie(value, route.space_id):
                 return True
-        return await self.access.may_view(route, scope)
+        return await self.access.may_view(route, _hf_authorization_as_authorization(scope))
 
     async def _redeem(self, route: Route, scope: Scope, send: Send, as_html: bool) -> None:
         """`/__spaceport__/auth?token=...&next=...`: bridge token -> per-space cookie -> `next`."""
@@ -376,6 +376,15 @@ def _cookie(scope: Scope, name: str) -> str:
                 if part.startswith(wanted):
                     return part[len(wanted) :].decode("latin-1")
     return ""
+
+
+def _hf_authorization_as_authorization(scope: Scope) -> Scope:
+    """gradio_client and huggingface_hub send a Space's token as X-HF-Authorization (what the Hub's
+    proxy reads); the access policy reads Authorization, so hand it over when that is absent."""
+    hf = _header(scope, b"x-hf-authorization")
+    if not hf or _header(scope, b"authorization"):
+        return scope
+    return {**scope, "headers": [*scope["headers"], (b"authorization", hf)]}
 
 
 def _origin_parts(url: str) -> tuple[str, str] | None:
