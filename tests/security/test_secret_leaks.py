@@ -14,6 +14,7 @@ import base64
 import json
 import secrets
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -106,7 +107,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         docker_host = request.getfixturevalue("docker_host")
         ensure_base_images(docker_host)
         extra = {"SPACEPORT_RUNTIME": "docker", "SPACEPORT_DOCKER_HOST": docker_host}
-    server = make_server(tmp_path_factory.mktemp(f"leaks-{request.param}"), **extra).start()
+    server = make_server(tmp_path_factory.mktemp(f"leaks-{request.param}"), **extra).start(timeout=180)  # a busy host
     try:
         yield Stack(request.param, server, server.create_user("alice"))
     finally:
@@ -135,9 +136,14 @@ def leaky(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A public space whose app prints its secrets and crashes; waits for its crash to be published."""
     space = create_space(stack, "leaky", CRASH_FILES[stack.runtime], {"API_TOKEN": TOKEN, "SIGNING_KEY": PEM},
                          tmp_path_factory.mktemp("leaky"))
-    state = wait_stage(stack.server, space, {"RUNTIME_ERROR", "BUILD_ERROR", "CONFIG_ERROR"}, timeout=400)
-    assert state["stage"] == "RUNTIME_ERROR", state
-    return space
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline:  # crash, restarts with backoff, then it stays failed: a stable page
+        state = wait_stage(stack.server, space, {"RUNTIME_ERROR", "BUILD_ERROR", "CONFIG_ERROR"}, timeout=400)
+        assert state["stage"] == "RUNTIME_ERROR", state
+        if "keeps crashing" in str(state["errorMessage"]):
+            return space
+        time.sleep(0.2)
+    raise AssertionError(f"{space} never settled in a crash loop: {state}")
 
 
 @pytest.fixture(scope="module")
