@@ -23,8 +23,14 @@ from pathlib import Path
 import httpx
 import pytest
 from huggingface_hub import HfApi
+from sqlalchemy import select
 
+from controller.config import Settings
+from controller.db.models import Build, Instance
 from controller.domain.masking import MASK
+from controller.services import accounts, instances, settings_vars, spaces
+from controller.services.buildlogs import BuildLogWriter, read_lines, secret_masker
+from controller.services.platform import Platform
 from tests.support.gitrepo import make_repo, push, remote
 from tests.support.server import LiveServer, make_server
 from tests.support.spaces import wait_stage
@@ -230,3 +236,76 @@ def test_failed_build_shows_no_secret(stack: Stack, bad_reqs: str) -> None:
     assert {name: found for name, text in texts.items() if (found := leaks(text, forms))} == {}
     if stack.runtime == "docker":  # variables are build arguments, secrets never are
         assert "build args: var=[visible] token=[]" in build
+
+
+# ----------------------------------------------------------------------------- the services, on SQLite
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[Platform]:
+    plat = Platform(Settings(data_dir=tmp_path / "data", secret_key="test-key"))
+    plat.migrate()
+    yield plat
+    plat.dispose()
+
+
+def crashed_instance(platform: Platform) -> str:
+    """alice/demo with both secrets, a built commit and an instance row; returns the instance name."""
+    with platform.tx() as session:
+        user = accounts.create_user(session, "alice")
+        space = spaces.create_space(session, platform.settings.repos_dir, accounts.Principal(user, "write"), "alice", "demo")
+        settings_vars.set_secret(session, platform, space, settings_vars.KeyValue("API_TOKEN", TOKEN))
+        settings_vars.set_secret(session, platform, space, settings_vars.KeyValue("SIGNING_KEY", PEM))
+        build = Build(space_id=space.id, commit_sha="a" * 40, status="succeeded")
+        session.add(build)
+        session.flush()
+        session.add(Instance(space_id=space.id, build_id=build.id, name="sp-alice-demo-1-1", runtime="local"))
+    return "sp-alice-demo-1-1"
+
+
+def test_instance_messages_are_masked_before_they_are_stored(platform: Platform) -> None:
+    name = crashed_instance(platform)
+    tail = f"exited with code 1\n{PEM}\ntoken {TOKEN!r}\n{json.dumps({'k': PEM})}"
+    instances.mark_crashed(platform, name, f"The app exited. Last log lines:\n{tail}")
+    with platform.sessions() as session:
+        stored = session.scalar(select(Instance.message).where(Instance.name == name))
+    assert stored is not None and f"token '{MASK}'" in stored and leaks(stored) == []
+    instances.update_row(platform, name, state="failed", message=f"cannot start: {TOKEN}")
+    with platform.sessions() as session:
+        assert session.scalar(select(Instance.message).where(Instance.name == name)) == f"cannot start: {MASK}"
+
+
+def test_secrets_are_decrypted_only_when_a_message_is_stored(platform: Platform) -> None:
+    """The reconciler updates rows every few seconds: state-only updates never decrypt the space's secrets."""
+    name = crashed_instance(platform)
+    real = platform.cipher.decrypt
+    calls: list[str] = []
+
+    def counting(ciphertext: str) -> str:
+        calls.append(ciphertext)
+        return real(ciphertext)
+
+    platform.cipher.decrypt = counting  # type: ignore[method-assign,assignment]
+    instances.update_row(platform, name, state="ready", endpoint="http://127.0.0.1:1", message=None)
+    instances.update_row(platform, name, state="starting", message=None)
+    assert calls == []
+    instances.update_row(platform, name, state="failed", message="boom")
+    assert len(calls) == 2  # both secrets, once
+
+
+def test_build_log_writer_and_secret_masker(platform: Platform) -> None:
+    crashed_instance(platform)
+    with platform.sessions() as session:
+        space = spaces.find_space(session, "alice", "demo")
+        assert space is not None
+        masker = secret_masker(session, platform, space)
+        build_id = session.scalar(select(Build.id))
+    assert build_id is not None
+    writer = BuildLogWriter(platform.sessions, build_id, masker)
+    for line in [f"pip: {TOKEN}", *PEM.splitlines(), f"b64 {base64.b64encode(TOKEN.encode()).decode()}"]:
+        writer(line)
+    writer.flush()
+    with platform.sessions() as session:
+        stored = "\n".join(line.text for line in read_lines(session, build_id))
+    assert stored.startswith(f"pip: {MASK}") and leaks(stored) == []
+    assert writer.mask(f"failed: {TOKEN}") == f"failed: {MASK}"
