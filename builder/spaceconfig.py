@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from builder.envnames import reserved_reason
 from builder.errors import CONFIG_ERROR, NO_APP_FILE, SpaceConfigError
 
 SDKS = ("gradio", "streamlit", "docker", "static")
@@ -28,6 +29,7 @@ MS_DEPLOY = "ms_deploy.json"
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,7 @@ def _build_config(meta: dict[str, Any], inferred: bool, notes: list[str]) -> Spa
         models=_str_list(meta, "models"),
         datasets=_str_list(meta, "datasets"),
         license=_opt_str(meta, "license"),
-        env=_str_dict(meta, "env"),
+        env=_env(meta),
         inferred=inferred,
         notes=notes,
     )
@@ -267,6 +269,19 @@ def _str_dict(meta: dict[str, Any], key: str) -> dict[str, str]:
     if not isinstance(value, dict):
         raise SpaceConfigError(CONFIG_ERROR, f"README.md: '{key}' must be a mapping of names to values")
     return {str(k): str(v) for k, v in value.items()}
+
+
+def _env(meta: dict[str, Any]) -> dict[str, str]:
+    """Front-matter `env`: names an owner may set (the platform's own names are refused, saying why)."""
+    env = _str_dict(meta, "env")
+    for key in env:
+        if not _ENV_NAME.match(key):
+            raise SpaceConfigError(CONFIG_ERROR, f"README.md: env name {key!r} is not an environment variable name; "
+                                   "use letters, digits and '_', not starting with a digit (e.g. MODEL_ID)")  # fmt: skip
+        why = reserved_reason(key)
+        if why is not None:
+            raise SpaceConfigError(CONFIG_ERROR, f"README.md: env {why}")
+    return env
 
 
 def _check_app_file(repo: Path, config: SpaceConfig) -> None:

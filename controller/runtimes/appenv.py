@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict
 
 from builder.artifact import artifact_to_dict
+from builder.envnames import without_reserved_names, without_runtime_names
 from controller.runtimes.base import InstanceSpec
 
 LABEL_INSTANCE = "spaceport.instance"
@@ -59,8 +60,17 @@ def visible_devices_env(spec: InstanceSpec) -> dict[str, str]:
 
 
 def user_env(spec: InstanceSpec) -> dict[str, str]:
-    """Artifact defaults, then the space's variables and secrets (later wins)."""
-    return {**dict(spec.artifact.env), **spec.env}
+    """Artifact defaults, then the space's variables and secrets (later wins), without the names the
+    platform owns (builder/envnames.py)."""
+    return checked_user_env(spec)[0]
+
+
+def checked_user_env(spec: InstanceSpec) -> tuple[dict[str, str], list[str]]:
+    """(user_env, names dropped). The artifact's env comes from front matter: no reserved name at all;
+    the spec's env comes from the controller, which sets SPACE_ID & co itself: no runtime-owned name."""
+    artifact, dropped = without_reserved_names(dict(spec.artifact.env))
+    given, dropped_too = without_runtime_names(spec.env)
+    return {**artifact, **given}, sorted({*dropped, *dropped_too})
 
 
 def spec_hash(spec: InstanceSpec) -> str:

@@ -38,6 +38,7 @@ class InstanceSpec:
     env: dict[str, str] = field(default_factory=dict)
     hardware: HardwareSpec = field(default_factory=HardwareSpec)
     labels: dict[str, str] = field(default_factory=dict)
+    secret_keys: frozenset[str] = frozenset()  # which env names hold secrets (masked in logs on disk)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 Containers run with --init, as uid 1000, no capabilities, no-new-privileges, memory/CPU/pids limits,
 on the `spaceport-apps` bridge network created with inter-container communication disabled (apps
-cannot reach each other), and publish their port only on 127.0.0.1 with a random host port that is
+cannot reach each other) and the apps' egress policy on its bridge (netns.bridge_firewall: private,
+link-local, CGNAT, reserved ranges and the host itself denied, DNS to the resolvers and the
+SPACEPORT_EGRESS_ALLOW CIDRs allowed) when the engine runs on this machine, and publish their port only on 127.0.0.1 with a random host port that is
 read back after every start. Instances are found by the `spaceport.instance` label, scoped by the
 `spaceport.site` label (and a name prefix) so several sites or test servers can share one engine without
 listing, adopting or removing each other's containers.
@@ -18,6 +20,7 @@ import asyncio
 import builtins
 import contextlib
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from docker.errors import APIError, NotFound
 from docker.models.containers import Container
 
 from builder.artifact import ImageArtifact
+from controller.runtimes import netns
 from controller.runtimes.appenv import (
     LABEL_INSTANCE,
     LABEL_SPEC,
@@ -42,6 +46,7 @@ NETWORK = "spaceport-apps"
 APP_UID = "1000:1000"
 NOFILE = 8192
 LABEL_SITE = "spaceport.site"
+log = logging.getLogger(__name__)
 
 
 def container_name(instance: str, site: str = "") -> str:
@@ -111,8 +116,13 @@ class DockerRuntime:
     name = "docker"
 
     def __init__(self, docker_host: str | None = None, *, network: str = NETWORK, bind_address: str = "127.0.0.1",
-                 stop_timeout: int = 10, site: str = "") -> None:  # fmt: skip
+                 stop_timeout: int = 10, site: str = "", egress_allow: tuple[str, ...] | str = ()) -> None:  # fmt: skip
         self.site = site
+        try:
+            self.egress_allow = netns.parse_allow(egress_allow)
+        except ValueError as exc:
+            raise RuntimeFailure(f"{exc}; fix SPACEPORT_EGRESS_ALLOW") from None
+        self.egress_policy = "not applied yet"
         self.client = docker.DockerClient(base_url=docker_host) if docker_host else docker.from_env()
         self.network = network
         self.bind_address = bind_address
@@ -159,7 +169,8 @@ class DockerRuntime:
             return None
 
     def ensure_network(self) -> None:
-        """The apps' bridge, created once with inter-container communication disabled."""
+        """The apps' bridge, created once with inter-container communication disabled, and its egress
+        policy installed or upgraded (once per runtime object)."""
         if self._network_ready:
             return
         if not self.client.networks.list(names=[self.network]):
@@ -167,7 +178,27 @@ class DockerRuntime:
             with contextlib.suppress(APIError):  # another process created it meanwhile
                 self.client.networks.create(self.network, driver="bridge", options=options, check_duplicate=True,
                                             labels={"spaceport.network": "apps"})  # fmt: skip
+        self._egress_firewall()
         self._network_ready = True
+
+    def bridge(self) -> str:
+        """The Linux bridge of the apps' network (docker names it br-<id12> unless told otherwise)."""
+        network = self.client.networks.get(self.network)
+        options = network.attrs.get("Options") or {}
+        return str(options.get("com.docker.network.bridge.name") or f"br-{network.id[:12]}")
+
+    def _egress_firewall(self) -> None:
+        bridge = self.bridge()
+        if not Path(f"/sys/class/net/{bridge}").exists():
+            self.egress_policy = f"NOT enforced: the engine's bridge {bridge} is not on this machine"
+            log.warning("docker runtime: app egress policy %s (apply it on the engine's host)", self.egress_policy)
+            return
+        try:
+            netns.bridge_firewall(bridge, self.egress_allow)
+        except netns.NetworkSetupError as exc:
+            raise RuntimeFailure(f"cannot install the apps' egress firewall on {bridge}: {exc}") from exc
+        allowed = ", ".join(self.egress_allow) or "nothing"
+        self.egress_policy = f"private/reserved ranges denied on {bridge}, allow-list: {allowed}"
 
     def _start(self, spec: InstanceSpec) -> Endpoint:
         container = self._get(spec.name)

@@ -33,11 +33,13 @@ def make_runtime(settings: Settings) -> Runtime:
     if settings.runtime == "local":
         from controller.runtimes.local import LocalRuntime
 
-        return LocalRuntime(settings.runtime_dir, sandbox=settings.sandbox, protected_paths=protected_paths(settings))
+        return LocalRuntime(settings.runtime_dir, sandbox=settings.sandbox, protected_paths=protected_paths(settings),
+                            egress_allow=settings.egress_allow)
     if settings.runtime == "docker":
         from controller.runtimes.docker import DockerRuntime, site_id
 
-        return DockerRuntime(settings.docker_host or None, site=site_id(settings.data_dir))
+        return DockerRuntime(settings.docker_host or None, site=site_id(settings.data_dir),
+                             egress_allow=settings.egress_allow)
     from controller.domain.hardware import load_catalog
     from controller.runtimes.kubernetes.client import KubeClient
     from controller.runtimes.kubernetes.runtime import KubernetesRuntime, SiteConfig

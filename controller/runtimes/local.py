@@ -6,6 +6,13 @@ prlimit, then nsenter + bwrap + setpriv when sandboxed) in the foreground and wr
 code to a file. Instances are found again from their state files (pid + kernel start time), so a
 restarted controller adopts them without restarting anything.
 
+Host side, everything runs as root by absolute path (hosttools) with a fixed environment: nothing the
+space controls reaches the launcher. The app's environment (platform values, then the space's
+variables and secrets, minus the names the platform owns) travels in an inherited memfd and is applied
+by a two-line `sh` shim *after* setpriv has dropped to the app's uid, so it never appears in argv or
+in a root process's environment. The app's stdout/stderr go through a pipe to the masking log relay
+(logrelay.py, its own session, fixed env, secrets on another memfd), which appends to app.log.
+
 start(spec) is idempotent: running with the same spec -> its endpoint; stopped with the same spec ->
 started again in the same home (fast); existing with a different spec (artifact, env, hardware) ->
 replaced (old one removed, home included).
@@ -19,23 +26,26 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
 
 from builder.artifact import VenvArtifact, artifact_to_dict
-from controller.runtimes import netns, procs, sandbox
+from controller.runtimes import hosttools, logrelay, netns, procs, sandbox
 from controller.runtimes.appenv import (
+    checked_user_env,
     home_env,
     instance_labels,
     port_env,
     spec_hash,
-    user_env,
     visible_devices_env,
 )
 from controller.runtimes.base import Endpoint, InstanceSpec, InstanceStatus, RuntimeFailure, State
@@ -57,6 +67,12 @@ code=$?
 echo "$code" > "$exitfile.tmp" && mv "$exitfile.tmp" "$exitfile"
 exit "$code"
 """
+# Runs as the app (after setpriv when sandboxed): loads the environment from the memfd it gets as stdin,
+# empties it, then execs the app with stdin from /dev/null.
+ENV_SHIM = '. /dev/fd/0 || exit 125; : > /dev/fd/0; exec "$@" < /dev/null'
+SHELL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+RELAY_DRAIN = 2.0  # seconds an exited app's relay gets to write its last lines before status reads them
 LOG_ROTATE_BYTES = 20 * 1024 * 1024
 NOFILE = 8192
 SANDBOX_TMP = "/tmp"
@@ -74,6 +90,7 @@ class LocalRuntime:
         protected_paths: list[Path] | None = None,
         stop_timeout: float = 10.0,
         registry: Path = Path("/run/spaceport"),
+        egress_allow: tuple[str, ...] | str = (),
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.instances = self.state_dir / "instances"
@@ -83,6 +100,10 @@ class LocalRuntime:
         self.protected = tuple(Path(p).resolve() for p in [*(protected_paths or []), self.state_dir])
         self.stop_timeout = stop_timeout
         self.registry = registry
+        try:
+            self.egress_allow = netns.parse_allow(egress_allow)
+        except ValueError as exc:
+            raise RuntimeFailure(f"{exc}; fix SPACEPORT_EGRESS_ALLOW") from None
         self.sandbox_status = sandbox_mode_status(sandbox)
         self.sandboxed = sandbox != "none" and self.sandbox_status.available
         if sandbox == "bwrap" and not self.sandboxed:
@@ -90,7 +111,13 @@ class LocalRuntime:
         if sandbox == "auto" and not self.sandboxed:
             log.warning("local runtime NOT sandboxed: %s (%s)", self.sandbox_status.reason, self.sandbox_status.fix)
         self.cgroups = Cgroups(prefix="spaceport-" + hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:10])
+        try:  # absolute paths, found once on a fixed PATH: never whatever a PATH variable says
+            self.tools = {name: hosttools.path(name) for name in ("sh", "prlimit")}
+        except hosttools.ToolMissing as exc:
+            raise RuntimeFailure(f"the local runtime cannot start apps: {exc}") from None
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._relays: dict[str, subprocess.Popen[bytes]] = {}
+        self._firewall_ready = False
 
     # ---------------------------------------------------------------- contract
     async def start(self, spec: InstanceSpec) -> Endpoint:
@@ -150,28 +177,53 @@ class LocalRuntime:
         os.chmod(idir.path, 0o700)
         uid, slot = self._identity(spec, idir)
         host, port, bind = self._address(artifact, slot)
-        env = self._env(spec, artifact, port, bind, idir)
+        env, dropped = self._env(spec, artifact, port, bind, idir)
         command = [c.replace("{port}", str(port)).replace("{host}", bind) for c in artifact.command]
         if command and not os.path.isabs(command[0]) and (artifact.venv / "bin" / command[0]).exists():
             command[0] = str(artifact.venv / "bin" / command[0])
         procs_files = self._cgroup(spec) if self.cgroups.available else []
-        argv = self._argv(spec, idir, command, procs_files, uid, slot)
-        self._rotate(idir)
-        idir.exit.unlink(missing_ok=True)
-        with idir.log.open("ab") as out:
-            out.write(f"===== spaceport: starting {spec.name} ({artifact.ref}) =====\n".encode())
-            out.flush()
-            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                     cwd=str(artifact.source), start_new_session=True, close_fds=True)  # fmt: skip
+        env_fd = _memfd("spaceport-env", _env_script(env))
+        try:
+            argv = self._argv(spec, idir, command, procs_files, uid, slot)
+            self._rotate(idir)
+            idir.exit.unlink(missing_ok=True)
+            _banner(idir, spec, dropped)
+            child, relay = self._launch(spec, idir, argv, env_fd, artifact.source)
+        finally:
+            os.close(env_fd)
         self._children[spec.name] = child
+        self._relays[spec.name] = relay
         record = LocalRecord(
             name=spec.name, space_id=spec.space_id, spec_hash=spec_hash(spec), artifact=artifact_to_dict(artifact),
             labels=instance_labels(spec), host=host, port=port, pid=child.pid,
             pid_start=procs.start_time(child.pid), started_at=time.time(), sandboxed=self.sandboxed,
             uid=uid, slot=slot.index if slot else None,
+            extra={"relay_pid": str(relay.pid), "relay_start": str(procs.start_time(relay.pid) or "")},
         )  # fmt: skip
         idir.write(record)
         return Endpoint(host, port)
+
+    def _launch(self, spec: InstanceSpec, idir: InstanceDir, argv: builtins.list[str], env_fd: int, source: Path,
+                ) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:  # fmt: skip
+        """The masking relay, then the supervisor writing into it; both in their own sessions, both with
+        the fixed host environment (the app's own environment is the memfd env_fd, given as stdin)."""
+        secrets = [spec.env[k] for k in sorted(spec.secret_keys) if k in spec.env]
+        secrets_fd = _memfd("spaceport-secrets", logrelay.encode_secrets(secrets))
+        read_end, write_end = os.pipe()
+        try:
+            with idir.log.open("ab") as errors:
+                relay = subprocess.Popen(
+                    [sys.executable, "-E", "-s", "-m", "controller.runtimes.logrelay", str(idir.log), str(secrets_fd)],
+                    stdin=read_end, stdout=subprocess.DEVNULL, stderr=errors, env=hosttools.HOST_ENV,
+                    cwd=str(PACKAGE_ROOT), start_new_session=True, close_fds=True, pass_fds=(secrets_fd,),
+                )  # fmt: skip
+            cwd = "/" if self.sandboxed else str(source)
+            child = subprocess.Popen(argv, stdin=env_fd, stdout=write_end, stderr=write_end, env=hosttools.HOST_ENV,
+                                     cwd=cwd, start_new_session=True, close_fds=True)  # fmt: skip
+        finally:
+            for fd in (read_end, write_end, secrets_fd):
+                os.close(fd)
+        return child, relay
 
     def _identity(self, spec: InstanceSpec, idir: InstanceDir) -> tuple[int | None, netns.Slot | None]:
         if not self.sandboxed:
@@ -183,8 +235,10 @@ class LocalRuntime:
         sandbox.write_identity(idir.etc, uid)
         slot = sandbox.instance_slot(self.registry, f"{self.state_dir}|{spec.name}")
         try:
-            netns.ensure_firewall()
-            netns.create(slot)
+            if not self._firewall_ready:  # installed or upgraded once per runtime (idempotent)
+                netns.ensure_firewall()
+                self._firewall_ready = True
+            netns.create(slot, self.egress_allow)
         except netns.NetworkSetupError as exc:
             raise RuntimeFailure(f"cannot set up the app's network: {exc}") from exc
         return uid, slot
@@ -197,14 +251,19 @@ class LocalRuntime:
             sock.bind((self.bind_host, 0))
             return self.bind_host, int(sock.getsockname()[1]), self.bind_host
 
-    def _env(self, spec: InstanceSpec, artifact: VenvArtifact, port: int, bind: str, idir: InstanceDir) -> dict[str, str]:
+    def _env(self, spec: InstanceSpec, artifact: VenvArtifact, port: int, bind: str,
+             idir: InstanceDir) -> tuple[dict[str, str], builtins.list[str]]:  # fmt: skip
+        """(the app's environment, names dropped): the space's values never replace the platform's."""
         home, tmp = (sandbox.APP_HOME, SANDBOX_TMP) if self.sandboxed else (str(idir.home), str(idir.tmp))
         path = f"{artifact.venv}/bin:/usr/local/bin:/usr/bin:/bin"
         base = {"PATH": path, "VIRTUAL_ENV": str(artifact.venv), "SPACE_ID": spec.space_id}
         ca = "/etc/ssl/certs/ca-certificates.crt"
-        if os.path.exists(ca):
-            base |= {"SSL_CERT_FILE": ca, "REQUESTS_CA_BUNDLE": ca}
-        return {**base, **user_env(spec), **home_env(home, tmp), **visible_devices_env(spec), **port_env(port, bind)}
+        defaults = {"SSL_CERT_FILE": ca, "REQUESTS_CA_BUNDLE": ca} if os.path.exists(ca) else {}
+        given, dropped = checked_user_env(spec)
+        invalid = sorted(k for k in given if not SHELL_NAME.match(k))
+        given = {k: v for k, v in given.items() if k not in invalid and "\0" not in v}
+        env = {**defaults, **given, **base, **home_env(home, tmp), **visible_devices_env(spec), **port_env(port, bind)}
+        return env, [*dropped, *invalid]
 
     def _cgroup(self, spec: InstanceSpec) -> builtins.list[str]:
         hw = spec.hardware
@@ -220,11 +279,13 @@ class LocalRuntime:
         limits = [f"--nproc={hw.pids}", f"--nofile={NOFILE}", f"--fsize={hw.disk_mb * 1024 * 1024}", "--core=0"]
         if not self.cgroups.available:
             limits.append(f"--as={hw.memory_mb * 1024 * 1024}")
-        inner = command
         if uid is not None and slot is not None:
-            inner = netns.enter_argv(slot) + sandbox.bwrap_argv(self._plan(spec, idir, uid), command)
-        head = ["/bin/sh", "-c", SUPERVISOR, "spaceport-supervisor", str(idir.exit), *procs_files, "--"]
-        return [*head, "prlimit", *limits, "--", *inner]
+            shim = ["/bin/sh", "-c", ENV_SHIM, "spaceport-env"]  # the sandbox's own /bin/sh
+            inner = netns.enter_argv(slot) + sandbox.bwrap_argv(self._plan(spec, idir, uid), shim + command)
+        else:
+            inner = [self.tools["sh"], "-c", ENV_SHIM, "spaceport-env", *command]
+        head = [self.tools["sh"], "-c", SUPERVISOR, "spaceport-supervisor", str(idir.exit), *procs_files, "--"]
+        return [*head, self.tools["prlimit"], *limits, "--", *inner]
 
     def _plan(self, spec: InstanceSpec, idir: InstanceDir, uid: int) -> sandbox.SandboxPlan:
         artifact = spec.artifact
@@ -253,6 +314,27 @@ class LocalRuntime:
             return False
         return procs.is_alive(record.pid, record.pid_start)
 
+    def _relay_alive(self, record: LocalRecord) -> bool:
+        relay = self._relays.get(record.name)
+        if relay is not None and relay.poll() is not None:  # reaped: not a zombie
+            return False
+        pid, start = record.extra.get("relay_pid", ""), record.extra.get("relay_start", "")
+        return pid.isdigit() and procs.is_alive(int(pid), int(start) if start.isdigit() else None)
+
+    def _drain_relay(self, record: LocalRecord, timeout: float) -> None:
+        """Wait (bounded) for the relay of an exited app to write what is left, then make sure it is gone."""
+        deadline = time.monotonic() + timeout
+        while self._relay_alive(record) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pid = record.extra.get("relay_pid", "")
+        if self._relay_alive(record) and pid.isdigit():  # a leftover process still holds the pipe
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        relay = self._relays.pop(record.name, None)
+        if relay is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                relay.wait(timeout=timeout)
+
     def _frozen(self, record: LocalRecord) -> bool:
         if self.cgroups.available:
             return self.cgroups.is_frozen(record.name)
@@ -267,6 +349,7 @@ class LocalRuntime:
             _cap_log(idir.log)
             state = State.FROZEN if self._frozen(record) else State.RUNNING
             return InstanceStatus(name, state, endpoint=Endpoint(record.host, record.port), labels=record.labels)
+        self._drain_relay(record, RELAY_DRAIN)  # its last lines (a traceback) belong in the message
         code = idir.exit_code()
         child = self._children.get(name)
         if code is None and child is not None and child.returncode is not None:
@@ -317,6 +400,7 @@ class LocalRuntime:
         if child is not None and child.pid == record.pid:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=self.stop_timeout)
+        self._drain_relay(record, RELAY_DRAIN)
 
     def _remove(self, name: str) -> None:
         idir = self._dir(name)
@@ -356,6 +440,28 @@ class LocalRuntime:
                 await asyncio.sleep(0.2)
         if pending:
             yield pending.decode(errors="replace")
+
+
+def _memfd(name: str, data: bytes) -> int:
+    """An anonymous in-memory file holding data, positioned at its start, to pass to a child."""
+    fd = os.memfd_create(name)  # close-on-exec: only children given it in pass_fds inherit it
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _env_script(env: dict[str, str]) -> bytes:
+    """`export NAME='value'` lines for ENV_SHIM (names already checked, values quoted)."""
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()).encode("utf-8", "surrogateescape")
+
+
+def _banner(idir: InstanceDir, spec: InstanceSpec, dropped: list[str]) -> None:
+    with idir.log.open("ab") as out:
+        out.write(f"===== spaceport: starting {spec.name} ({spec.artifact.ref}) =====\n".encode())
+        if dropped:
+            out.write(f"spaceport: ignored environment names the platform owns: {', '.join(dropped)}\n".encode())
 
 
 def _read_from(path: Path, position: int) -> bytes:

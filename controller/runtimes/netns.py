@@ -1,32 +1,54 @@
 """A private network namespace per sandboxed instance: veth pair, NAT out, nothing in.
 
 Layout: slot N gets 10.231.0.0/16's N-th /30: host side .1 (`spxNh`), app side .2 (`spxNc`),
-namespace `spaceport-N`. Firewall (iptables, idempotent, shared by all slots):
+namespace `spaceport-N`. Egress policy (iptables + ip6tables, shared by all slots, rebuilt atomically
+with `iptables-restore --noflush` so an older rule set is upgraded in place on start):
 
 * INPUT from `spx+`: only replies to connections the host opened (the proxy) are accepted; the app
   cannot open any connection to the host itself, on any address (loopback is its own loopback), so
   the controller's internal endpoints, the database, Redis, dockerd... are out of reach.
-* FORWARD from `spx+`: dropped towards the instance subnet (other apps), link-local (cloud metadata)
-  and the private ranges in `blocked` (docker bridges...); everything else is forwarded and NATed, so
-  the app reaches the internet and the resolvers in /etc/resolv.conf.
+* FORWARD from `spx+`: denied by default towards every non-public range (`DEFAULT_BLOCKED`: private,
+  loopback, link-local/cloud metadata, CGNAT, multicast, reserved, documentation; IPv6 ULA,
+  link-local, loopback, multicast, mapped/translated), including the instance subnet (other apps);
+  the rest (the internet) is forwarded and NATed. DNS (udp/tcp 53) is allowed to exactly the
+  resolvers in /etc/resolv.conf (apps use the host's resolv.conf), nothing else in those ranges.
+* Nothing is forwarded *to* an app except replies (containers and the LAN cannot reach it).
+* Per slot, `create(slot, allow=...)` opens CIDRs from the operator's allow-list
+  (SPACEPORT_EGRESS_ALLOW), in the `SPACEPORT-ALLOW` chain, matched on that slot's interface only.
+* The host side of each veth has IPv6 disabled: an app cannot reach the host over link-local IPv6.
 
 The proxy reaches the app at `10.231.x.2:PORT`, the port the app chose in its own namespace.
+`bridge_firewall` applies the same policy to a docker bridge (docker runtime, DOCKER-USER).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import shutil
+import logging
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from controller.runtimes import hosttools
 
 SUBNET = ipaddress.IPv4Network("10.231.0.0/16")
 IN_CHAIN = "SPACEPORT-IN"
 FWD_CHAIN = "SPACEPORT-FWD"
+ALLOW_CHAIN = "SPACEPORT-ALLOW"
 IFACE_PREFIX = "spx"
-DEFAULT_BLOCKED = ("169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16")
+DEFAULT_BLOCKED = (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
+    "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+)  # fmt: skip
+DEFAULT_BLOCKED6 = (
+    "::/128", "::1/128", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "2001:db8::/32",
+    "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+)  # fmt: skip
 MAX_SLOT = SUBNET.num_addresses // 4 - 1
+RESOLV_CONF = Path("/etc/resolv.conf")
+log = logging.getLogger(__name__)
 
 
 class NetworkSetupError(RuntimeError):
@@ -65,72 +87,190 @@ class Slot:
         return Path("/run/netns") / self.netns
 
 
-def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(args, capture_output=True, text=True, check=False)
+def _run(*args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a host tool by absolute path with the fixed host environment."""
+    try:
+        argv = [hosttools.path(args[0]), *args[1:]]
+    except hosttools.ToolMissing as exc:
+        raise NetworkSetupError(str(exc)) from None
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False, env=hosttools.HOST_ENV)
     if check and done.returncode != 0:
         raise NetworkSetupError(f"{' '.join(args)} failed: {done.stderr.strip()}")
     return done
 
 
 def tools_missing() -> list[str]:
-    return [tool for tool in ("ip", "iptables", "nsenter") if shutil.which(tool) is None]
+    return hosttools.missing("ip", "iptables", "iptables-restore", "nsenter")
 
 
-def _rule(table: str, chain: str, spec: list[str], position: int | None = None) -> None:
+def _rule(table: str, chain: str, spec: list[str], position: int | None = None, tool: str = "iptables") -> None:
     """Add the rule unless present (iptables -C)."""
-    if _run("iptables", "-w", "-t", table, "-C", chain, *spec, check=False).returncode == 0:
+    if _run(tool, "-w", "-t", table, "-C", chain, *spec, check=False).returncode == 0:
         return
     where = ["-I", chain, str(position)] if position else ["-A", chain]
-    _run("iptables", "-w", "-t", table, *where, *spec)
+    _run(tool, "-w", "-t", table, *where, *spec)
 
 
-def _chain(name: str) -> None:
-    _run("iptables", "-w", "-N", name, check=False)
+def _chain(name: str, tool: str = "iptables") -> None:
+    _run(tool, "-w", "-N", name, check=False)
 
 
-def ensure_firewall(blocked: tuple[str, ...] = DEFAULT_BLOCKED) -> None:
-    """Install the shared rules (safe to call on every start)."""
+# ---------------------------------------------------------------- egress policy
+def resolvers(path: Path = RESOLV_CONF) -> tuple[list[str], list[str]]:
+    """(IPv4, IPv6) nameservers of resolv.conf: the only hosts in blocked ranges apps may query (port 53)."""
+    found: tuple[list[str], list[str]] = ([], [])
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            try:
+                address = ipaddress.ip_address(parts[1].split("%")[0])
+            except ValueError:
+                continue
+            found[address.version == 6].append(str(address))
+    return found
+
+
+def parse_allow(value: str | Iterable[str]) -> tuple[str, ...]:
+    """Allow-list CIDRs ("10.1.0.0/16, fd12::/64") normalized; ValueError naming a bad entry."""
+    items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
+    networks = []
+    for item in items:
+        try:
+            networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError:
+            raise ValueError(f"egress allow-list entry {item!r} is not a CIDR (e.g. 10.1.0.0/16 or fd12::/64)") from None
+    return tuple(dict.fromkeys(networks))
+
+
+def policy_rules(chain: str, match: list[str], blocked: Iterable[str], dns: Iterable[str], allow_chain: str) -> list[str]:
+    """Restore lines for a chain that filters new connections of packets matching `match`: allow-list
+    chain, DNS to the resolvers, blocked ranges dropped, the rest accepted."""
+    head = " ".join(match)
+    lines = [f"-A {chain} {head} -j {allow_chain}"]
+    lines += [f"-A {chain} {head} -d {r} -p {proto} --dport 53 -j ACCEPT" for r in dns for proto in ("udp", "tcp")]
+    lines += [f"-A {chain} {head} -d {cidr} -j DROP" for cidr in blocked]
+    return lines
+
+
+def _restore(tool: str, chains: list[str], lines: list[str]) -> None:
+    text = "*filter\n" + "".join(f":{c} - [0:0]\n" for c in chains) + "".join(f"{line}\n" for line in lines) + "COMMIT\n"
+    _run(tool, "--noflush", "--wait", stdin=text)
+
+
+def _family_rules(blocked: Iterable[str], dns: list[str]) -> list[str]:
     wildcard = f"{IFACE_PREFIX}+"
-    _chain(IN_CHAIN)
-    _rule("filter", IN_CHAIN, ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"])
-    _rule("filter", IN_CHAIN, ["-j", "DROP"])
-    _rule("filter", "INPUT", ["-i", wildcard, "-j", IN_CHAIN], position=1)
-    _chain(FWD_CHAIN)
-    _rule("filter", FWD_CHAIN, ["-o", wildcard, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"])
-    for cidr in (str(SUBNET), *blocked):
-        _rule("filter", FWD_CHAIN, ["-i", wildcard, "-d", cidr, "-j", "DROP"])
-    _rule("filter", FWD_CHAIN, ["-i", wildcard, "-j", "ACCEPT"])
-    _rule("filter", "FORWARD", ["-j", FWD_CHAIN], position=1)
+    established = "-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
+    lines = [f"-A {IN_CHAIN} {established}", f"-A {IN_CHAIN} -j {ALLOW_CHAIN}"]
+    lines += [f"-A {IN_CHAIN} -d {r} -p {proto} --dport 53 -j ACCEPT" for r in dns for proto in ("udp", "tcp")]
+    lines += [f"-A {IN_CHAIN} -j DROP", f"-A {FWD_CHAIN} -o {wildcard} {established}", f"-A {FWD_CHAIN} -o {wildcard} -j DROP"]
+    lines += policy_rules(FWD_CHAIN, ["-i", wildcard], blocked, dns, ALLOW_CHAIN)
+    return [*lines, f"-A {FWD_CHAIN} -i {wildcard} -j ACCEPT"]
+
+
+def ipv6_enabled() -> bool:
+    return Path("/proc/net/if_inet6").exists()
+
+
+def ensure_firewall(blocked: tuple[str, ...] = DEFAULT_BLOCKED, blocked6: tuple[str, ...] = DEFAULT_BLOCKED6) -> None:
+    """Install or upgrade the shared rules (idempotent; each chain is replaced in one transaction)."""
+    v4, v6 = resolvers()
+    families = [("iptables", (str(SUBNET), *blocked), v4)]
+    if ipv6_enabled():
+        families.append(("ip6tables", blocked6, v6))
+    for tool, ranges, dns in families:
+        _chain(ALLOW_CHAIN, tool)
+        _restore(f"{tool}-restore", [IN_CHAIN, FWD_CHAIN], _family_rules(ranges, dns))
+        _rule("filter", "INPUT", ["-i", f"{IFACE_PREFIX}+", "-j", IN_CHAIN], position=1, tool=tool)
+        _rule("filter", "FORWARD", ["-j", FWD_CHAIN], position=1, tool=tool)
     _rule("nat", "POSTROUTING", ["-s", str(SUBNET), "!", "-d", str(SUBNET), "-j", "MASQUERADE"])
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
+
+
+def _slot_rules(tool: str, chain: str, iface: str) -> list[str]:
+    listed = _run(tool, "-w", "-S", chain, check=False).stdout.splitlines()
+    return [line for line in listed if f" -i {iface} " in f"{line} "]
+
+
+def set_allow(iface: str, allow: tuple[str, ...], chain: str = ALLOW_CHAIN) -> None:
+    """Exactly these CIDRs open (ACCEPT) for new connections arriving on `iface` (idempotent)."""
+    for tool, version in (("iptables", 4), ("ip6tables", 6)):
+        if version == 6 and not ipv6_enabled():
+            continue
+        wanted = [c for c in allow if ipaddress.ip_network(c).version == version]
+        for line in _slot_rules(tool, chain, iface):
+            _run(tool, "-w", "-D", *line.split()[1:], check=False)
+        for cidr in wanted:
+            _run(tool, "-w", "-A", chain, "-i", iface, "-d", cidr, "-j", "ACCEPT")
+
+
+def _clear_allow(iface: str) -> None:
+    for tool in ("iptables", "ip6tables"):
+        if hosttools.find(tool) is None:
+            continue
+        for line in _slot_rules(tool, ALLOW_CHAIN, iface):
+            _run(tool, "-w", "-D", *line.split()[1:], check=False)
+
+
+def bridge_firewall(bridge: str, allow: tuple[str, ...], blocked: tuple[str, ...] = DEFAULT_BLOCKED) -> None:
+    """The apps' egress policy for a docker bridge: its own two chains (replaced in one transaction),
+    jumped to from DOCKER-USER (forwarded: RETURN lets docker's rules carry on, DROP ends it) and INPUT
+    (the host itself: replies only) for packets arriving from `bridge`. IPv4 only: the docker runtime
+    creates its network without IPv6."""
+    fwd, inp = f"SPXD-{bridge}"[:28], f"SPXD-IN-{bridge}"[:28]
+    dns = resolvers()[0]
+    mine = [c for c in allow if ipaddress.ip_network(c).version == 4]
+    lines = [f"-A {fwd} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN"]
+    lines += [f"-A {fwd} -d {cidr} -j RETURN" for cidr in mine]
+    lines += [f"-A {fwd} -d {r} -p {proto} --dport 53 -j RETURN" for r in dns for proto in ("udp", "tcp")]
+    lines += [f"-A {fwd} -d {cidr} -j DROP" for cidr in blocked]
+    lines += [f"-A {fwd} -j RETURN", f"-A {inp} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"]
+    lines += [f"-A {inp} -d {cidr} -j ACCEPT" for cidr in mine]
+    lines += [f"-A {inp} -d {r} -p {proto} --dport 53 -j ACCEPT" for r in dns for proto in ("udp", "tcp")]
+    lines += [f"-A {inp} -j DROP"]
+    _restore("iptables-restore", [fwd, inp], lines)
+    docker_user = _run("iptables", "-w", "-S", "DOCKER-USER", check=False).returncode == 0
+    _rule("filter", "DOCKER-USER" if docker_user else "FORWARD", ["-i", bridge, "-j", fwd], position=1)
+    _rule("filter", "INPUT", ["-i", bridge, "-j", inp], position=1)
 
 
 def exists(slot: Slot) -> bool:
     return slot.netns_path.exists() and _run("ip", "link", "show", slot.host_if, check=False).returncode == 0
 
 
-def create(slot: Slot) -> None:
-    """Namespace + veth pair + addresses + default route (idempotent)."""
-    if exists(slot):
-        return
-    delete(slot)
-    _run("ip", "netns", "add", slot.netns)
-    _run("ip", "link", "add", slot.host_if, "type", "veth", "peer", "name", slot.app_if)
-    _run("ip", "link", "set", slot.app_if, "netns", slot.netns)
-    _run("ip", "addr", "add", f"{slot.host_ip}/30", "dev", slot.host_if)
-    _run("ip", "link", "set", slot.host_if, "up")
-    inside = ("ip", "-n", slot.netns)
-    _run(*inside, "addr", "add", f"{slot.app_ip}/30", "dev", slot.app_if)
-    _run(*inside, "link", "set", slot.app_if, "up")
-    _run(*inside, "link", "set", "lo", "up")
-    _run(*inside, "route", "add", "default", "via", slot.host_ip)
+def create(slot: Slot, allow: tuple[str, ...] = ()) -> None:
+    """Namespace + veth pair + addresses + default route (idempotent), and the slot's allow-list."""
+    if not exists(slot):
+        delete(slot)
+        _run("ip", "netns", "add", slot.netns)
+        _run("ip", "link", "add", slot.host_if, "type", "veth", "peer", "name", slot.app_if)
+        _run("ip", "link", "set", slot.app_if, "netns", slot.netns)
+        _no_ipv6(slot.host_if)
+        _run("ip", "addr", "add", f"{slot.host_ip}/30", "dev", slot.host_if)
+        _run("ip", "link", "set", slot.host_if, "up")
+        inside = ("ip", "-n", slot.netns)
+        _run(*inside, "addr", "add", f"{slot.app_ip}/30", "dev", slot.app_if)
+        _run(*inside, "link", "set", slot.app_if, "up")
+        _run(*inside, "link", "set", "lo", "up")
+        _run(*inside, "route", "add", "default", "via", slot.host_ip)
+    set_allow(slot.host_if, allow)
+
+
+def _no_ipv6(iface: str) -> None:
+    knob = Path(f"/proc/sys/net/ipv6/conf/{iface}/disable_ipv6")
+    if knob.exists():
+        knob.write_text("1")
 
 
 def delete(slot: Slot) -> None:
+    _clear_allow(slot.host_if)
     _run("ip", "link", "del", slot.host_if, check=False)
     _run("ip", "netns", "del", slot.netns, check=False)
 
 
 def enter_argv(slot: Slot) -> list[str]:
     """Prefix that runs a command inside the slot's namespace."""
-    return ["nsenter", f"--net={slot.netns_path}", "--"]
+    return [hosttools.path("nsenter"), f"--net={slot.netns_path}", "--"]

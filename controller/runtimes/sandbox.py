@@ -24,14 +24,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.runtimes import netns
+from controller.runtimes import hosttools, netns
 
 UID_BASE = 100_000
 UID_MAX = 165_535
@@ -74,12 +73,12 @@ def _bwrap_works() -> str:
     """'' if bwrap can build a namespace here, else its error."""
     try:
         done = subprocess.run(
-            ["bwrap", "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+            [hosttools.path("bwrap"), "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
              "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev", "--unshare-pid",
              "--", "/usr/bin/setpriv", f"--reuid={UID_BASE}", f"--regid={UID_BASE}", "--clear-groups", "/bin/true"],
-            capture_output=True, text=True, timeout=20, check=False,
+            capture_output=True, text=True, timeout=20, check=False, env=hosttools.HOST_ENV,
         )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except (OSError, subprocess.TimeoutExpired, hosttools.ToolMissing) as exc:
         return str(exc)
     return "" if done.returncode == 0 else done.stderr.strip() or f"exit {done.returncode}"
 
@@ -90,7 +89,7 @@ def sandbox_status() -> SandboxStatus:
         return SandboxStatus(False, "the controller is not running as root, so it cannot give apps their own uid "
                              "and network namespace", "run Spaceport as root (or in its container image), "
                              "or use the docker runtime (SPACEPORT_RUNTIME=docker)")  # fmt: skip
-    missing = [tool for tool in ("bwrap", "setpriv") if shutil.which(tool) is None] + netns.tools_missing()
+    missing = hosttools.missing("bwrap", "setpriv", "prlimit", "sh") + netns.tools_missing()
     if missing:
         return SandboxStatus(False, f"missing tools: {', '.join(missing)}",
                              "apt-get install bubblewrap util-linux iproute2 iptables")  # fmt: skip
@@ -239,7 +238,7 @@ def check_plan(plan: SandboxPlan) -> None:
 def bwrap_argv(plan: SandboxPlan, command: list[str], exists: Callable[[str], bool] = os.path.exists) -> list[str]:
     """bwrap ... -- setpriv ... -- command (pure: tested without running)."""
     check_plan(plan)
-    args = ["bwrap", "--ro-bind", "/usr", "/usr"]
+    args = [hosttools.path("bwrap"), "--ro-bind", "/usr", "/usr"]
     args += [a for link in USR_LINKS if exists(f"/usr/{link}") for a in ("--symlink", f"usr/{link}", f"/{link}")]
     args += ["--proc", "/proc", "--dev", "/dev", "--dir", "/etc", "--dir", "/home", "--dir", "/run"]
     args += _etc_args(plan.etc_dir, exists)

@@ -20,7 +20,7 @@ from controller.services import quotas
 from controller.services.buildlogs import secret_masker
 from controller.services.lifecycle import release_accelerators
 from controller.services.platform import Platform
-from controller.services.settings_vars import space_env
+from controller.services.settings_vars import secret_keys, space_env
 from controller.services.spaces import find_space
 from controller.services.views import app_host
 
@@ -250,7 +250,8 @@ def instance_spec(platform: Platform, space_pk: int, name: str) -> InstanceSpec:
         env = app_env(session, platform, space, hardware)
         artifact: Artifact = artifact_from_dict(build.artifact)
         labels = {"spaceport.space": space.space_id, "spaceport.build": str(build.id)}
-        return InstanceSpec(name=name, space_id=space.space_id, artifact=artifact, env=env, hardware=hardware, labels=labels)
+        return InstanceSpec(name=name, space_id=space.space_id, artifact=artifact, env=env, hardware=hardware, labels=labels,
+                            secret_keys=frozenset(secret_keys(session, space)))
 
 
 def app_env(session: Session, platform: Platform, space: Space, hardware: HardwareSpec) -> dict[str, str]:

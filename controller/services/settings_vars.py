@@ -7,6 +7,7 @@ replaces the old once healthy); an unbuilt space just stores it for its first st
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +15,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from builder.envnames import reserved_reason, without_reserved_names
 from controller.db.models import Secret, Space, Variable, utcnow
 from controller.domain.errors import BadRequest
 from controller.services import lifecycle
@@ -22,6 +24,7 @@ from controller.services.platform import Platform
 KEY_PATTERN = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 KEY_MAX = 200
 VALUE_MAX = 64 * 1024
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,9 @@ def validate_key(key: object, what: str = "variable") -> str:
             f"Invalid {what} key {key[:KEY_MAX]!r}: use an environment variable name made of uppercase letters, "
             f"digits and '_', not starting with a digit (e.g. MODEL_ID), at most {KEY_MAX} characters."
         )
+    why = reserved_reason(key)
+    if why is not None:
+        raise BadRequest(f"Cannot set {what} {why}")
     return key
 
 
@@ -162,6 +168,10 @@ def config_changed(session: Session, platform: Platform, space: Space) -> None:
 
 def space_env(session: Session, platform: Platform, space: Space) -> tuple[dict[str, str], dict[str, str]]:
     """(variables, secrets) for the app's environment; secrets decrypted. Never log the second one."""
-    variables = {v.key: v.value for v in list_variables(session, space)}
-    secrets = {s.key: platform.cipher.decrypt(s.ciphertext) for s in list_secrets(session, space)}
+    variables, skipped = without_reserved_names({v.key: v.value for v in list_variables(session, space)})
+    secret_rows = [s for s in list_secrets(session, space) if reserved_reason(s.key) is None]
+    skipped += sorted({s.key for s in list_secrets(session, space)} - {s.key for s in secret_rows})
+    secrets = {s.key: platform.cipher.decrypt(s.ciphertext) for s in secret_rows}
+    for key in skipped:  # stored before the name was reserved: ignored, not fatal
+        log.warning("space %s: ignoring variable/secret %s", space.space_id, reserved_reason(key))
     return variables, secrets
