@@ -108,7 +108,7 @@ def upstream_headers(
             continue
         if key == b"host":
             host = value
-        elif key == b"cookie":
+        elif key == b"cookie" and any(name in value for name in drop_cookies):
             value = strip_cookies(value, drop_cookies)
             if not value:
                 continue

@@ -23,7 +23,8 @@ Headers = list[tuple[bytes, bytes]]
 
 
 def cookie_names(names: Iterable[str]) -> frozenset[bytes]:
-    return frozenset(n.encode() for n in names)
+    """Cookie names as the request and response filters compare them (lower case: see set_cookie_name)."""
+    return frozenset(n.lower().encode() for n in names)
 
 
 def set_cookie_name(value: bytes) -> bytes:
@@ -42,14 +43,15 @@ def response_filter(
     sandboxed: bool,
     rewrite_location: Callable[[bytes], bytes] | None,
 ) -> Callable[[Headers], Headers]:
-    """The per-response header fix-up (one pass): see the module docstring."""
-    lowered = frozenset(n.lower() for n in platform_cookies)
+    """The per-response header fix-up (one pass): see the module docstring.
+
+    `platform_cookies` are lower-case names (as `cookie_names` gives them)."""
 
     def fix(headers: Headers) -> Headers:
         out: Headers = []
         for key, value in headers:
             if key == b"set-cookie":
-                if sandboxed or set_cookie_name(value) in lowered:
+                if sandboxed or set_cookie_name(value) in platform_cookies:
                     continue
             elif key == b"location" and rewrite_location is not None:
                 value = rewrite_location(value)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -165,21 +163,3 @@ def test_app_auth_tokens_and_cookies_are_bound_and_expire() -> None:
     assert expired.redeem(token, "alice/demo") is None and not expired.check_cookie(cookie, "alice/demo")
     assert [safe_next(v) for v in ("/a?b=1", "//x", "/\\x", "/\n/x", "http://x", None)] == ["/a?b=1", "/", "/", "/", "/", "/"]
 
-
-def test_app_isolation_posture_is_logged_with_warnings_where_it_is_weak(
-    caplog: pytest.LogCaptureFixture, tmp_path: Path
-) -> None:
-    from controller.app import log_app_isolation
-    from controller.config import Settings
-
-    def warnings(**kw: str) -> list[str]:
-        caplog.clear()
-        with caplog.at_level(logging.INFO, logger="controller.app"):
-            log_app_isolation(Settings(data_dir=tmp_path, **kw))  # type: ignore[arg-type]
-        assert any("App isolation" in r.getMessage() for r in caplog.records)
-        return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-
-    assert warnings(apps_domain="localhost", public_url="http://localhost:8000") == []
-    assert warnings(apps_domain="example.space", public_url="https://spaceport.example.org") == []
-    assert "trusted" in warnings(path_apps="trusted")[0]
-    assert "parent domain" in warnings(apps_domain="apps.example.org", public_url="https://example.org")[0]
