@@ -56,9 +56,10 @@ class Settings(BaseSettings):
             "of its own (like hf.space next to huggingface.co) so apps cannot set cookies for the platform. "
             "'sandboxed': serve them with a CSP sandbox (opaque origin, app cookies dropped): static pages "
             "and plain forms work; Gradio and Streamlit front ends do not (no localStorage/cookies, every "
-            "fetch is cross-origin from the 'null' origin), WebSockets connect without cookies, and the "
-            "app cannot embed itself. 'trusted': serve them like host URLs, only for sites where every "
-            "space owner is trusted with the platform's pages (their scripts run as the visitor)."
+            "fetch is cross-origin from the 'null' origin), WebSockets connect without cookies. "
+            "'trusted': serve them like host URLs, only for sites where every space owner is trusted with "
+            "the platform's pages (their scripts run as the visitor). In every mode the space page embeds "
+            "and links the host URL, and private apps there sign visitors in through /auth/app."
         ),
     )
     app_session_max_age: int = Field(
