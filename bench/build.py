@@ -1,6 +1,9 @@
 """Build benchmark: cold and warm (code-only change) builds of the gradio fixture, venv and image paths.
 
-Run: .venv/bin/python bench/build.py
+Run: .venv/bin/python bench/build.py [--no-image]
+The "sandboxed" venv rows build as the controller does (bubblewrap, per-owner build uid and uv cache,
+index-only egress proxy; needs root): cold with an empty owner cache, cold seeded from the trusted uv
+cache (~/.cache/uv, SPACEPORT_BUILD_UV_SEED), and warm.
 The image rows run only when SPACEPORT_TEST_DOCKER_HOST or DOCKER_HOST is set (base images are
 bootstrapped first if missing; that time is reported separately).
 """
@@ -47,6 +50,34 @@ def venv_rows(work: Path) -> list[Row]:
     return [("venv", "cold", cold, note), ("venv", "warm (code-only change)", warm, "reuses environment")]
 
 
+def sandboxed_rows(work: Path) -> list[Row]:
+    from controller.config import Settings
+    from controller.runtimes.buildbox import build_box_config, build_sandbox_status, open_build_sandbox
+
+    if not build_sandbox_status().available:
+        return [("venv", "sandboxed: skipped", 0.0, build_sandbox_status().reason)]
+    quiet: Callable[[str], None] = lambda _line: None  # noqa: E731
+    settings = Settings(data_dir=work / "sandboxed-data")
+    settings.data_dir.mkdir(parents=True)
+    seed = Path.home() / ".cache" / "uv"
+    rows: list[Row] = []
+    for owner, what, use_seed in (("bench-cold", "sandboxed cold", None), ("bench-seeded", "sandboxed cold, seeded", seed)):
+        source = work / f"{owner}-src"
+        shutil.copytree(FIXTURE, source)
+
+        def once(owner: str = owner, source: Path = source, use_seed: Path | None = use_seed) -> None:
+            with open_build_sandbox(build_box_config(settings), owner, quiet) as box:
+                build(source, kind="venv", cache_dir=settings.artifacts_dir, log=quiet, owner=owner, sandbox=box,
+                      uv_seed=use_seed)
+
+        cold = timed(once)
+        note = "empty owner uv cache: downloads everything" if use_seed is None else "owner cache hardlinked from ~/.cache/uv"
+        rows.append(("venv", what, cold, note))
+        code_change(source)
+        rows.append(("venv", f"{what[:9]} warm", timed(once), "reuses the owner's sealed environment"))
+    return rows
+
+
 def image_rows(work: Path, docker_host: str) -> list[Row]:
     import docker
 
@@ -75,8 +106,9 @@ def image_rows(work: Path, docker_host: str) -> list[Row]:
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="spaceport-bench-") as tmp:
         rows = venv_rows(Path(tmp))
+        rows += sandboxed_rows(Path(tmp))
         docker_host = os.environ.get("SPACEPORT_TEST_DOCKER_HOST") or os.environ.get("DOCKER_HOST")
-        if docker_host:
+        if docker_host and "--no-image" not in sys.argv:
             rows += image_rows(Path(tmp), docker_host)
         else:
             rows.append(("image", "skipped", 0.0, "set SPACEPORT_TEST_DOCKER_HOST or DOCKER_HOST"))

@@ -349,10 +349,17 @@ def build_isolation(settings: Settings, owner: str, log_line: Callable[[str], No
 def ensure_build_network(client: Any, name: str) -> str:
     """The docker network for RUN steps: a bridge without inter-container traffic; when its bridge is on this
     host (and we are root), firewalled off the host and private ranges. Returns the network name."""
+    import docker.errors
+
     found = client.networks.list(names=[name])
-    network = found[0] if found else client.networks.create(
-        name, driver="bridge", options={"com.docker.network.bridge.enable_icc": "false"}, check_duplicate=True,
-        labels={"spaceport.network": "build"})
+    if not found:
+        with contextlib.suppress(docker.errors.APIError):  # a concurrent build may make it first
+            client.networks.create(name, driver="bridge", options={"com.docker.network.bridge.enable_icc": "false"},
+                                   check_duplicate=True, labels={"spaceport.network": "build"})
+        found = client.networks.list(names=[name])
+    if not found:
+        raise BuildFailure(BUILD_ERROR, f"cannot create the docker build network {name}; ask the admin to check dockerd")
+    network = found[0]
     network.reload()
     bridge = (network.attrs.get("Options") or {}).get("com.docker.network.bridge.name") or f"br-{network.id[:12]}"
     if os.geteuid() == 0 and Path("/sys/class/net", bridge).exists():

@@ -19,7 +19,7 @@ import socket
 import stat
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -117,14 +117,14 @@ def listener() -> Iterator[tuple[str, int]]:
         yield host_ip(), int(sock.getsockname()[1])
 
 
-def package(root: Path, name: str, targets: dict[str, object]) -> None:
+def package(root: Path, name: str, targets: Mapping[str, object]) -> None:
     root.mkdir(parents=True)
     (root / "pyproject.toml").write_text(PYPROJECT)
     (root / "evil_backend.py").write_text(BACKEND)
     (root / "targets.json").write_text(json.dumps({"name": name, **targets}))
 
 
-def space_with_package(path: Path, pkg_dir: str, name: str, targets: dict[str, object]) -> Path:
+def space_with_package(path: Path, pkg_dir: str, name: str, targets: Mapping[str, object]) -> Path:
     path.mkdir(parents=True)
     (path / "README.md").write_text(STATIC)
     (path / "index.html").write_text("<h1>hi</h1>")
@@ -244,6 +244,26 @@ def test_c_local_package_env_is_never_reused_across_owners(sandboxed: None, tmp_
     caches = {owner: owner_cache(site.cache, owner).stat() for owner in ("alice", "bob")}
     assert caches["alice"].st_uid != caches["bob"].st_uid
     assert all(not info.st_mode & 0o077 for info in caches.values())
+
+
+def test_c_a_seeded_owner_cache_cannot_change_the_trusted_seed(sandboxed: None, tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    seed = tmp_path / "seed"
+    (seed / "archive-v0" / "abc").mkdir(parents=True)
+    (seed / "archive-v0" / "abc" / "mod.py").write_text("TRUSTED = 1\n")
+    (seed / "archive-v0" / ".lock").write_text("")
+    cache = owner_cache(site.cache, "mallory")
+    targets = {"read": [], "connect": [], "write": [str(cache / "archive-v0" / "abc" / "mod.py"), str(seed / "planted")]}
+    source = space_with_package(tmp_path / "space", "pkg", "evil", targets)
+    with open_build_sandbox(build_box_config(site.settings), "mallory", lambda _line: None) as box:
+        artifact = build(source, kind="venv", cache_dir=site.cache, log=lambda _line: None, owner="mallory",
+                         sandbox=box, uv_seed=seed)
+    assert isinstance(artifact, VenvArtifact)
+    writes = dict(evidence(artifact.venv, "evil")["write"])  # type: ignore[call-overload]
+    assert all(outcome == "PermissionError" or outcome == "FileNotFoundError" for outcome in writes.values()), writes
+    assert (seed / "archive-v0" / "abc" / "mod.py").read_text() == "TRUSTED = 1\n"
+    assert (cache / "archive-v0" / "abc" / "mod.py").stat().st_ino == (seed / "archive-v0" / "abc" / "mod.py").stat().st_ino
+    assert (seed / "archive-v0" / "abc" / "mod.py").stat().st_uid == 0 and not (seed / "planted").exists()
 
 
 # ---------------------------------------------------------------- end to end through `spaceport serve`
