@@ -91,6 +91,10 @@ def ensure_docker_build_firewall(bridge: str, blocked: tuple[str, ...] = DOCKER_
     netns._chain(DOCKER_BUILD_FWD_CHAIN)
     for cidr in blocked:
         netns._rule("filter", DOCKER_BUILD_FWD_CHAIN, ["-d", cidr, "-j", "DROP"])
+    for resolver in resolvers():  # docker's embedded DNS forwards from the container's namespace
+        for proto in ("udp", "tcp"):
+            netns._rule("filter", DOCKER_BUILD_FWD_CHAIN, ["-d", resolver, "-p", proto, "--dport", "53", "-j", "RETURN"],
+                        position=1)
     netns._rule("filter", "FORWARD", ["-i", bridge, "-j", DOCKER_BUILD_FWD_CHAIN], position=1)
 
 
@@ -98,3 +102,22 @@ def disable_ipv6(iface: str) -> None:
     knob = Path("/proc/sys/net/ipv6/conf", iface, "disable_ipv6")
     if knob.exists():
         knob.write_text("1")
+
+
+def resolvers(path: Path = Path("/etc/resolv.conf")) -> list[str]:
+    """IPv4 nameservers of resolv.conf: the only hosts in blocked ranges a build container may query (port 53)."""
+    found: list[str] = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            try:
+                address = ipaddress.ip_address(parts[1])
+            except ValueError:
+                continue
+            if address.version == 4:
+                found.append(str(address))
+    return found

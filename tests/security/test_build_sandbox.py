@@ -393,6 +393,7 @@ WORKDIR /home/user/app
 COPY --chown=1000:1000 . .
 RUN python -m pip wheel --no-deps -w /tmp/wheels ./pkg && echo "EVIDENCE $(cat /tmp/evidence.json)"
 RUN echo "MEMORY $(cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes)"
+RUN python -c "import urllib.request as u; print('INDEX', u.urlopen('https://pypi.org/simple/six/', timeout=60).status)"
 """
 
 
@@ -436,6 +437,7 @@ def test_image_build_runs_backend_in_a_limited_container_off_the_host(docker_cli
     assert not any(str(v).startswith("READ:") for v in seen["read"].values()), seen
     assert all(v != "CONNECTED" for v in seen["connect"].values()), seen  # the host's own address is off limits
     assert f"MEMORY {1536 * 1024 * 1024}" in log
+    assert "INDEX 200" in log  # package indexes (and DNS) stay reachable
     assert SECRET not in "\n".join(log)
 
     (source / "requirements.txt").write_text(f"-r {key}\n")

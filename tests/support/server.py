@@ -103,6 +103,9 @@ def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
         "SPACEPORT_RECONCILE_INTERVAL": "0.5",
         "PYTHONUNBUFFERED": "1",
     })
+    seed = Path.home() / ".cache" / "uv"  # this machine's own (trusted) uv cache: owners' build caches start warm
+    if seed.is_dir():
+        env["SPACEPORT_BUILD_UV_SEED"] = str(seed)
     env.update(extra)
     return env
 
