@@ -12,17 +12,19 @@ SDK base image (runtime-images/sdk), not from here.
 
 Today's libraries break old pins, so each install step also gets:
   * per-SDK-line constraints, for incompatibilities seen with real repos:
-      - gradio < 5: `huggingface_hub<1` (1.0 removed `HfFolder`, which gradio 4.x imports),
+      - gradio < 5: `huggingface_hub<1` (1.0 removed `HfFolder`, which gradio 4.x imports), `numpy<2`
+        (modules built against numpy 1 fail with `numpy.core.multiarray failed to import`),
         `fastapi<0.113` (fastapi 0.113 broke gradio < 4.44; it also caps starlette, whose 1.0 dropped the
         `TemplateResponse(name, context)` form gradio 3.x/4.x call: `TypeError: unhashable type: 'dict'`),
         `pydantic<2.11` for gradio 4.x (gradio_client's schema walk fails on pydantic 2.11 schemas);
       - gradio < 4 and streamlit < 1.20: `setuptools<81` (81 removed `pkg_resources`, which they import);
-      - streamlit < 1.20: `altair<5` (altair 5 removed `altair.vegalite.v4`);
+      - streamlit < 1.20: `altair<5` (altair 5 removed `altair.vegalite.v4`); streamlit < 1.36: `numpy<2`;
   * "as of the SDK release date": uv's `--exclude-newer DATE`, the upload date of the pinned SDK version
     on the package index (no earlier than the Python minor's first months, when its wheels appeared), so
     unpinned dependencies resolve to what existed when that SDK version was current. A step whose
     resolution fails with the date (a requirement pinned newer than it) is retried without the date,
-    keeping the constraints, and says so in the build log.
+    keeping the constraints, and says so in the build log. `hf-transfer` (a platform addition younger
+    than many SDK releases, with no dependencies) is exempt from the date.
 `install_plan(config, files, release)` is pure; `sdk_release_date()` asks the index (cached on disk, with
 an offline fallback to the constraints alone). Both builders (image buildpacks, local venv) use the plan.
 """
@@ -45,6 +47,9 @@ from builder.spaceconfig import SpaceConfig
 INDEX_SETTING = "SPACEPORT_PYPI_URL"
 DEFAULT_INDEX = "https://pypi.org"
 BASE_PACKAGES = ("datasets", "huggingface_hub", "hf-transfer", "requests")
+# Platform additions newer than many SDK releases, without dependencies of their own: never dated.
+UNDATED_PACKAGES = ("hf-transfer",)
+NO_DATE = "2999-01-01T00:00:00Z"
 SDK_EXTRAS = ("uvicorn>=0.14.0",)  # beside gradio, like the hosted builder
 _VERSION = re.compile(r"^[0-9]+(?:\.[0-9]+)*(?:[._-]?(?:a|b|rc|alpha|beta|c|pre|preview|post|dev)[0-9]*)*(?:\+[A-Za-z0-9.]+)?$")
 # No earlier than this for a Python minor: before it, most packages had no wheels for that Python.
@@ -62,6 +67,7 @@ class InstallStep:
     files: tuple[str, ...] = ()
     constraints: tuple[str, ...] = ()
     exclude_newer: str | None = None  # RFC 3339, for uv's --exclude-newer
+    undated: tuple[str, ...] = ()  # packages exempt from the date (uv's --exclude-newer-package)
 
     def uv_args(self, constraints_file: str | None) -> list[str]:
         """`uv pip install` arguments (without the interpreter/target); constraints come from a file."""
@@ -70,6 +76,7 @@ class InstallStep:
             args += ["--constraint", constraints_file]
         if self.exclude_newer:
             args += ["--exclude-newer", self.exclude_newer]
+            args += [arg for name in self.undated for arg in ("--exclude-newer-package", f"{name}={NO_DATE}")]
         return args
 
 
@@ -103,13 +110,16 @@ def sdk_constraints(sdk: str, version: str | None) -> tuple[str, ...]:
     out: list[str] = []
     if sdk == "gradio":
         if v < (5,):
-            out += ["huggingface_hub<1", "fastapi<0.113"]
+            out += ["huggingface_hub<1", "fastapi<0.113", "numpy<2"]
         if (4,) <= v < (5,):
             out.append("pydantic<2.11")
         if v < (4,):
             out.append("setuptools<81")
-    elif sdk == "streamlit" and v < (1, 20):
-        out += ["setuptools<81", "altair<5"]
+    elif sdk == "streamlit":
+        if v < (1, 20):
+            out += ["setuptools<81", "altair<5"]
+        if v < (1, 36):
+            out.append("numpy<2")
     return tuple(out)
 
 
@@ -147,7 +157,7 @@ def install_plan(config: SpaceConfig, files: Collection[str], release: datetime 
     constraints = sdk_constraints(config.sdk, config.sdk_version)
     date = effective_date(release, config.python) if config.sdk_version else None
     common = {"constraints": constraints, "exclude_newer": date}
-    steps = [InstallStep("base packages", requirements=BASE_PACKAGES, **common)]  # type: ignore[arg-type]
+    steps = [InstallStep("base packages", requirements=BASE_PACKAGES, undated=UNDATED_PACKAGES, **common)]  # type: ignore[arg-type]
     steps += [InstallStep(name, files=(name,), **common)  # type: ignore[arg-type]
               for name in ("pre-requirements.txt", "requirements.txt") if name in files]
     pin = sdk_requirements(config.sdk, config.sdk_version)

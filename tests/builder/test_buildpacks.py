@@ -78,7 +78,7 @@ def test_gradio_render_is_layered_for_cache_and_pins_the_sdk_last() -> None:
     retry = lines[order[8] + 1]
     assert retry.startswith(" || { echo") and "--exclude-newer" not in retry and "'gradio[oauth]==4.44.1'" in retry
     text = "\n".join(lines)
-    assert "printf '%s\\n' 'huggingface_hub<1' 'fastapi<0.113' 'pydantic<2.11' > /home/user/.spaceport/constraints.txt" in text
+    assert "printf '%s\\n' 'huggingface_hub<1' 'fastapi<0.113' 'numpy<2' 'pydantic<2.11' > /home/user/.spaceport/constraints.txt" in text
     assert "the sdk_version pin is installed last, so it wins over requirements.txt" in text
     env = lines[index_of(lines, "ENV ")]
     for item in ("HOME=/home/user", "SYSTEM=spaces", "GRADIO_SERVER_NAME=0.0.0.0", "GRADIO_SERVER_PORT=7860", "PYTHONUNBUFFERED=1"):

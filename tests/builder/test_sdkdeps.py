@@ -31,7 +31,8 @@ def test_plan_order_is_base_then_requirements_then_sdk_pin() -> None:
     assert plan.steps[0].requirements == ("datasets", "huggingface_hub", "hf-transfer", "requests")
     assert plan.steps[-1].requirements == ("gradio[oauth]==4.8.0", "uvicorn>=0.14.0", "spaces", "fastapi<0.113.0")
     assert {s.exclude_newer for s in plan.steps} == {"2023-12-06T00:19:30Z"}
-    assert all(s.constraints == ("huggingface_hub<1", "fastapi<0.113", "pydantic<2.11") for s in plan.steps)
+    assert all(s.constraints == ("huggingface_hub<1", "fastapi<0.113", "numpy<2", "pydantic<2.11") for s in plan.steps)
+    assert plan.steps[0].undated == ("hf-transfer",) and all(s.undated == () for s in plan.steps[1:])
     assert any("installed last, so it wins over requirements.txt" in note for note in plan.notes)
 
 
@@ -46,12 +47,13 @@ def test_requirement_files_only_when_present() -> None:
 @pytest.mark.parametrize(
     ("sdk", "version", "expected"),
     [
-        ("gradio", "3.0.17", ("huggingface_hub<1", "fastapi<0.113", "setuptools<81")),
-        ("gradio", "3.50.2", ("huggingface_hub<1", "fastapi<0.113", "setuptools<81")),
-        ("gradio", "4.44.1", ("huggingface_hub<1", "fastapi<0.113", "pydantic<2.11")),
+        ("gradio", "3.0.17", ("huggingface_hub<1", "fastapi<0.113", "numpy<2", "setuptools<81")),
+        ("gradio", "3.50.2", ("huggingface_hub<1", "fastapi<0.113", "numpy<2", "setuptools<81")),
+        ("gradio", "4.44.1", ("huggingface_hub<1", "fastapi<0.113", "numpy<2", "pydantic<2.11")),
         ("gradio", "5.32.0", ()),
         ("gradio", None, ()),
-        ("streamlit", "1.10.0", ("setuptools<81", "altair<5")),
+        ("streamlit", "1.10.0", ("setuptools<81", "altair<5", "numpy<2")),
+        ("streamlit", "1.34.0", ("numpy<2",)),
         ("streamlit", "1.39.0", ()),
         ("docker", None, ()),
     ],
@@ -82,6 +84,9 @@ def test_uv_args() -> None:
     step = InstallStep("requirements.txt", files=("requirements.txt",), constraints=("x<1",), exclude_newer="2024-01-01T00:00:00Z")
     assert step.uv_args("/c.txt") == ["-r", "requirements.txt", "--constraint", "/c.txt", "--exclude-newer", "2024-01-01T00:00:00Z"]
     assert InstallStep("sdk", requirements=("gradio==4.0",)).uv_args("/c.txt") == ["gradio==4.0"]
+    base = InstallStep("base", requirements=("hf-transfer",), exclude_newer="2022-11-15T00:00:00Z", undated=("hf-transfer",))
+    assert base.uv_args(None) == ["hf-transfer", "--exclude-newer", "2022-11-15T00:00:00Z",
+                                  "--exclude-newer-package", "hf-transfer=2999-01-01T00:00:00Z"]
 
 
 @pytest.mark.parametrize("version", ["4.0; rm -rf /", "$(id)", "4 .0", "", "latest"])
