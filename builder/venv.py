@@ -69,7 +69,7 @@ def build_venv(
     venvs.mkdir(parents=True, exist_ok=True)
     env = _uv_env(cache_dir, ca_dir)
     config = _with_available_python(config, env, log)
-    key = environment_key(source, config, owner)
+    key = environment_key(source, config, owner, sandboxed=sandbox is not None)
     final = venvs / key
     if no_cache:
         log("no cache (factory rebuild): building a fresh environment and refreshing downloads")
@@ -87,16 +87,19 @@ def build_venv(
     )
 
 
-def environment_key(source: Path, config: SpaceConfig, owner: str = "") -> str:
+def environment_key(source: Path, config: SpaceConfig, owner: str = "", *, sandboxed: bool = False) -> str:
     """Hash of everything that decides the environment's contents, and whose it is.
 
     Local packages, URLs and sdists make the contents depend on more than the requirements text (and
-    their code ran as the owner's build identity), so an environment is never shared across owners.
+    their code ran as the owner's build identity), so an environment is never shared across owners;
+    nor is one built (and sealed) in the sandbox ever confused with one built without it.
     """
     digest = hashlib.sha256()
     header = {"format": ENV_FORMAT, "python": config.python, "sdk": config.sdk, "sdk_version": config.sdk_version}
     if owner:
         header["owner"] = owner
+    if sandboxed:
+        header["sandboxed"] = True
     digest.update(json.dumps(header, sort_keys=True).encode())
     for name in check_requirement_files(source):
         digest.update(b"\0" + name.encode() + b"\0" + (source / name).read_bytes())

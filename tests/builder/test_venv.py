@@ -106,3 +106,26 @@ def test_missing_python_version_falls_back_with_warning(space: Callable[[str], P
     artifact = build(source, kind="venv", cache_dir=tmp_path, log=log.append)
     assert isinstance(artifact, VenvArtifact) and Path(artifact.command[0]).is_file()
     assert any("Python 3.99" in line and "building with Python 3.11" in line for line in log)
+
+
+def test_environment_key_is_per_owner_and_per_isolation(space: Callable[[str], Path]) -> None:
+    from builder.spaceconfig import load_space_config
+    from builder.venv import environment_key, owner_cache
+
+    source = space("gradio")
+    config = load_space_config(source)
+    alice = environment_key(source, config, "alice", sandboxed=True)
+    assert alice == environment_key(source, config, "alice", sandboxed=True)
+    assert alice != environment_key(source, config, "bob", sandboxed=True)
+    assert alice != environment_key(source, config, "alice")
+    assert owner_cache(Path("/c"), "alice") != owner_cache(Path("/c"), "bob")
+
+
+def test_outside_pointing_requirements_refused_before_uv_runs(space: Callable[[str], Path], tmp_path: Path) -> None:
+    source = space("static")
+    (source / "requirements.txt").write_text("-r /etc/passwd\n")
+    lines: list[str] = []
+    with pytest.raises(BuildFailure) as info:
+        build(source, kind="venv", cache_dir=tmp_path, log=lines.append)
+    assert info.value.stage == "CONFIG_ERROR" and "requirements.txt line 1" in info.value.message
+    assert not any("root:" in line for line in lines) and not (tmp_path / "venvs").exists()
