@@ -143,21 +143,25 @@ def build_python_base(client: docker.DockerClient, version: str, *, progress: Pr
 
 
 def build_from_runtime_images(client: docker.DockerClient, name: str, flavor: str, base: str, *, progress: Progress) -> None:
-    dockerfile = (runtime_images_dir() / flavor / "Dockerfile").read_bytes()
+    folder = runtime_images_dir() / flavor
     progress(f"{name}: building from runtime-images/{flavor}/Dockerfile on {base}")
-    context = _single_file_context("Dockerfile", dockerfile)
+    context = _folder_context(folder)
     run_docker_build(client, context, tag=name, dockerfile="Dockerfile", log=progress,
                      build_args={"BASE_IMAGE": base})
     progress(f"{name}: ready")
 
 
-def _single_file_context(name: str, data: bytes) -> io.BytesIO:
+def _folder_context(folder: Path) -> io.BytesIO:
+    """The files of one runtime-images/<flavor>/ folder (Dockerfile + what it COPYs), deterministic."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mtime = FIXED_MTIME
-        tar.addfile(info, io.BytesIO(data))
+        for path in sorted(p for p in folder.iterdir() if p.is_file()):
+            data = path.read_bytes()
+            info = tarfile.TarInfo(path.name)
+            info.size = len(data)
+            info.mtime = FIXED_MTIME
+            info.mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
+            tar.addfile(info, io.BytesIO(data))
     buffer.seek(0)
     return buffer
 

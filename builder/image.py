@@ -259,6 +259,7 @@ def run_docker_build(
 _STEP = re.compile(r"^Step \d+/\d+ : ")
 _NOISE = re.compile(r"^(?: ---> |Removing intermediate container |Step \d+/\d+ : |\s*$)")
 _EXIT = re.compile(r"returned a non-zero code: (\d+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def failure_summary(step: str, tail: list[str], error: str) -> str:
@@ -266,7 +267,7 @@ def failure_summary(step: str, tail: list[str], error: str) -> str:
     instruction = step.split(" : ", 1)[1].strip() if " : " in step else ""
     if len(instruction) > 160:
         instruction = instruction[:157] + "..."
-    lines = [line.strip() for line in tail if not _NOISE.match(line)]
+    lines = [clean for clean in (_ANSI.sub("", line).strip() for line in tail) if not _NOISE.match(clean)]
     errors = [line for line in lines if re.search(r"error|exception|not found|no such|failed|cannot|unable", line, re.IGNORECASE)]
     cause = (errors or lines or [error])[-1]
     code = _EXIT.search(error)

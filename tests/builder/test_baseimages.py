@@ -135,6 +135,9 @@ def test_failure_summary_names_the_instruction_and_its_last_error_line() -> None
                        "╰─▶ Because torch==1.10.2 has no wheels with a matching Python ABI tag, we can conclude that it cannot be used.")
     assert "Removing intermediate container" not in summary
     assert failure_summary("", [], "pull access denied") == "docker build failed: pull access denied"
+    colored = ["Step 2/3 : RUN apk fix", "\x1b[91mspaceport apk shim: 'apk fix' is not supported; use apt-get", "\x1b[0m"]
+    assert failure_summary(colored[0], colored, "returned a non-zero code: 1").endswith(
+        "(exit code 1): spaceport apk shim: 'apk fix' is not supported; use apt-get")
 
 
 def test_arg_without_value_is_an_error() -> None:

@@ -123,6 +123,23 @@ def test_node_space_builds_on_debians_node_and_serves(client: docker.DockerClien
         container.remove(force=True)
 
 
+def test_alpine_node_dockerfile_builds_with_the_apk_shim(client: docker.DockerClient, tmp_path: Path) -> None:
+    """node:*-alpine Dockerfiles run `apk add`: on the Debian stand-in it installs the Debian packages."""
+    (tmp_path / "README.md").write_text("---\nsdk: docker\napp_port: 3000\n---\n")
+    (tmp_path / "Dockerfile").write_text(
+        "FROM node:18-alpine AS base\nRUN apk add --no-cache libc6-compat jq=1.6-r0 && jq --version && yarn --version\n"
+        "RUN addgroup --system --gid 1001 nodejs && adduser --system --uid 1001 nextjs\nUSER nextjs\n")
+    log: list[str] = []
+    image_build(client, tmp_path, "spaceport/test-builder-alpine:a", log, no_cache=True)
+    assert any("alpine variant is replaced by a Debian one" in line for line in log)
+    assert any("spaceport apk shim: apt-get install jq" in line for line in log), log[-20:]
+    assert any(line.startswith("jq-1.") for line in log), log[-20:]
+    with pytest.raises(BuildFailure) as info:
+        (tmp_path / "Dockerfile").write_text("FROM node:18-alpine\nRUN apk fix\n")
+        image_build(client, tmp_path, "spaceport/test-builder-alpine:b", [])
+    assert "use apt-get" in info.value.message.splitlines()[0], info.value.message
+
+
 def test_cjk_file_names_build_and_land_intact(client: docker.DockerClient, tmp_path: Path) -> None:
     """Non-ASCII names (ModelScope/HF repos have many) in the build context, the Dockerfile and .dockerignore."""
     (tmp_path / "README.md").write_text("---\nsdk: docker\n---\n")
