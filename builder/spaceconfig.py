@@ -24,6 +24,8 @@ DEFAULT_PORT = 7860
 DEFAULT_STARTUP_TIMEOUT = 30 * 60
 MAX_README_BYTES = 1024 * 1024
 MAX_MS_DEPLOY_BYTES = 64 * 1024
+MAX_FRONT_MATTER_BYTES = 64 * 1024
+MAX_FRONT_MATTER_NODES = 10_000
 README = "README.md"
 MS_DEPLOY = "ms_deploy.json"
 
@@ -83,8 +85,11 @@ def parse_front_matter(text: str, filename: str = README) -> dict[str, Any]:
 
 
 def _load_yaml(block: str, filename: str) -> dict[str, Any]:
+    if len(block.encode("utf-8", errors="replace")) > MAX_FRONT_MATTER_BYTES:
+        raise SpaceConfigError(CONFIG_ERROR, f"{filename}: the YAML front matter is larger than "
+                               f"{MAX_FRONT_MATTER_BYTES // 1024} KB; move long text below the closing '---'")
     try:
-        data = yaml.safe_load(block)
+        data = _bounded_safe_load(block, filename)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 2 if mark is not None else 1  # +1 for 1-based, +1 for the opening '---'
@@ -97,6 +102,38 @@ def _load_yaml(block: str, filename: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpaceConfigError(CONFIG_ERROR, f"{filename}: the front matter must be a YAML mapping of keys (sdk: gradio, ...)")
     return data
+
+
+def _bounded_safe_load(block: str, filename: str) -> Any:
+    """yaml.safe_load that refuses alias bombs: the document, with every alias expanded, may hold at
+    most MAX_FRONT_MATTER_NODES nodes (a few anchors reused a few times pass; a 340-byte bomb does not)."""
+    loader = yaml.SafeLoader(block)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_FRONT_MATTER_NODES:
+            raise SpaceConfigError(CONFIG_ERROR, f"{filename}: the YAML front matter expands to more than "
+                                   f"{MAX_FRONT_MATTER_NODES} values through anchors and aliases (&name / *name); "
+                                   "write the values out instead of reusing them")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Number of nodes once aliases are expanded (aliased nodes are shared objects: memoized by id)."""
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    memo[id(node)] = MAX_FRONT_MATTER_NODES + 1  # a recursive alias counts as too big
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    memo[id(node)] = size = min(size, MAX_FRONT_MATTER_NODES + 1)
+    return size
 
 
 def parse_duration(value: object) -> int:

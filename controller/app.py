@@ -8,7 +8,6 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -29,6 +28,7 @@ from controller.proxy.middleware import ProxyMiddleware
 from controller.proxy.routes import RouteTable
 from controller.runtimes.base import Runtime
 from controller.runtimes.factory import make_runtime, untrusted_push_refusal
+from controller.runtimes.posture import security_posture
 from controller.services.access import SpaceAccess
 from controller.services.accounts import TOKEN_PREFIX
 from controller.services.platform import Platform
@@ -50,29 +50,20 @@ def _error_response(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({**exc.extra, "error": exc.message, "code": exc.code}, status_code=exc.status, headers=headers)
 
 
-def log_app_isolation(settings: Settings) -> None:
-    """Say at start how app content is kept off the platform's origin, and warn where it is not."""
-    apps = (settings.apps_domain or "localhost").lower().strip(".")
-    site = (urlsplit(settings.public_url).hostname or "localhost").lower()
-    log.info("App isolation: apps on their own hosts (OWNER-NAME.%s); path URLs /apps/...: %s",
-             apps, settings.path_apps)
-    if settings.path_apps == "trusted":
-        log.warning("SPACEPORT_PATH_APPS=trusted: apps opened by /apps/... URLs run on the platform's origin "
-                    "and can act as their visitors; use 'redirect' unless every space owner is trusted.")
-    if apps != "localhost" and apps.split(".")[-2:] == site.split(".")[-2:]:
-        log.warning("APPS_DOMAIN %s shares a parent domain with the platform (%s): apps can set cookies the "
-                    "platform receives. Serve apps from a domain of their own (like hf.space next to "
-                    "huggingface.co).", apps, site)
+def log_posture(settings: Settings, runtime: Runtime) -> None:
+    """Say at start how untrusted code is contained, how app origins are kept apart, and egress."""
+    for line in security_posture(settings, runtime):
+        (log.warning if line.startswith("WARNING") else log.info)("Security posture: %s", line)
 
 
 def create_app(settings: Settings, *, platform: Platform | None = None, runtime: Runtime | None = None) -> FastAPI:
     """Build the app. Nothing is created at import time; everything hangs off app.state."""
     platform = platform or Platform(settings)
-    log_app_isolation(settings)
     celery = make_celery(settings)
     platform.enqueue_build = lambda build_id: celery.send_task("spaceport.build", args=[build_id])
     runtime = runtime or make_runtime(settings)
     platform.untrusted_push_refusal = untrusted_push_refusal(settings, runtime)
+    log_posture(settings, runtime)
     routes, activity = RouteTable(), ThrottledActivity(interval=5.0)
     reconciler = Reconciler(platform, runtime, routes, activity, interval=settings.reconcile_interval)
     platform.kick = reconciler.kick

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -106,6 +107,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: DataDir = None,
         os.environ["SPACEPORT_PUBLIC_URL"] = f"http://{'localhost' if host in ('0.0.0.0', '127.0.0.1') else host}:{port}"
         settings = Settings()
     Platform(settings).migrate()
+    _log_to_stderr()
     children = [_spawn_worker(settings, beat=True)] if worker else []
     err.print(f"Spaceport on [bold]{settings.public_url}[/bold], data in {settings.data_dir}")
     try:
@@ -120,6 +122,16 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: DataDir = None,
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+def _log_to_stderr() -> None:
+    """Spaceport's own INFO logs (security posture, reconciler decisions) next to uvicorn's."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+    root = logging.getLogger("controller")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
 
 
 def _spawn_worker(settings: Settings, *, beat: bool) -> subprocess.Popen[bytes]:
