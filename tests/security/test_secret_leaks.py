@@ -41,6 +41,7 @@ TOKEN = f"sk-live-{uuid.uuid4().hex}"
 PEM_BODY = [base64.b64encode(secrets.token_bytes(48)).decode() for _ in range(4)]
 PEM = "\n".join(["-----BEGIN PRIVATE KEY-----", *PEM_BODY, "-----END PRIVATE KEY-----"])
 REG_TOKEN = f"zq-leak-{uuid.uuid4().hex[:20]}"  # a valid package name: the owner pasted it into requirements.txt
+RUN_ID = uuid.uuid4().hex[:12]
 SETTLED = {"RUNNING", "BUILD_ERROR", "RUNTIME_ERROR", "CONFIG_ERROR"}
 
 CRASH_APP = (
@@ -75,7 +76,7 @@ BAD_REQS = {
         "README.md": "---\ntitle: Reqs\nsdk: docker\napp_port: 8080\n---\n",
         "Dockerfile": (
             "FROM python:3.11-slim\nARG PUBLIC_VAR\nARG REG_TOKEN\n"
-            "RUN echo \"build args: var=[$PUBLIC_VAR] token=[$REG_TOKEN]\"\n"
+            f"RUN echo \"build args ({RUN_ID}): var=[$PUBLIC_VAR] token=[$REG_TOKEN]\"\n"  # never a cached step
             "COPY requirements.txt .\nRUN pip install --no-index -r requirements.txt\n"
         ),
         "app.py": "print('never runs')\n", "requirements.txt": f"{REG_TOKEN}==1.0\n",
@@ -235,7 +236,7 @@ def test_failed_build_shows_no_secret(stack: Stack, bad_reqs: str) -> None:
     texts = db_texts(stack)
     assert {name: found for name, text in texts.items() if (found := leaks(text, forms))} == {}
     if stack.runtime == "docker":  # variables are build arguments, secrets never are
-        assert "build args: var=[visible] token=[]" in build
+        assert f"build args ({RUN_ID}): var=[visible] token=[]" in build
 
 
 # ----------------------------------------------------------------------------- the services, on SQLite
