@@ -22,7 +22,7 @@ from tests.support.server import LiveServer, make_server
 from tests.support.spaces import wait_stage
 from web.context import require_csrf
 
-pytestmark = pytest.mark.xdist_group("live-access")
+pytestmark = [pytest.mark.xdist_group("live-access"), pytest.mark.timeout(900)]  # live builds on a loaded machine
 
 PASSWORD = "correct-horse-1"
 STATIC = {"README.md": "---\nsdk: static\nstartup_duration_timeout: 1m\n---\n", "index.html": "<h1>private page</h1>"}
@@ -33,7 +33,7 @@ VOLATILE = {"last_used_at", "last_activity_at", "heartbeat_at"}  # touched by re
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    srv = make_server(tmp_path_factory.mktemp("access")).start()
+    srv = make_server(tmp_path_factory.mktemp("access")).start(timeout=300)  # a bound on a loaded machine
     yield srv
     srv.stop()
 
@@ -111,6 +111,9 @@ def test_private_space_cannot_be_cloned_by_others(server: LiveServer, tokens: di
 
 def test_private_app_is_404_through_the_proxy_for_others(server: LiveServer, tokens: dict[str, str], private_space: str) -> None:
     assert host_get(server, "/", tokens["alice"]).text == "<h1>private page</h1>"
+    as_gradio_client = httpx.get(f"{server.url}/", timeout=30, headers={  # gradio_client >= 1 sends it so
+        "Host": f"alice-priv.localhost:{server.port}", "X-HF-Authorization": f"Bearer {tokens['alice']}"})
+    assert as_gradio_client.text == "<h1>private page</h1>"
     moved = bearer(server, "GET", "/apps/alice/priv/x?y=1", tokens["alice"])  # app content never on this origin
     assert (moved.status_code, moved.headers["location"]) == (307, f"http://alice-priv.localhost:{server.port}/x?y=1")
     with logged_in(server, "bob") as bob:

@@ -69,7 +69,7 @@ def post_form(client: httpx.Client, page_url: str, action: str, data: dict[str, 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    server = make_server(tmp_path_factory.mktemp("web")).start()
+    server = make_server(tmp_path_factory.mktemp("web")).start(timeout=300)  # a bound on a loaded machine
     tokens = {
         "alice": server.create_user("alice", password=PASSWORD),
         "bob": server.create_user("bob", password=PASSWORD),

@@ -229,3 +229,25 @@ def test_ui_routes_leave_api_git_and_health_alone(world: Site) -> None:
     assert httpx.get(f"{world.url}/static/spaceport.css").status_code == 200
     owner = httpx.get(f"{world.url}/alice")
     assert owner.status_code == 200 and "/spaces/alice/demo" in owner.text and "alice/hidden" not in owner.text
+
+
+def test_private_space_page_links_its_host_url_and_embeds_it_through_the_bridge(world: Site) -> None:
+    host = f"http://alice-hidden.localhost:{world.server.port}"
+    with world.client("alice") as alice:
+        page = alice.get("/spaces/alice/hidden").text
+        assert f'href="{host}/"' in page and "/apps/alice/hidden" not in page
+        assert 'src="/auth/app?space=alice/hidden&amp;next=%2F&amp;embed=1"' in page
+        bridge = alice.get("/auth/app?space=alice/hidden&next=/index.html%3Fa%3D1")
+        assert bridge.status_code == 303 and bridge.headers["cache-control"] == "no-store"
+        assert bridge.headers["location"].startswith(f"{host}/__spaceport__/auth?token=")
+        assert bridge.headers["location"].endswith("&next=%2Findex.html%3Fa%3D1")
+        for evil in ("//evil.example/", "https://evil.example/", "/\t/evil.example"):
+            moved = alice.get("/auth/app", params={"space": "alice/hidden", "next": evil})
+            assert moved.headers["location"].endswith("&next=%2F"), evil
+    with world.client() as guest:
+        moved = guest.get("/auth/app?space=alice/hidden&next=/")
+        assert moved.status_code == 303 and moved.headers["location"].startswith("/login?next=")
+    with world.client("bob") as bob:
+        for space in ("alice/hidden", "alice/nope", "nonsense"):
+            response = bob.get(f"/auth/app?space={space}&next=/")
+            assert response.status_code == 404 and "token=" not in response.text
