@@ -88,9 +88,18 @@ class BubblewrapBuildSandbox:
     cgroup_procs: tuple[str, ...] = ()
     _name: str = field(default_factory=lambda: f"build-{uuid.uuid4().hex[:12]}")
     _cgroups: Cgroups | None = None
+    _started: bool = False
 
     # ---------------------------------------------------------------- lifecycle
     def open(self) -> BubblewrapBuildSandbox:
+        """Cheap: the uid, namespace, proxy and cgroup are set up on first use, so a build that reuses an
+        environment (a code-only push) pays nothing for them."""
+        return self
+
+    def _ensure(self) -> None:
+        if self._started:
+            return
+        self._started = True
         self.uid = sandbox.space_uid(self.config.registry, f"build|{self.config.key_prefix}|{self.owner}")
         sandbox.write_identity(self.etc_dir, self.uid)
         if self.config.network:
@@ -104,7 +113,6 @@ class BubblewrapBuildSandbox:
             self.cgroup_procs = tuple(str(p) for p in cgroups.create(
                 self._name, Limits(memory_bytes=lim.memory_bytes, pids=lim.pids, cpu=lim.cpus)))
             self._cgroups = cgroups
-        return self
 
     def close(self) -> None:
         if self.proxy is not None:
@@ -127,6 +135,7 @@ class BubblewrapBuildSandbox:
 
     # ---------------------------------------------------------------- BuildSandbox
     def describe(self) -> str:
+        self._ensure()
         egress = f"egress only to {', '.join(self.config.allow_hosts)} via proxy" if self.slot else "no network"
         limits = "cgroup + rlimits" if self.cgroup_procs else "rlimits"
         return f"bubblewrap, uid {self.uid}, no view of the data dir or other spaces, {egress}, {limits}"
@@ -136,6 +145,7 @@ class BubblewrapBuildSandbox:
         seeded from a trusted cache: hardlinked files keep their (root) owner and mode, so they stay
         read-only to the build uid; only the directories (and lock files, which uv opens for writing)
         become its own."""
+        self._ensure()
         info = path.lstat()
         if info.st_uid == self.uid and not stat.S_ISLNK(info.st_mode):
             return
@@ -170,6 +180,7 @@ class BubblewrapBuildSandbox:
 
     def wrap(self, argv: Sequence[str], *, writable: Mapping[Path, Path], readonly: Sequence[Path],
              env: Mapping[str, str], cwd: Path) -> tuple[list[str], dict[str, str]]:
+        self._ensure()
         inner = dict(env)
         if self.slot is not None:
             proxy = f"http://{self.slot.host_ip}:{buildnet.BUILD_PROXY_PORT}"

@@ -353,7 +353,7 @@ def test_build_argv_uses_absolute_launchers_a_fixed_host_env_and_never_binds_pro
     protected = (data / "secret.key", data / "repos")
     config = BuildBoxConfig(registry=tmp_path / "reg", identity_dir=tmp_path / "ids", protected=protected,
                             key_prefix=str(data), allow_hosts=("pypi.org",), network=False)
-    box = BubblewrapBuildSandbox(config, "mallory", lambda _line: None, uid=123_456)
+    box = BubblewrapBuildSandbox(config, "mallory", lambda _line: None, uid=123_456, _started=True)
     venv, src = tmp_path / "art" / "venv", tmp_path / "art" / "src"
     argv, env = box.wrap(["/x/uv", "pip", "install"], writable={venv: venv}, readonly=[src],
                          env={"PATH": "/usr/bin", "LD_PRELOAD": "/evil.so"}, cwd=src)
