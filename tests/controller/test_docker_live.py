@@ -21,7 +21,7 @@ from controller.runtimes.docker import LABEL_SITE, site_id
 from controller.services.platform import Platform
 from controller.services.sleep import sweep
 from tests.support.images import ensure_base_images
-from tests.support.server import LiveServer, make_server
+from tests.support.server import TRUSTED_PATHS, LiveServer, make_server
 from tests.support.spaces import push_fixture, wait_stage
 
 pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("live-docker")]
@@ -39,7 +39,7 @@ def engine(docker_host: str) -> Iterator[docker.DockerClient]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, docker_host: str, engine: docker.DockerClient) -> Iterator[LiveServer]:
-    srv = make_server(tmp_path_factory.mktemp("docker-run"), SPACEPORT_RUNTIME="docker",
+    srv = make_server(tmp_path_factory.mktemp("docker-run"), SPACEPORT_RUNTIME="docker", SPACEPORT_PATH_APPS=TRUSTED_PATHS,
                       SPACEPORT_DOCKER_HOST=docker_host).start()
     SITE[:] = [site_id(srv.data_dir)]
     try:

@@ -22,7 +22,7 @@ from controller.db.models import utcnow
 from controller.services.platform import Platform
 from controller.services.sleep import sweep
 from tests.support.gitrepo import commit_file, push, remote
-from tests.support.server import LiveServer, make_server
+from tests.support.server import TRUSTED_PATHS, LiveServer, make_server
 from tests.support.spaces import app_pid, push_fixture, start_count, wait_stage
 
 pytestmark = pytest.mark.xdist_group("live-run")
@@ -31,7 +31,7 @@ RERUN_SCRIPT = b"Z\x00"  # Streamlit BackMsg{rerun_script: {}}: what a browser s
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    srv = make_server(tmp_path_factory.mktemp("run")).start()
+    srv = make_server(tmp_path_factory.mktemp("run"), SPACEPORT_PATH_APPS=TRUSTED_PATHS).start()
     yield srv
     srv.stop()
 

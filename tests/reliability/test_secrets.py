@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.support.gitrepo import git, make_repo, push, remote
-from tests.support.server import LiveServer, make_server
+from tests.support.server import TRUSTED_PATHS, LiveServer, make_server
 from tests.support.spaces import wait_stage
 
 pytestmark = pytest.mark.xdist_group("live-secrets")
@@ -46,7 +46,7 @@ RUNNING = {"RUNNING", "BUILD_ERROR", "RUNTIME_ERROR", "CONFIG_ERROR"}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    srv = make_server(tmp_path_factory.mktemp("secrets")).start()
+    srv = make_server(tmp_path_factory.mktemp("secrets"), SPACEPORT_PATH_APPS=TRUSTED_PATHS).start()
     yield srv
     srv.stop()
 

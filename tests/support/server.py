@@ -15,6 +15,9 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+# Tests that exercise path-based app URLs (/apps/OWNER/NAME/) opt in to them, as a trusted site would:
+# the default redirects them to host URLs (tests/security/test_app_isolation.py proves that).
+TRUSTED_PATHS = "trusted"
 
 
 def free_port() -> int:
