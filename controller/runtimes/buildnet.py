@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from controller.runtimes import netns
 
@@ -27,20 +28,9 @@ MAX_BUILD_SLOT = BUILD_SUBNET.num_addresses // 4 - 1
 class BuildSlot(netns.Slot):
     """Like Slot, on BUILD_SUBNET with `spbN{h,c}` interfaces and namespace `spaceport-build-N`."""
 
-    @property
-    def netns(self) -> str:
-        return f"spaceport-build-{self.index}"
-
-    @property
-    def host_if(self) -> str:
-        return f"{BUILD_IFACE_PREFIX}{self.index}h"
-
-    @property
-    def app_if(self) -> str:
-        return f"{BUILD_IFACE_PREFIX}{self.index}c"
-
-    def _addr(self, offset: int) -> str:
-        return str(BUILD_SUBNET.network_address + 4 * self.index + offset)
+    subnet: ClassVar[ipaddress.IPv4Network] = BUILD_SUBNET
+    iface_prefix: ClassVar[str] = BUILD_IFACE_PREFIX
+    namespace_prefix: ClassVar[str] = "spaceport-build-"
 
 
 def ensure_build_firewall(proxy_port: int = BUILD_PROXY_PORT) -> None:

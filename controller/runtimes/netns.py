@@ -29,6 +29,7 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from controller.runtimes import hosttools
 
@@ -57,22 +58,27 @@ class NetworkSetupError(RuntimeError):
 
 @dataclass(frozen=True)
 class Slot:
+    """The N-th /30 of `subnet`: namespace `{namespace_prefix}N`, interfaces `{iface_prefix}N{h,c}`."""
+
     index: int
+    subnet: ClassVar[ipaddress.IPv4Network] = SUBNET
+    iface_prefix: ClassVar[str] = IFACE_PREFIX
+    namespace_prefix: ClassVar[str] = "spaceport-"
 
     @property
     def netns(self) -> str:
-        return f"spaceport-{self.index}"
+        return f"{self.namespace_prefix}{self.index}"
 
     @property
     def host_if(self) -> str:
-        return f"{IFACE_PREFIX}{self.index}h"
+        return f"{self.iface_prefix}{self.index}h"
 
     @property
     def app_if(self) -> str:
-        return f"{IFACE_PREFIX}{self.index}c"
+        return f"{self.iface_prefix}{self.index}c"
 
     def _addr(self, offset: int) -> str:
-        return str(SUBNET.network_address + 4 * self.index + offset)
+        return str(self.subnet.network_address + 4 * self.index + offset)
 
     @property
     def host_ip(self) -> str:
