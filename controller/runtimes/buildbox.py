@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import stat
 import subprocess
 import uuid
@@ -142,30 +143,43 @@ class BubblewrapBuildSandbox:
 
     def prepare(self, path: Path, seed: Path | None = None) -> None:
         """Make `path` (a fresh dir, or a tree the builder just copied) the build uid's; a fresh one may be
-        seeded from a trusted cache: hardlinked files keep their (root) owner and mode, so they stay
-        read-only to the build uid; only the directories (and lock files, which uv opens for writing)
-        become its own."""
+        seeded from a trusted cache by hardlinks.
+
+        A hardlinked file's inode is the seed's (and every other owner's cache seeded from it): it is never
+        chowned or chmodded here, so it stays root-owned and read-only to the build uid. Directories, and
+        the files uv opens for writing (markers, locks), become the build uid's own; so does any shared
+        file not owned by root (a seed polluted elsewhere is never trusted in place). Concurrent builds of
+        one owner share the cache: preparing is serialized per path, and the top directory changes owner
+        last, so nobody starts on a half-seeded cache."""
         self._ensure()
-        info = path.lstat()
-        if info.st_uid == self.uid and not stat.S_ISLNK(info.st_mode):
-            return
-        seeded = seed is not None and seed.is_dir() and not any(path.iterdir())
-        if seeded:
-            assert seed is not None
-            done = subprocess.run([CP, "-al", "--", f"{seed}/.", str(path)], env=HOST_ENV, capture_output=True,
-                                  text=True, check=False)
-            if done.returncode != 0:
-                log.warning("seeding %s from %s failed: %s", path, seed, done.stderr.strip())
-        for entry in _walk(path):
-            kind = entry.lstat().st_mode
-            if not seeded or stat.S_ISDIR(kind):
-                os.lchown(entry, self.uid, self.uid)
-            elif stat.S_ISREG(kind) and (entry.name.startswith(".") or entry.name in SEED_PRIVATE):
-                data = entry.read_bytes()  # markers and locks uv opens for writing: a private copy
-                entry.unlink()
-                entry.write_bytes(data)
-                os.lchown(entry, self.uid, self.uid)
-        os.chmod(path, 0o700)  # other owners' builds cannot even read it
+        with sandbox.locked(path.parent / f".{path.name}.prepare.lock"):
+            info = path.lstat()
+            if info.st_uid == self.uid and not stat.S_ISLNK(info.st_mode):
+                return
+            if seed is not None and seed.is_dir() and not any(path.iterdir()):
+                _link_seed(seed, path)
+            copied = sum(self._own(entry) for entry in _walk(path) if entry != path)
+            if copied:
+                log.warning("%s: %d shared cache files were not root-owned; the build got private copies", path, copied)
+            os.lchown(path, self.uid, self.uid)
+            os.chmod(path, 0o700)  # other owners' builds cannot even read it
+
+    def _own(self, entry: Path) -> bool:
+        """Give one entry to the build uid without touching a shared inode; True if a polluted shared file
+        was replaced by a private copy."""
+        info = entry.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            return False  # a link's owner grants nothing; the build can replace it (it owns the directory)
+        if stat.S_ISDIR(info.st_mode) or info.st_nlink == 1:
+            os.lchown(entry, self.uid, self.uid)
+            return False
+        if not stat.S_ISREG(info.st_mode):
+            return False
+        private = entry.name.startswith(".") or entry.name in SEED_PRIVATE  # uv opens these for writing
+        polluted = info.st_uid != 0 or bool(info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+        if private or polluted:
+            _private_copy(entry, self.uid)
+        return polluted and not private
 
     def seal(self, path: Path) -> None:
         """Root-owned, world-readable, writable by no one else, no setuid/setgid: no build uid can change
@@ -195,6 +209,22 @@ class BubblewrapBuildSandbox:
         net = [NSENTER, f"--net={self.slot.netns_path}", "--"] if self.slot is not None else []
         head = [SH, "-c", JOIN_CGROUPS, "spaceport-build", *self.cgroup_procs, "--"] if self.cgroup_procs else []
         return [*head, *net, *rlimits, *bwrap], dict(HOST_ENV)
+
+
+def _link_seed(seed: Path, path: Path) -> None:
+    done = subprocess.run([CP, "-al", "--", f"{seed}/.", str(path)], env=HOST_ENV, capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        log.warning("seeding %s from %s failed: %s", path, seed, done.stderr.strip())
+
+
+def _private_copy(entry: Path, uid: int) -> None:
+    """Replace a hardlink by a copy of its own, owned by uid (the shared inode is left as it was)."""
+    tmp = entry.with_name(f".{entry.name}.{uuid.uuid4().hex[:8]}.copy")
+    shutil.copy2(entry, tmp, follow_symlinks=False)
+    os.chmod(tmp, stat.S_IMODE(tmp.lstat().st_mode) & 0o755)
+    os.lchown(tmp, uid, uid)
+    os.replace(tmp, entry)
 
 
 def _walk(root: Path) -> Iterator[Path]:

@@ -13,6 +13,7 @@ All with real bubblewrap, real uv and (for the end-to-end test) a real `spacepor
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import socket
@@ -30,7 +31,13 @@ from builder.build import build
 from builder.errors import CONFIG_ERROR, BuildFailure
 from builder.venv import owner_cache
 from controller.config import Settings
-from controller.runtimes.buildbox import build_box_config, build_sandbox_status, open_build_sandbox
+from controller.runtimes.buildbox import (
+    BubblewrapBuildSandbox,
+    BuildBoxConfig,
+    build_box_config,
+    build_sandbox_status,
+    open_build_sandbox,
+)
 from tests.support.server import LiveServer, make_server
 from tests.support.spaces import push_fixture, wait_stage
 from tests.support.tiers import missing
@@ -264,6 +271,67 @@ def test_c_a_seeded_owner_cache_cannot_change_the_trusted_seed(sandboxed: None, 
     assert (seed / "archive-v0" / "abc" / "mod.py").read_text() == "TRUSTED = 1\n"
     assert (cache / "archive-v0" / "abc" / "mod.py").stat().st_ino == (seed / "archive-v0" / "abc" / "mod.py").stat().st_ino
     assert (seed / "archive-v0" / "abc" / "mod.py").stat().st_uid == 0 and not (seed / "planted").exists()
+
+
+def _seed_tree(seed: Path) -> dict[Path, tuple[int, int]]:
+    """A small uv-like cache; returns each file's (uid, mode) as the trusted seed has it."""
+    for rel, text in {"CACHEDIR.TAG": "Signature", ".lock": "", "sdists-v11/.git": "", "archive-v0/abc/mod.py": "T = 1\n",
+                      "archive-v0/abc/bin/tool": "#!/bin/sh\n"}.items():
+        (seed / rel).parent.mkdir(parents=True, exist_ok=True)
+        (seed / rel).write_text(text)
+    (seed / "archive-v0" / "abc" / "bin" / "tool").chmod(0o755)
+    return {f: (f.lstat().st_uid, f.lstat().st_mode) for f in seed.rglob("*") if f.is_file()}
+
+
+def _box(tmp_path: Path, uid: int) -> BubblewrapBuildSandbox:
+    config = BuildBoxConfig(registry=tmp_path / "reg", identity_dir=tmp_path / "ids", protected=(),
+                            key_prefix=str(tmp_path), allow_hosts=(), network=False)
+    return BubblewrapBuildSandbox(config, "mallory", lambda _line: None, uid=uid, _started=True)
+
+
+def test_c_preparing_an_owner_cache_again_never_changes_the_seeds_files(sandboxed: None, tmp_path: Path) -> None:
+    """The CI failure of stop 22: a cache prepared again (another build uid, or a second build racing the
+    first) chowned every file, hardlinks of the seed included, so the seed itself became a build uid's and
+    the next owner's build could not open its own cache (`sdists-v11/.git: Permission denied`)."""
+    seed, cache = tmp_path / "seed", tmp_path / "cache"
+    trusted = _seed_tree(seed)
+    cache.mkdir()
+    _box(tmp_path, 123_401).prepare(cache, seed=seed)
+    _box(tmp_path, 123_402).prepare(cache, seed=seed)  # the same cache, another uid: re-prepared in place
+    assert {f: (f.lstat().st_uid, f.lstat().st_mode) for f in trusted} == trusted
+    assert (cache / "archive-v0" / "abc" / "mod.py").stat().st_ino == (seed / "archive-v0" / "abc" / "mod.py").stat().st_ino
+    for private in (cache / ".lock", cache / "sdists-v11" / ".git", cache / "CACHEDIR.TAG"):
+        assert private.lstat().st_uid == 123_402 and private.lstat().st_nlink == 1, private
+    assert cache.lstat().st_uid == 123_402 and (cache / "sdists-v11").lstat().st_uid == 123_402
+
+
+def test_c_concurrent_builds_of_one_owner_both_get_a_whole_cache(sandboxed: None, tmp_path: Path) -> None:
+    seed, cache = tmp_path / "seed", tmp_path / "cache"
+    trusted = _seed_tree(seed)
+    for n in range(300):  # enough files that the first seeding is still running when the second starts
+        (seed / "archive-v0" / f"pkg{n}").mkdir()
+        (seed / "archive-v0" / f"pkg{n}" / "m.py").write_text("x = 1\n")
+    cache.mkdir()
+    boxes = [_box(tmp_path, 123_403), _box(tmp_path, 123_403)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda box: box.prepare(cache, seed=seed), boxes))
+    assert {f: (f.lstat().st_uid, f.lstat().st_mode) for f in trusted} == trusted
+    assert (cache / "sdists-v11" / ".git").lstat().st_uid == 123_403
+    assert len(list((cache / "archive-v0").iterdir())) == 301
+
+
+def test_c_a_polluted_seed_file_is_copied_not_trusted_in_place(sandboxed: None, tmp_path: Path) -> None:
+    seed, cache = tmp_path / "seed", tmp_path / "cache"
+    _seed_tree(seed)
+    polluted = seed / "archive-v0" / "abc" / "mod.py"
+    os.chown(polluted, 4242, 4242)  # written by some build uid: not the trusted seed any more
+    cache.mkdir()
+    _box(tmp_path, 123_404).prepare(cache, seed=seed)
+    mine = cache / "archive-v0" / "abc" / "mod.py"
+    assert mine.stat().st_ino != polluted.stat().st_ino and mine.stat().st_uid == 123_404
+    assert polluted.stat().st_uid == 4242 and mine.read_text() == "T = 1\n"
+    tool = cache / "archive-v0" / "abc" / "bin" / "tool"
+    assert tool.stat().st_uid == 0 and tool.stat().st_mode & 0o111  # untouched hardlink, still executable
 
 
 # ---------------------------------------------------------------- end to end through `spaceport serve`
