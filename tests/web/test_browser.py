@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from tests.support.spaces import wait_stage
 from tests.web.conftest import FIXTURES, PASSWORD, SCREENSHOTS, Site
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("web-browser")]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+FAILED = {"BUILD_ERROR", "CONFIG_ERROR", "RUNTIME_ERROR"}  # a fresh space is NO_APP_FILE until the push lands
 BUILD_TIMEOUT_MS = 540_000  # a cold sandboxed gradio build (per-owner cache copied from the seed) on 2 cores
 
 
@@ -94,8 +96,9 @@ def test_watch_build_live_then_use_the_gradio_app(site: Site, pages: dict[str, P
     site.push("alice", "greet", FIXTURES / "gradio", tmp_path / "greet")
     expect(page.locator("#build-log")).not_to_be_empty(timeout=60_000)  # lines stream in while building
     shot(page, "03-build-log-streaming")
-    badge = page.locator(".space-head .badge")
-    expect(badge).to_have_text("RUNNING", timeout=BUILD_TIMEOUT_MS)
+    state = wait_stage(site.server, "alice/greet", {"RUNNING", *FAILED}, timeout=BUILD_TIMEOUT_MS / 1000)
+    assert state["stage"] == "RUNNING", f"{state}\n{site.server.logs()[-4000:]}"  # the build's own error, if any
+    expect(page.locator(".space-head .badge")).to_have_text("RUNNING")  # the page followed without a reload
     shot(page, "04-running")
     page.get_by_role("link", name="App", exact=True).click()
     app = page.frame_locator("#app-frame")
