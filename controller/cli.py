@@ -110,6 +110,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: DataDir = None,
     _log_to_stderr()
     children = [_spawn_worker(settings, beat=True)] if worker else []
     err.print(f"Spaceport on [bold]{settings.public_url}[/bold], data in {settings.data_dir}")
+    # uvicorn shuts down on SIGTERM, then restores the previous handler and raises the signal again: with
+    # the default handler the process would die there, before `finally` stops the embedded worker.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info", loop="uvloop",
                     http="httptools", ws="websockets", timeout_graceful_shutdown=5,
@@ -122,6 +125,10 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: DataDir = None,
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _log_to_stderr() -> None:
