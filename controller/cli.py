@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from controller import cli_admin
+from controller.cliopts import DataDir, platform_for, settings_for
 from controller.config import Settings
 from controller.domain.errors import SpaceportError
 from controller.services import accounts
@@ -32,21 +32,6 @@ app.add_typer(cli_admin.accel_app, name="accelerators")
 app.command()(cli_admin.logs)
 app.command("remove-all-instances")(cli_admin.remove_all_instances)
 err = Console(stderr=True)
-
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (default $SPACEPORT_DATA_DIR or ./.spaceport)")]
-
-
-def settings_for(data_dir: Path | None = None, **overrides: object) -> Settings:
-    if data_dir is not None:
-        os.environ["SPACEPORT_DATA_DIR"] = str(data_dir.resolve())
-    return Settings(**overrides)  # type: ignore[arg-type]
-
-
-def platform_for(data_dir: Path | None) -> Platform:
-    platform = Platform(settings_for(data_dir))
-    platform.migrate()
-    return platform
-
 
 def fail(message: str) -> None:
     err.print(f"[red]error:[/red] {message}")

@@ -12,22 +12,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from controller.cliopts import DataDir, platform_for, settings_for
 from controller.config import Settings
 from controller.domain.errors import SpaceportError
 from controller.services import quotas
-from controller.services.platform import Platform
 
 out = Console()
 err = Console(stderr=True)
 images_app = typer.Typer(help="Base images for container builds.", no_args_is_help=True)
 quota_app = typer.Typer(help="Accelerator quotas per user or organization.", no_args_is_help=True)
 accel_app = typer.Typer(help="Accelerator inventory (local and docker runtimes).", no_args_is_help=True)
-
-
-def _platform() -> Platform:
-    platform = Platform(Settings())
-    platform.migrate()
-    return platform
 
 
 def _fail(message: str) -> None:
@@ -56,12 +50,13 @@ def logs(space: Annotated[str, typer.Argument(help="OWNER/NAME")], build: bool =
 
 
 @images_app.command("bootstrap")
-def images_bootstrap(python: Annotated[list[str] | None, typer.Option("--python", help="Python versions")] = None) -> None:
+def images_bootstrap(python: Annotated[list[str] | None, typer.Option("--python", help="Python versions")] = None,
+                     data_dir: DataDir = None) -> None:
     """Build the local base images from Debian packages (no registry needed). Idempotent."""
     from builder.bootstrap import bootstrap_images
     from controller.runtimes.factory import docker_client
 
-    settings = Settings()
+    settings = settings_for(data_dir)
     client = docker_client(settings.docker_host)
     with err.status("bootstrapping base images") as status:
         def progress(line: str) -> None:
@@ -74,9 +69,9 @@ def images_bootstrap(python: Annotated[list[str] | None, typer.Option("--python"
 
 
 @quota_app.command("set")
-def quota_set(owner: str, accelerator: str, limit: int) -> None:
+def quota_set(owner: str, accelerator: str, limit: int, data_dir: DataDir = None) -> None:
     """Let OWNER hold at most LIMIT devices of ACCELERATOR (e.g. nvidia-t4) at once."""
-    platform = _platform()
+    platform = platform_for(data_dir)
     try:
         with platform.tx() as session:
             quotas.set_quota(session, platform, owner, accelerator, limit)
@@ -86,8 +81,8 @@ def quota_set(owner: str, accelerator: str, limit: int) -> None:
 
 
 @quota_app.command("list")
-def quota_list() -> None:
-    platform = _platform()
+def quota_list(data_dir: DataDir = None) -> None:
+    platform = platform_for(data_dir)
     table = Table("owner", "accelerator", "limit", "in use")
     with platform.sessions() as session:
         for row in quotas.list_quotas(session):
@@ -96,9 +91,10 @@ def quota_list() -> None:
 
 
 @accel_app.command("add")
-def accel_add(accelerator: str, count: int = typer.Option(1, "--count"), node: str = "local") -> None:
+def accel_add(accelerator: str, count: int = typer.Option(1, "--count"), node: str = "local",
+              data_dir: DataDir = None) -> None:
     """Declare COUNT more devices of ACCELERATOR (nvidia-t4, nvidia-a10g, ascend-910b)."""
-    platform = _platform()
+    platform = platform_for(data_dir)
     try:
         with platform.tx() as session:
             ids = quotas.add_devices(session, platform, accelerator, count, node)
@@ -108,8 +104,8 @@ def accel_add(accelerator: str, count: int = typer.Option(1, "--count"), node: s
 
 
 @accel_app.command("list")
-def accel_list() -> None:
-    platform = _platform()
+def accel_list(data_dir: DataDir = None) -> None:
+    platform = platform_for(data_dir)
     table = Table("accelerator", "device", "node", "held by")
     with platform.sessions() as session:
         for device in quotas.device_rows(session):
@@ -134,14 +130,16 @@ def accel_detect() -> None:
         out.print("No nvidia-smi or npu-smi on this host: no accelerators detected.")
 
 
-def remove_all_instances() -> None:
+def remove_all_instances(data_dir: DataDir = None) -> None:
     """Stop and delete every app instance this site runs (e.g. before wiping the data dir)."""
     import asyncio
 
     from controller.runtimes.factory import make_runtime
 
+    settings = settings_for(data_dir)
+
     async def run() -> int:
-        runtime = make_runtime(Settings())
+        runtime = make_runtime(settings)
         found = await runtime.list()
         for status in found:
             await runtime.remove(status.name)
