@@ -152,7 +152,9 @@ class BubblewrapBuildSandbox:
         one owner share the cache: preparing is serialized per path, and the top directory changes owner
         last, so nobody starts on a half-seeded cache."""
         self._ensure()
-        with sandbox.locked(path.parent / f".{path.name}.prepare.lock"):
+        # Only a seeded cache is shared by concurrent builds (of one owner): lock it, leave no lock files elsewhere.
+        lock = sandbox.locked(path.parent / f".{path.name}.prepare.lock") if seed is not None else contextlib.nullcontext()
+        with lock:
             info = path.lstat()
             if info.st_uid == self.uid and not stat.S_ISLNK(info.st_mode):
                 return
