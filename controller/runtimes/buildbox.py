@@ -162,7 +162,8 @@ class BubblewrapBuildSandbox:
                 _link_seed(seed, path)
             copied = sum(self._own(entry) for entry in _walk(path) if entry != path)
             if copied:
-                log.warning("%s: %d shared cache files were not root-owned; the build got private copies", path, copied)
+                log.warning("%s: %d shared cache files were not root-owned or were writable by others; the build got "
+                            "private copies", path, copied)
             os.lchown(path, self.uid, self.uid)
             os.chmod(path, 0o700)  # other owners' builds cannot even read it
 
@@ -177,7 +178,8 @@ class BubblewrapBuildSandbox:
             return False
         if not stat.S_ISREG(info.st_mode):
             return False
-        private = entry.name.startswith(".") or entry.name in SEED_PRIVATE  # uv opens these for writing
+        # uv opens these for writing (markers, and lock files it creates world-writable on purpose)
+        private = entry.name.startswith(".") or entry.name.endswith(".lock") or entry.name in SEED_PRIVATE
         polluted = info.st_uid != 0 or bool(info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
         if private or polluted:
             _private_copy(entry, self.uid)

@@ -276,10 +276,11 @@ def test_c_a_seeded_owner_cache_cannot_change_the_trusted_seed(sandboxed: None, 
 def _seed_tree(seed: Path) -> dict[Path, tuple[int, int]]:
     """A small uv-like cache; returns each file's (uid, mode) as the trusted seed has it."""
     for rel, text in {"CACHEDIR.TAG": "Signature", ".lock": "", "sdists-v11/.git": "", "archive-v0/abc/mod.py": "T = 1\n",
-                      "archive-v0/abc/bin/tool": "#!/bin/sh\n"}.items():
+                      "archive-v0/abc/bin/tool": "#!/bin/sh\n", "wheels-v8/pypi/six/1.0-py3-none-any.lock": ""}.items():
         (seed / rel).parent.mkdir(parents=True, exist_ok=True)
         (seed / rel).write_text(text)
     (seed / "archive-v0" / "abc" / "bin" / "tool").chmod(0o755)
+    (seed / "wheels-v8" / "pypi" / "six" / "1.0-py3-none-any.lock").chmod(0o666)  # as uv makes its lock files
     return {f: (f.lstat().st_uid, f.lstat().st_mode) for f in seed.rglob("*") if f.is_file()}
 
 
@@ -300,7 +301,8 @@ def test_c_preparing_an_owner_cache_again_never_changes_the_seeds_files(sandboxe
     _box(tmp_path, 123_402).prepare(cache, seed=seed)  # the same cache, another uid: re-prepared in place
     assert {f: (f.lstat().st_uid, f.lstat().st_mode) for f in trusted} == trusted
     assert (cache / "archive-v0" / "abc" / "mod.py").stat().st_ino == (seed / "archive-v0" / "abc" / "mod.py").stat().st_ino
-    for private in (cache / ".lock", cache / "sdists-v11" / ".git", cache / "CACHEDIR.TAG"):
+    for private in (cache / ".lock", cache / "sdists-v11" / ".git", cache / "CACHEDIR.TAG",
+                    cache / "wheels-v8" / "pypi" / "six" / "1.0-py3-none-any.lock"):  # no lock inode shared across owners
         assert private.lstat().st_uid == 123_402 and private.lstat().st_nlink == 1, private
     assert cache.lstat().st_uid == 123_402 and (cache / "sdists-v11").lstat().st_uid == 123_402
 
