@@ -1,4 +1,7 @@
-"""Small responses the proxy answers itself: 404, 502, 503 (paused, unavailable, waking up)."""
+"""Small responses the proxy answers itself: 404, 502, 503 (paused, unavailable, waking up).
+
+Messages are shown as plain text with their line breaks (a failing app's cause, then its last log lines);
+they come from the stage message, which is stored with the space's secrets masked."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ _WAKING_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
 <title>{title} is waking up</title>
 <style>body{{font-family:system-ui,sans-serif;display:grid;place-items:center;min-height:90vh;color:#333}}
-main{{text-align:center;max-width:36rem}}.spin{{width:2rem;height:2rem;border:.25rem solid #ddd;
+main{{text-align:center;max-width:48rem}}#status{{white-space:pre-wrap;overflow-wrap:anywhere}}.spin{{width:2rem;height:2rem;border:.25rem solid #ddd;
 border-top-color:#f59e0b;border-radius:50%;animation:s 1s linear infinite;margin:1rem auto}}
 @keyframes s{{to{{transform:rotate(360deg)}}}}</style></head>
 <body><main><div class="spin"></div><h1>{title} is waking up</h1>
@@ -38,7 +41,7 @@ border-top-color:#f59e0b;border-radius:50%;animation:s 1s linear infinite;margin
 _MESSAGE_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:system-ui,sans-serif;display:grid;place-items:center;min-height:90vh;color:#333}}
-main{{text-align:center;max-width:36rem}}</style></head>
+main{{text-align:center;max-width:48rem}}p{{white-space:pre-wrap;overflow-wrap:anywhere}}</style></head>
 <body><main><h1>{title}</h1><p>{message}</p></main></body></html>
 """
 

@@ -21,7 +21,13 @@ from starlette.concurrency import run_in_threadpool
 
 from controller.db.models import utcnow
 from controller.domain.errors import SpaceportError
-from controller.domain.lifecycle import derive_stage
+from controller.domain.lifecycle import (
+    derive_stage,
+    exited_message,
+    last_traceback_line,
+    start_problem,
+    start_timeout_message,
+)
 from controller.domain.stages import Stage
 from controller.proxy.activity import ThrottledActivity
 from controller.proxy.routes import RouteTable
@@ -30,6 +36,7 @@ from controller.runtimes.base import InstanceStatus, Runtime, RuntimeFailure, St
 from controller.services import instances as db
 from controller.services.instances import SpaceSnapshot
 from controller.services.platform import Platform
+from controller.services.startwatch import StartWatch, log_lines
 
 log = logging.getLogger(__name__)
 LIVE = (State.RUNNING, State.FROZEN)
@@ -130,9 +137,10 @@ class Reconciler:
 
     async def _crashed(self, name: str, status: InstanceStatus | None) -> None:
         detail = status.message if status is not None and status.message else "the app stopped"
-        code = f" (exit code {status.exit_code})" if status is not None and status.exit_code is not None else ""
-        log.warning("instance %s crashed%s", name, code)
-        await run_in_threadpool(db.mark_crashed, self.platform, name, f"The app exited{code}. Last log lines:\n{detail}")
+        code = status.exit_code if status is not None else None
+        log.warning("instance %s crashed (exit code %s)", name, code)
+        message = exited_message(code, last_traceback_line(detail.splitlines()), detail, before_answering=False)
+        await run_in_threadpool(db.mark_crashed, self.platform, name, message)
 
     async def _retire_others(self, snap: SpaceSnapshot, actual: dict[str, InstanceStatus]) -> None:
         """Once the wanted instance is ready and routed (for a short grace, so in-flight requests to the
@@ -204,9 +212,10 @@ class Reconciler:
         assert name is not None
         await run_in_threadpool(db.ensure_row, self.platform, snap.pk, name)
         await run_in_threadpool(db.update_row, self.platform, name, state="starting", message=None)
-        await self._publish((await run_in_threadpool(db.load_snapshots, self.platform, snap.pk))[0])
+        await self._publish_fresh(snap.pk)
         try:
             spec = await run_in_threadpool(db.instance_spec, self.platform, snap.pk, name)
+            earlier, _ = await log_lines(self.runtime, name)  # output of an earlier run of this instance
             endpoint = await self.runtime.start(spec)
             self.starts += 1
         except (SpaceportError, RuntimeFailure) as exc:
@@ -214,36 +223,56 @@ class Reconciler:
             await run_in_threadpool(db.update_row, self.platform, name, state="failed", message=message)
             self.kick()
             return False
-        ok, message = await self._health(name, endpoint.url + snap.health_path, snap.startup_timeout)
-        if ok:
+        outcome, message = await self._health(snap, StartWatch(self.runtime, name, earlier), endpoint.url)
+        if outcome == "ready":
             await run_in_threadpool(db.update_row, self.platform, name, state="ready", endpoint=endpoint.url,
                                     ready_at=utcnow(), message=None)
-            await self._publish((await run_in_threadpool(db.load_snapshots, self.platform, snap.pk))[0])
+            await self._publish_fresh(snap.pk)
+        elif outcome == "timeout":  # it ran all along without a good answer: restarting would not help
+            await self._quietly(self.runtime.stop(name))
+            await run_in_threadpool(db.update_row, self.platform, name, state="failed", message=message)
         else:
             await self._quietly(self.runtime.stop(name))
             await run_in_threadpool(db.mark_crashed, self.platform, name, message)
         self.kick()
-        return ok
+        return outcome == "ready"
 
-    async def _health(self, name: str, url: str, timeout: float) -> tuple[bool, str]:
-        """Poll the app until it answers (any status below 500), it exits, or the start timeout passes."""
-        assert self._http is not None
-        deadline = time.monotonic() + timeout
-        delay = 0.05
+    async def _health(self, snap: SpaceSnapshot, watch: StartWatch, origin: str) -> tuple[str, str]:
+        """Poll the app until it answers (any status below 500): "ready"; it exits: "exited"; or the start
+        timeout passes: "timeout". Meanwhile the stage message says what is wrong (an error answer, a
+        traceback in the log), stored only when that text changes."""
+        deadline = time.monotonic() + snap.startup_timeout
+        delay, shown = 0.05, None
         while time.monotonic() < deadline:
-            try:
-                async with self._http.get(url, allow_redirects=False) as response:
-                    if response.status < 500:
-                        return True, ""
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            status = await self.runtime.status(name)
+            answer = await self._probe(origin + snap.health_path)
+            if answer is not None and answer < 500:
+                return "ready", ""
+            status = await self.runtime.status(watch.name)
             if status.state not in LIVE:
-                code = f" with exit code {status.exit_code}" if status.exit_code is not None else ""
-                return False, f"The app exited{code} before answering on its port. Last log lines:\n{status.message}"
+                cause = await watch.read_cause(answer, force=True)
+                return "exited", exited_message(status.exit_code, cause, status.message, before_answering=True)
+            problem = start_problem(answer, snap.health_path, await watch.read_cause(answer))
+            if problem != shown:
+                shown = problem
+                await run_in_threadpool(db.update_row, self.platform, watch.name, message=problem)
+                await self._publish_fresh(snap.pk)
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.5)
-        return False, f"The app did not answer on its port within {timeout:.0f} s (startup_duration_timeout)."
+        return "timeout", start_timeout_message(shown, snap.startup_timeout)
+
+    async def _probe(self, url: str) -> int | None:
+        """The HTTP status the app answers on url, None when nothing answers."""
+        assert self._http is not None
+        try:
+            async with self._http.get(url, allow_redirects=False) as response:
+                return response.status
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    async def _publish_fresh(self, pk: int) -> None:
+        snaps = await run_in_threadpool(db.load_snapshots, self.platform, pk)
+        if snaps:  # gone when the space was deleted meanwhile
+            await self._publish(snaps[0])
 
     # -- routes and stage ----------------------------------------------------------------------
     async def _publish(self, snap: SpaceSnapshot, batch: list[db.StageRow] | None = None) -> None:
@@ -273,8 +302,9 @@ class Reconciler:
         if snap.desired in ("sleeping", "frozen"):
             return replace(base, state="asleep", message="Sleeping")
         if not target and (snap.space_id in self._waking or stage is Stage.APP_STARTING):
-            # visitors wait for the start in progress (the activator joins it) instead of getting a 503
-            return replace(base, state="asleep", message="Starting")
+            # visitors wait for the start in progress (the activator joins it) instead of getting a 503;
+            # the message is what is wrong with it so far (an error answer), shown on the waking page
+            return replace(base, state="asleep", message=message or "")
         if target:
             return base
         return replace(base, state="unavailable", message=f"{stage.value}: {message or _waiting(stage)}")

@@ -4,6 +4,7 @@ crashes, a controller restart, zero-downtime pushes, pause/restart, and sleep/wa
 from __future__ import annotations
 
 import asyncio
+import html
 import os
 import signal
 import time
@@ -26,6 +27,7 @@ from tests.support.server import TRUSTED_PATHS, LiveServer, make_server
 from tests.support.spaces import app_pid, push_fixture, start_count, wait_stage
 
 pytestmark = pytest.mark.xdist_group("live-run")
+FAILS_500 = Path(__file__).parents[1] / "fixtures" / "apps" / "fails500"
 RERUN_SCRIPT = b"Z\x00"  # Streamlit BackMsg{rerun_script: {}}: what a browser sends first
 
 
@@ -45,8 +47,10 @@ def static_files(text: str) -> dict[str, str]:
     return {"README.md": "---\nsdk: static\nstartup_duration_timeout: 1m\n---\n", "index.html": text}
 
 
-def host_get(server: LiveServer, slug: str, path: str = "/", **kw: object) -> httpx.Response:
-    return httpx.get(f"{server.url}{path}", headers={"Host": f"{slug}.localhost:{server.port}"}, timeout=30, **kw)  # type: ignore[arg-type]
+def host_get(server: LiveServer, slug: str, path: str = "/", headers: dict[str, str] | None = None,
+             **kw: object) -> httpx.Response:
+    headers = {**(headers or {}), "Host": f"{slug}.localhost:{server.port}"}
+    return httpx.get(f"{server.url}{path}", headers=headers, timeout=30, **kw)  # type: ignore[arg-type]
 
 
 def test_gradio_app_through_proxy_both_styles(server: LiveServer, token: str, tmp_path: Path) -> None:
@@ -220,3 +224,42 @@ def test_factory_rebuild_builds_again_without_cache_and_swaps(server: LiveServer
     assert log.count("Build succeeded") == 2 and "no cache" in log.lower()
     assert app_pid(server, "alice-factory") != pid
     assert host_get(server, "alice-factory").text == "factory"
+
+
+def test_app_answering_500_names_its_error_while_starting_then_fails(server: LiveServer, token: str, tmp_path: Path) -> None:
+    """tests/fixtures/apps/fails500 answers 500 on / with a traceback whose last line names its secret."""
+    secret = f"sk-live-{os.urandom(8).hex()}"
+    auth = {"Authorization": f"Bearer {token}"}
+    created = httpx.post(f"{server.url}/api/repos/create", headers=auth, timeout=30,
+                         json={"type": "space", "name": "fails500", "organization": "alice", "sdk": "gradio"})
+    assert created.status_code == 200, created.text
+    added = httpx.post(f"{server.url}/api/spaces/alice/fails500/secrets", headers=auth, timeout=30,
+                       json={"key": "API_TOKEN", "value": secret})
+    assert added.status_code == 200, added.text
+    files = {f.name: f.read_text() for f in FAILS_500.iterdir() if f.is_file()}
+    push_fixture(server, tmp_path, files, "alice", "fails500", token)
+    problem = "The app answers HTTP 500 on /: TypeError: unhashable type: 'dict' (while rendering with token ***)"
+    deadline = time.monotonic() + 240
+    state = wait_stage(server, "alice/fails500", {"APP_STARTING", "RUNTIME_ERROR", "BUILD_ERROR"})
+    while state["stage"] == "APP_STARTING" and not state["errorMessage"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+        state = wait_stage(server, "alice/fails500", {"APP_STARTING", "RUNTIME_ERROR", "BUILD_ERROR"})
+    assert (state["stage"], state["errorMessage"]) == ("APP_STARTING", problem), state
+
+    # what a visitor and the space page show meanwhile: the cause, its secret masked
+    status = host_get(server, "alice-fails500", "/__spaceport__/status").json()
+    waking = host_get(server, "alice-fails500", headers={"Accept": "text/html"})
+    page = httpx.get(f"{server.url}/spaces/alice/fails500", timeout=30).text
+    for shown in (str(status["message"]), html.unescape(waking.text), html.unescape(page)):
+        assert problem in shown and secret not in shown, shown[-2000:]
+    assert waking.status_code == 503
+
+    final = wait_stage(server, "alice/fails500", {"RUNTIME_ERROR"}, timeout=120)
+    message = str(final["errorMessage"])
+    assert message.startswith(problem) and "20 s (startup_duration_timeout)" in message, final
+    answer = host_get(server, "alice-fails500", headers={"Accept": "text/html"})
+    assert answer.status_code == 503 and problem in html.unescape(answer.text), answer.text
+    api_client = host_get(server, "alice-fails500")
+    assert api_client.status_code == 503 and problem in api_client.json()["message"], api_client.text
+    everything = message + answer.text + api_client.text + httpx.get(f"{server.url}/spaces/alice/fails500").text
+    assert secret not in everything
