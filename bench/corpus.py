@@ -483,6 +483,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    os.environ.setdefault("SPACEPORT_TEST_HOSTED_BUILDS", "1")  # real repos get the hosted build defaults
     return run_checkout(args) if args.command == "checkout" else run(args)
 
 

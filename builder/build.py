@@ -5,13 +5,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from builder.artifact import Artifact
 from builder.errors import BUILD_ERROR, BuildFailure
 from builder.requirements import check_requirement_files
 from builder.sandbox import BuildSandbox
 from builder.spaceconfig import SpaceConfig, load_space_config
+
+if TYPE_CHECKING:
+    from builder.venv import VenvPolicy
 
 
 def build(
@@ -34,6 +37,7 @@ def build(
     network: str | None = None,
     container_limits: Mapping[str, int] | None = None,
     uv_seed: Path | None = None,
+    venv_policy: VenvPolicy | None = None,
 ) -> Artifact:
     """Build `source` (a snapshot of one commit). Raises BuildFailure(stage, message) on any failure.
 
@@ -45,6 +49,7 @@ def build(
     `container_limits` on docker network `network` (image). Environments and caches are per `owner`.
     Requirement lines pointing outside the repository are refused first (CONFIG_ERROR). `uv_seed`: a
     trusted (root-owned) uv cache that a new per-owner cache starts from (read-only to builds).
+    `venv_policy`: the site's default Python, base packages and Python source for venvs (default: hosted).
     """
     config = load_space_config(source)
     log(f"space sdk: {config.sdk}" + (f" {config.sdk_version}" if config.sdk_version else "") + f", app: {config.app_file}")
@@ -52,7 +57,8 @@ def build(
         log(f"note: {note}")
     check_requirement_files(source)
     if kind == "venv":
-        return _build_venv(source, config, cache_dir, log, no_cache, time_limit, cancel, ca_dir, owner, sandbox, uv_seed)
+        return _build_venv(source, config, cache_dir, log, no_cache, time_limit, cancel, ca_dir, owner, sandbox, uv_seed,
+                           venv_policy)
     if kind == "image":
         if client is None or not tag:
             raise ValueError("kind='image' needs a docker client and a tag")
@@ -68,7 +74,7 @@ def build(
 
 def _build_venv(source: Path, config: SpaceConfig, cache_dir: Path, log: Callable[[str], None], no_cache: bool,
                 time_limit: float, cancel: threading.Event | None, ca_dir: Path | None, owner: str,
-                sandbox: BuildSandbox | None, uv_seed: Path | None) -> Artifact:
+                sandbox: BuildSandbox | None, uv_seed: Path | None, policy: VenvPolicy | None) -> Artifact:
     if config.sdk == "docker":
         raise BuildFailure(
             BUILD_ERROR,
@@ -79,4 +85,4 @@ def _build_venv(source: Path, config: SpaceConfig, cache_dir: Path, log: Callabl
 
     return build_venv(source, config, cache_dir=cache_dir, log=log, no_cache=no_cache, time_limit=time_limit,
                       cancel=cancel, ca_dir=ca_dir, owner=owner, sandbox=sandbox,
-                      uv_seed=uv_seed)
+                      uv_seed=uv_seed, policy=policy)

@@ -36,8 +36,8 @@ import os
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -78,6 +78,15 @@ class InstallStep:
             args += ["--exclude-newer", self.exclude_newer]
             args += [arg for name in self.undated for arg in ("--exclude-newer-package", f"{name}={NO_DATE}")]
         return args
+
+    def without_date(self) -> InstallStep:
+        """The same install resolved with today's packages (the retry when the dated one fails)."""
+        return replace(self, exclude_newer=None)
+
+    def retry_note(self) -> str:
+        """What the build log says before that retry."""
+        return (f"{self.what} cannot resolve as of {self.exclude_newer} (a requirement is newer than the "
+                "sdk_version); retrying with today's packages")
 
 
 @dataclass(frozen=True)
@@ -150,14 +159,20 @@ def effective_date(release: datetime | None, python: str) -> str | None:
     return date.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def install_plan(config: SpaceConfig, files: Collection[str], release: datetime | None) -> InstallPlan:
-    """The ordered installs for a gradio/streamlit space (empty for docker/static): pure."""
+def install_plan(config: SpaceConfig, files: Collection[str], release: datetime | None,
+                 base_packages: Sequence[str] = BASE_PACKAGES) -> InstallPlan:
+    """The ordered installs for a gradio/streamlit space (empty for docker/static): pure.
+
+    `base_packages`: what every environment gets first (the hosted set by default; none: no base step).
+    """
     if config.sdk not in ("gradio", "streamlit"):
         return InstallPlan(steps=(), constraints=(), exclude_newer=None)
     constraints = sdk_constraints(config.sdk, config.sdk_version)
     date = effective_date(release, config.python) if config.sdk_version else None
     common = {"constraints": constraints, "exclude_newer": date}
-    steps = [InstallStep("base packages", requirements=BASE_PACKAGES, undated=UNDATED_PACKAGES, **common)]  # type: ignore[arg-type]
+    undated = tuple(name for name in UNDATED_PACKAGES if name in base_packages)
+    steps = [InstallStep("base packages", requirements=tuple(base_packages), undated=undated, **common)  # type: ignore[arg-type]
+             ] if base_packages else []
     steps += [InstallStep(name, files=(name,), **common)  # type: ignore[arg-type]
               for name in ("pre-requirements.txt", "requirements.txt") if name in files]
     pin = sdk_requirements(config.sdk, config.sdk_version)

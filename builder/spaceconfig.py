@@ -19,7 +19,7 @@ from builder.envnames import reserved_reason
 from builder.errors import CONFIG_ERROR, NO_APP_FILE, SpaceConfigError
 
 SDKS = ("gradio", "streamlit", "docker", "static")
-DEFAULT_PYTHON = "3.11"
+DEFAULT_PYTHON = "3.10"  # the hosted default python_version (builds fall back to the nearest installed)
 DEFAULT_PORT = 7860
 DEFAULT_STARTUP_TIMEOUT = 30 * 60
 MAX_README_BYTES = 1024 * 1024

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 import uuid
@@ -29,20 +28,35 @@ from pathlib import Path
 
 import uv
 
+from builder import pythons, sdkdeps
 from builder.artifact import VenvArtifact
 from builder.buildpacks.streamlit import STREAMLIT_FLAGS
 from builder.certs import ca_bundle
 from builder.errors import BUILD_ERROR, BuildFailure
-from builder.proc import run_streaming
+from builder.proc import Result, run_streaming
+from builder.pythons import PythonSource
 from builder.requirements import check_requirement_files, has_local_paths
 from builder.sandbox import BuildSandbox
 from builder.spaceconfig import DEFAULT_PYTHON, SpaceConfig
 
-ENV_FORMAT = 1  # bump to invalidate every cached environment
+ENV_FORMAT = 2  # bump to invalidate every cached environment (2: install plan, hosted default Python)
 MARKER = ".spaceport-env.json"
 SANDBOX_PATH = "/usr/bin:/bin"
+REQUIREMENT_FILES = ("pre-requirements.txt", "requirements.txt")
 
 Log = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class VenvPolicy:
+    """The site's choices for local environments (the controller's SPACEPORT_BUILD_* settings).
+
+    The defaults are the hosted platform's: Python 3.10 when README.md names none, and its base packages.
+    """
+
+    default_python: str = DEFAULT_PYTHON
+    base_packages: tuple[str, ...] = sdkdeps.BASE_PACKAGES
+    python_source: PythonSource = dataclasses.field(default_factory=PythonSource)
 
 
 def build_venv(
@@ -58,6 +72,7 @@ def build_venv(
     owner: str = "",
     sandbox: BuildSandbox | None = None,
     uv_seed: Path | None = None,
+    policy: VenvPolicy | None = None,
 ) -> VenvArtifact:
     """Make (or reuse) `owner`'s environment for the space and return how to run it from `source`."""
     if config.sdk == "docker":
@@ -65,11 +80,14 @@ def build_venv(
     if (source / "packages.txt").is_file():
         log("warning: packages.txt lists apt packages; they are only installed in container builds (SPACEPORT_RUNTIME=docker)")
     check_requirement_files(source)
+    policy = policy or VenvPolicy()
     venvs = cache_dir / "venvs"
     venvs.mkdir(parents=True, exist_ok=True)
     env = _uv_env(cache_dir, ca_dir)
-    config = _with_available_python(config, env, log)
-    key = environment_key(source, config, owner, sandboxed=sandbox is not None)
+    config, interpreter = _choose_python(config, pythons.discovery_env(env, cache_dir, policy.python_source), policy, log)
+    files = {name for name in REQUIREMENT_FILES if (source / name).is_file()}
+    plan = sdkdeps.install_plan(config, files, sdkdeps.release_for(config), policy.base_packages)
+    key = environment_key(source, config, owner, sandboxed=sandbox is not None, plan=plan)
     final = venvs / key
     if no_cache:
         log("no cache (factory rebuild): building a fresh environment and refreshing downloads")
@@ -78,8 +96,10 @@ def build_venv(
         log(f"reusing environment {key}")
     else:
         log(f"creating environment {key} (python {config.python}, {config.sdk} {config.sdk_version or 'latest'})")
+        for note in plan.notes:
+            log(f"spaceport: {note}")
         job = _Job(source, config, env, log, time.monotonic() + time_limit, cancel, no_cache, owner, cache_dir,
-                   sandbox, uv_seed)
+                   sandbox, uv_seed, plan, interpreter)
         _create(final, job)
     return VenvArtifact(
         venv=final, source=source, command=command(final, source, config), port=config.app_port,
@@ -87,19 +107,24 @@ def build_venv(
     )
 
 
-def environment_key(source: Path, config: SpaceConfig, owner: str = "", *, sandboxed: bool = False) -> str:
+def environment_key(source: Path, config: SpaceConfig, owner: str = "", *, sandboxed: bool = False,
+                    plan: sdkdeps.InstallPlan | None = None) -> str:
     """Hash of everything that decides the environment's contents, and whose it is.
 
     Local packages, URLs and sdists make the contents depend on more than the requirements text (and
     their code ran as the owner's build identity), so an environment is never shared across owners;
-    nor is one built (and sealed) in the sandbox ever confused with one built without it.
+    nor is one built (and sealed) in the sandbox ever confused with one built without it. The install
+    plan (base packages, order, constraints, the --exclude-newer date) changes the result too.
     """
     digest = hashlib.sha256()
-    header = {"format": ENV_FORMAT, "python": config.python, "sdk": config.sdk, "sdk_version": config.sdk_version}
+    header: dict[str, object] = {"format": ENV_FORMAT, "python": config.python, "sdk": config.sdk,
+                                 "sdk_version": config.sdk_version}
     if owner:
         header["owner"] = owner
     if sandboxed:
         header["sandboxed"] = True
+    if plan is not None and plan.steps:
+        header["plan"] = [dataclasses.asdict(step) for step in plan.steps]
     digest.update(json.dumps(header, sort_keys=True).encode())
     for name in check_requirement_files(source):
         digest.update(b"\0" + name.encode() + b"\0" + (source / name).read_bytes())
@@ -131,17 +156,11 @@ def environment(config: SpaceConfig) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(env.items()))
 
 
-def _with_available_python(config: SpaceConfig, env: dict[str, str], log: Log) -> SpaceConfig:
-    """Fall back to the default Python (with a warning) when python_version is not installed here."""
-    if config.python == DEFAULT_PYTHON:
-        return config
-    found = subprocess.run([uv.find_uv_bin(), "python", "find", "--no-config", config.python],
-                           env=env, capture_output=True, text=True, check=False)
-    if found.returncode == 0:
-        return config
-    log(f"warning: Python {config.python} (python_version in README.md) is not installed on this server; "
-        f"building with Python {DEFAULT_PYTHON} instead")
-    return dataclasses.replace(config, python_version=DEFAULT_PYTHON)
+def _choose_python(config: SpaceConfig, env: dict[str, str], policy: VenvPolicy, log: Log) -> tuple[SpaceConfig, Path]:
+    """README.md's python_version or the site default; downloaded or the nearest installed (warning) if need be."""
+    why = "python_version in README.md" if config.python_version else "the default python_version, as on Hugging Face Spaces"
+    chosen = pythons.choose(config.python_version or policy.default_python, why, env, policy.python_source, log)
+    return dataclasses.replace(config, python_version=chosen.version), chosen.interpreter
 
 
 def _uv_env(cache_dir: Path, ca_dir: Path | None) -> dict[str, str]:
@@ -171,7 +190,19 @@ class _Job:
     owner: str
     cache_dir: Path
     sandbox: BuildSandbox | None
-    uv_seed: Path | None = None
+    uv_seed: Path | None
+    plan: sdkdeps.InstallPlan
+    interpreter: Path  # the base interpreter, found on the host
+
+
+@dataclasses.dataclass(frozen=True)
+class _Step:
+    """One uv command (arguments after the uv binary); `undated`: the same install without the date."""
+
+    failure: str
+    args: list[str]
+    undated: list[str] | None = None
+    retry_note: str = ""
 
 
 def _create(final: Path, job: _Job) -> None:
@@ -179,13 +210,17 @@ def _create(final: Path, job: _Job) -> None:
     tmp = final.parent / f".tmp-{final.name}-{tag}"
     work = job.cache_dir / "build-work" / f"{final.name}-{tag}"
     try:
-        _install(tmp, work, job)
+        work.mkdir(parents=True)
+        constraints = work / "constraints.txt"  # read-only inside the build sandbox
+        constraints.write_text(job.plan.constraints_text())
+        _install(tmp, work, _steps(tmp, job, constraints), job)
         marker = tmp / MARKER
         marker.unlink(missing_ok=True)  # never follow a link the build may have planted
         fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "w") as out:
             out.write(json.dumps({"python": job.config.python, "sdk": job.config.sdk,
-                                  "sdk_version": job.config.sdk_version, "owner": job.owner}))
+                                  "sdk_version": job.config.sdk_version, "owner": job.owner,
+                                  "exclude_newer": job.plan.exclude_newer, "constraints": list(job.plan.constraints)}))
         if job.sandbox is not None:
             job.sandbox.seal(tmp)  # before it becomes visible: no build identity can change it afterwards
         try:
@@ -199,45 +234,54 @@ def _create(final: Path, job: _Job) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _steps(tmp: Path, job: _Job, python_spec: str) -> list[tuple[str, list[str]]]:
-    uv_bin = uv.find_uv_bin()
-    python = str(tmp / "bin" / "python")
+def _steps(tmp: Path, job: _Job, constraints: Path) -> list[_Step]:
+    """uv venv, then one `uv pip install` per step of the install plan (requirements as they are without one)."""
     config, source = job.config, job.source
     # Bytecode is compiled once here: sandboxed apps see their venv read-only and could never cache it,
     # so every start (and every deep wake) would recompile Gradio from source.
-    flags = ["--no-config", "--compile-bytecode", *(["--refresh"] if job.refresh else [])]
-    steps: list[tuple[str, list[str]]] = [
-        (f"creating a Python {config.python} environment failed",
-         [uv_bin, "venv", "--no-config", "--relocatable", "--python", python_spec, str(tmp)]),
-    ]
-    if (source / "pre-requirements.txt").is_file():
-        steps.append(("installing pre-requirements.txt failed; fix pre-requirements.txt",
-                      [uv_bin, "pip", "install", *flags, "--python", python, "-r", "pre-requirements.txt"]))
-    packages = _sdk_packages(config)
-    reqs = ["-r", "requirements.txt"] if (source / "requirements.txt").is_file() else []
-    if reqs or packages:
-        what = "requirements.txt" if reqs else f"the {config.sdk} package"
-        steps.append((f"installing {what} failed; fix requirements.txt or sdk_version in README.md",
-                      [uv_bin, "pip", "install", *flags, "--python", python, *reqs, *packages]))
+    pip = ["pip", "install", "--no-config", "--compile-bytecode", *(["--refresh"] if job.refresh else []),
+           "--python", str(tmp / "bin" / "python")]
+    steps = [_Step(f"creating a Python {config.python} environment failed",
+                   ["venv", "--no-config", "--relocatable", "--python", str(job.interpreter), str(tmp)])]
+    if not job.plan.steps:  # static: no SDK, the requirements as they are
+        return steps + [_Step(f"installing {name} failed; fix {name}", [*pip, "-r", name])
+                        for name in REQUIREMENT_FILES if (source / name).is_file()]
+    for step in job.plan.steps:
+        undated = [*pip, *step.without_date().uv_args(str(constraints))] if step.exclude_newer else None
+        steps.append(_Step(_failure(step, config), [*pip, *step.uv_args(str(constraints))], undated, step.retry_note()))
     return steps
 
 
-def _install(tmp: Path, work: Path, job: _Job) -> None:
-    if job.sandbox is None:
-        env = dict(job.env)
-        if job.owner:
-            env["UV_CACHE_DIR"] = str(owner_cache(job.cache_dir, job.owner))
-        for failure, argv in _steps(tmp, job, job.config.python):
-            _run(argv, failure, env, job.source, job)
+def _failure(step: sdkdeps.InstallStep, config: SpaceConfig) -> str:
+    """What failed and what to fix, for one plan step."""
+    line = f"{config.sdk} {config.sdk_version}"
+    fits = f" (it must fit the constraints for {line}: {', '.join(step.constraints)})" if step.constraints else ""
+    if step.files:
+        name = step.files[0]
+        return f"installing {name} failed; fix {name}{fits} or sdk_version in README.md"
+    if step.what == "base packages":
+        return (f"installing the base packages ({' '.join(step.requirements)}) failed{fits}; check sdk_version in "
+                "README.md, or ask the admin about SPACEPORT_BUILD_BASE_PACKAGES")
+    return (f"installing {' '.join(step.requirements)} (sdk_version in README.md) failed{fits}; fix sdk_version "
+            "in README.md or the pins in requirements.txt that conflict with it")
+
+
+def _install(tmp: Path, work: Path, steps: list[_Step], job: _Job) -> None:
+    if job.sandbox is not None:
+        _install_sandboxed(tmp, work, steps, job, job.sandbox)
         return
-    _install_sandboxed(tmp, work, job, job.sandbox)
+    env = dict(job.env)
+    if job.owner:
+        env["UV_CACHE_DIR"] = str(owner_cache(job.cache_dir, job.owner))
+    uv_bin = uv.find_uv_bin()
+    _run_steps(steps, lambda args: run_streaming([uv_bin, *args], log=job.log, env=env, deadline=job.deadline,
+                                                 cancel=job.cancel, cwd=job.source), job)
 
 
-def _install_sandboxed(tmp: Path, work: Path, job: _Job, box: BuildSandbox) -> None:
+def _install_sandboxed(tmp: Path, work: Path, steps: list[_Step], job: _Job, box: BuildSandbox) -> None:
     """Every uv step inside the sandbox: only the new venv, the owner's uv cache and a scratch dir are
-    writable; the source (or, for local packages, a throwaway writable copy at the same path), uv and the
-    interpreter are read-only; nothing else of the host is visible."""
-    interpreter = _host_interpreter(job)
+    writable; the source (or, for local packages, a throwaway writable copy at the same path), uv, the
+    interpreter and the constraints file are read-only; nothing else of the host is visible."""
     cache = owner_cache(job.cache_dir, job.owner or "-")
     writable = {tmp: tmp, cache: cache, work / "home": work / "home", work / "tmp": work / "tmp"}
     if has_local_paths(job.source):
@@ -248,7 +292,8 @@ def _install_sandboxed(tmp: Path, work: Path, job: _Job, box: BuildSandbox) -> N
         host.mkdir(parents=True, exist_ok=True)
         box.prepare(host, seed=job.uv_seed if host == cache else None)
     uv_bin = Path(uv.find_uv_bin()).resolve()
-    readonly = [uv_bin, *([_prefix(interpreter)] if not interpreter.is_relative_to("/usr") else [])]
+    readonly = [uv_bin, work / "constraints.txt",
+                *([_prefix(job.interpreter)] if not job.interpreter.is_relative_to("/usr") else [])]
     inside = {"PATH": SANDBOX_PATH, "HOME": str(work / "home"), "TMPDIR": str(work / "tmp"),
               "UV_CACHE_DIR": str(cache), "UV_PYTHON_DOWNLOADS": "never", "NO_COLOR": "1"}
     for name in ("SSL_CERT_FILE", "UV_NATIVE_TLS"):
@@ -257,34 +302,25 @@ def _install_sandboxed(tmp: Path, work: Path, job: _Job, box: BuildSandbox) -> N
     if "SSL_CERT_FILE" in inside and not inside["SSL_CERT_FILE"].startswith("/etc/"):
         readonly.append(Path(inside["SSL_CERT_FILE"]))
     job.log(f"build sandbox: {box.describe()}")
-    for failure, argv in _steps(tmp, job, str(interpreter)):
-        argv = [str(uv_bin), *argv[1:]]
-        wrapped, env = box.wrap(argv, writable=writable, readonly=readonly, env=inside, cwd=job.source)
-        _run(wrapped, failure, env, None, job)
+
+    def run(args: list[str]) -> Result:
+        wrapped, env = box.wrap([str(uv_bin), *args], writable=writable, readonly=readonly, env=inside, cwd=job.source)
+        return run_streaming(wrapped, log=job.log, env=env, deadline=job.deadline, cancel=job.cancel)
+
+    _run_steps(steps, run, job)
 
 
-def _run(argv: list[str], failure: str, env: dict[str, str], cwd: Path | None, job: _Job) -> None:
-    result = run_streaming(argv, log=job.log, env=env, deadline=job.deadline, cancel=job.cancel, cwd=cwd)
-    if result.returncode != 0:
-        raise BuildFailure(BUILD_ERROR, f"{failure}:\n{result.tail_text()}")
-
-
-def _host_interpreter(job: _Job) -> Path:
-    """The base interpreter, found on the host (no owner code runs): the sandbox sees only it."""
-    found = subprocess.run([uv.find_uv_bin(), "python", "find", "--system", "--no-config", job.config.python],
-                           env=job.env, capture_output=True, text=True, check=False, cwd="/")
-    if found.returncode != 0 or not found.stdout.strip():
-        raise BuildFailure(BUILD_ERROR, f"no Python {job.config.python} on this server; set python_version in README.md "
-                                        f"to an installed version or ask the admin to install it")
-    return Path(found.stdout.strip()).resolve()
+def _run_steps(steps: list[_Step], run: Callable[[list[str]], Result], job: _Job) -> None:
+    """Each step in order; a dated install that fails is retried once without the date (saying so)."""
+    for step in steps:
+        result = run(step.args)
+        if result.returncode != 0 and step.undated is not None:
+            job.log(f"spaceport: {step.retry_note}")
+            result = run(step.undated)
+        if result.returncode != 0:
+            raise BuildFailure(BUILD_ERROR, f"{step.failure}:\n{result.tail_text()}")
 
 
 def _prefix(interpreter: Path) -> Path:
     """The installation prefix holding bin/pythonX and lib/pythonX (bound read-only)."""
     return interpreter.parent.parent
-
-
-def _sdk_packages(config: SpaceConfig) -> list[str]:
-    if config.sdk not in ("gradio", "streamlit"):
-        return []
-    return [f"{config.sdk}=={config.sdk_version}" if config.sdk_version else config.sdk]

@@ -39,6 +39,16 @@ class Settings(BaseSettings):
     build_network: str = Field(default="spaceport-build", description="Docker network for image builds' RUN steps")
     build_uv_seed: Path | None = Field(default=None, description="A trusted, root-owned uv cache each owner's new build "
                                        "cache starts from (hardlinked, read-only to builds); none: owners start cold")
+    build_default_python: str = Field(default="3.10", description="Python for spaces whose README.md sets no "
+                                      "python_version (the hosted default; the nearest installed one otherwise)")
+    build_base_packages: str = Field(default="datasets huggingface_hub hf-transfer requests",
+                                     description="Packages every gradio/streamlit venv gets first, as on Hugging Face "
+                                     "Spaces (space or comma separated; empty: none)")
+    build_python_downloads: Literal["never", "automatic"] = Field(
+        default="never", description="'automatic': uv downloads a Python that is not installed (UV_PYTHON_DOWNLOADS)")
+    build_python_mirror: str = Field(default="", description="Where uv downloads Pythons from (UV_PYTHON_INSTALL_MIRROR)")
+    build_python_path: str = Field(default="", description="Extra directories searched for interpreters (os.pathsep "
+                                   "separated), before pyenv installations and PATH")
     reconcile_interval: float = 5.0
     sweep_interval: float = 30.0
     build_stale_after: float = Field(default=60.0, description="Seconds without a heartbeat before a running build counts as lost")

@@ -160,10 +160,8 @@ def install_command(step: InstallStep) -> str:
     dated = "uv pip install " + " ".join(shlex.quote(a) for a in step.uv_args(constraints))
     if not step.exclude_newer:
         return dated
-    undated_step = InstallStep(step.what, step.requirements, step.files, step.constraints, None, step.undated)
-    undated = "uv pip install " + " ".join(shlex.quote(a) for a in undated_step.uv_args(constraints))
-    retry = shlex.quote(f"spaceport: {step.what} cannot resolve as of {step.exclude_newer} "
-                        "(a requirement is newer than the sdk_version); retrying with today's packages")
+    undated = "uv pip install " + " ".join(shlex.quote(a) for a in step.without_date().uv_args(constraints))
+    retry = shlex.quote(f"spaceport: {step.retry_note()}")
     return f"{dated} \\\n || {{ echo {retry} && {undated}; }}"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import threading
@@ -19,7 +20,10 @@ from builder import build as builder
 from builder.artifact import artifact_to_dict
 from builder.baseimages import parse_aliases
 from builder.errors import BuildFailure
+from builder.pythons import PythonSource
 from builder.spaceconfig import parse_front_matter
+from builder.venv import VenvPolicy
+from controller.config import Settings
 from controller.db.models import Build, Space, utcnow
 from controller.domain.naming import image_tag
 from controller.domain.stages import SERVING, Stage
@@ -214,7 +218,7 @@ def _execute(platform: Platform, build_id: int, owner: str, name: str, sha: str,
                 mirror=settings.registry_mirror or None, ca_dir=settings.extra_ca_dir, no_cache=no_cache,
                 time_limit=settings.build_time_limit, cancel=cancel, owner=owner, sandbox=isolation.sandbox,
                 network=isolation.network, container_limits=isolation.container_limits,
-                uv_seed=settings.build_uv_seed,
+                uv_seed=settings.build_uv_seed, venv_policy=venv_policy(settings),
             )
     except BuildFailure as failure:
         stage, message = Stage(failure.stage), writer.mask(failure.message)  # stored and shown: secrets masked
@@ -231,6 +235,17 @@ def _execute(platform: Platform, build_id: int, owner: str, name: str, sha: str,
     writer("Build succeeded")
     data = artifact_to_dict(artifact)
     return _finish(platform, build_id, writer, lambda s, b: _succeed(s, b, data))
+
+
+def venv_policy(settings: Settings) -> VenvPolicy:
+    """The site's SPACEPORT_BUILD_* choices for local environments (default Python, base packages, Python source)."""
+    return VenvPolicy(
+        default_python=settings.build_default_python,
+        base_packages=tuple(p for p in settings.build_base_packages.replace(",", " ").split() if p),
+        python_source=PythonSource(
+            search_path=tuple(d for d in settings.build_python_path.split(os.pathsep) if d),
+            downloads=settings.build_python_downloads == "automatic", mirror=settings.build_python_mirror),
+    )
 
 
 def _finish(platform: Platform, build_id: int, writer: BuildLogWriter,

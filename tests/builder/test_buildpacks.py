@@ -106,7 +106,7 @@ def test_render_quotes_what_the_owner_controls() -> None:
 
 
 def test_old_gradio_renders_without_oauth_extra_and_with_setuptools() -> None:
-    config = SpaceConfig(sdk="gradio", sdk_version="3.0.17")
+    config = SpaceConfig(sdk="gradio", sdk_version="3.0.17", python_version="3.11")
     ctx = RenderContext(files=files("app.py", "requirements.txt"), sdk_release=datetime(2022, 5, 1, tzinfo=UTC))
     text = buildpacks.for_config(config).render(config, ctx)
     assert "RUN uv pip install gradio==3.0.17 'uvicorn>=0.14.0' 'setuptools<81'" in text
@@ -126,7 +126,7 @@ def test_static_render_serves_directory_without_pip() -> None:
     config = load_space_config(FIXTURES / "static")
     text = buildpacks.for_config(config).render(config, RenderContext(files=RepoFiles.scan(FIXTURES / "static")))
     assert "http.server" in text and "pip install" not in text
-    assert text.startswith("FROM python:3.11\n") and "SYSTEM=spaces" in text
+    assert text.startswith("FROM python:3.10\n") and "SYSTEM=spaces" in text  # the hosted default python_version
 
 
 def test_docker_render_is_the_users_dockerfile() -> None:

@@ -18,6 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # Tests that exercise path-based app URLs (/apps/OWNER/NAME/) opt in to them, as a trusted site would:
 # the default redirects them to host URLs (tests/security/test_app_isolation.py proves that).
 TRUSTED_PATHS = "trusted"
+# Live servers build lean venvs: the Python the warm uv seed has wheels for (cp311), and only `requests`
+# of the hosted base packages (datasets & co. would add minutes to every gradio build in the suite).
+# tests/builder/test_venv.py proves the hosted defaults (Python 3.10, the full base set).
+LEAN_BUILDS = {"SPACEPORT_BUILD_DEFAULT_PYTHON": "3.11", "SPACEPORT_BUILD_BASE_PACKAGES": "requests"}
 
 
 def free_port() -> int:
@@ -106,6 +110,8 @@ def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
         "SPACEPORT_RECONCILE_INTERVAL": "0.5",
         "PYTHONUNBUFFERED": "1",
     })
+    if not os.environ.get("SPACEPORT_TEST_HOSTED_BUILDS"):  # bench/corpus.py sets it: the hosted defaults
+        env.update(LEAN_BUILDS)
     seed = Path.home() / ".cache" / "uv"  # this machine's own (trusted) uv cache: owners' build caches start warm
     if seed.is_dir():
         env["SPACEPORT_BUILD_UV_SEED"] = str(seed)
