@@ -19,6 +19,9 @@ from controller.api import hub as hub_api
 from controller.api import logs as logs_api
 from controller.api import repos as repos_api
 from controller.api import spaces as spaces_api
+from controller.api.framing import FrameGuard
+from controller.api.limits import RequestLimits, StreamLimiter
+from controller.api.logfeeds import LogHub
 from controller.config import Settings
 from controller.domain.errors import SpaceportError
 from controller.git import http as git_http
@@ -33,6 +36,7 @@ from controller.services.access import SpaceAccess
 from controller.services.accounts import TOKEN_PREFIX
 from controller.services.platform import Platform
 from controller.services.reconciler import Reconciler
+from controller.services.throttle import LoginThrottle
 from controller.services.websession import SESSION_COOKIE
 from controller.tasks import make_celery
 from web.context import CSRF_COOKIE
@@ -83,6 +87,9 @@ def create_app(settings: Settings, *, platform: Platform | None = None, runtime:
     app = FastAPI(title="Spaceport", version="0.1.0", lifespan=lifespan)
     app.state.platform, app.state.settings, app.state.runtime = platform, settings, runtime
     app.state.reconciler, app.state.routes = reconciler, routes
+    app.state.log_hub = LogHub()
+    app.state.stream_limiter = StreamLimiter(settings.streams_per_client, settings.streams_per_space)
+    app.state.login_throttle = LoginThrottle(settings.login_attempts, settings.login_window)
     app_auth = AppAuth(settings.key, cookie_max_age=settings.app_session_max_age)
     app.state.app_auth = app_auth
     app.add_exception_handler(SpaceportError, _error_response)
@@ -95,6 +102,9 @@ def create_app(settings: Settings, *, platform: Platform | None = None, runtime:
         return {"status": "ok"}
 
     web.install(app)  # last: the UI's /OWNER pages match any single-segment path
+    # inside the proxy (added before it): platform requests only, never an app's traffic or responses
+    app.add_middleware(RequestLimits, settings=settings)
+    app.add_middleware(FrameGuard)
     app.add_middleware(
         ProxyMiddleware, apps_domain=settings.apps_domain or "localhost", routes=routes, activity=activity,
         access=SpaceAccess(platform), activator=reconciler, path_mode=settings.path_apps,

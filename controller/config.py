@@ -78,6 +78,22 @@ class Settings(BaseSettings):
                     "signed in again through the platform (access revoked meanwhile ends by then at the latest)",
     )
     embedded_worker: bool = True
+    # Abuse limits (issue 19): each answer names the limit it hit and the setting that raises it.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body of API calls and "
+                                "forms (JSON, YAML checks, logins); larger ones get 413 before they are read")
+    max_commit_bytes: int = Field(default=104_857_600, ge=1024, description="Largest body of the commit API "
+                                  "(`create_commit` / `upload_file` NDJSON, base64 inside) and preupload calls")
+    max_push_bytes: int = Field(default=2_147_483_648, ge=1024, description="Largest git request body (a push's "
+                                "pack, a fetch's negotiation)")
+    streams_per_client: int = Field(default=20, ge=1, description="Log streams (SSE) one client address may hold "
+                                    "open at once; more get 429")
+    streams_per_space: int = Field(default=100, ge=1, description="Log streams (SSE) open at once on one space; "
+                                   "more get 429")
+    login_attempts: int = Field(default=10, ge=1, description="Failed logins allowed per user name and client "
+                                "address within login_window; more get 429 with Retry-After")
+    login_window: float = Field(default=300.0, gt=0, description="Seconds over which failed logins are counted")
+    max_json_depth: int = Field(default=64, ge=2, description="Deepest nesting accepted in JSON and NDJSON request "
+                                "bodies; deeper ones get 400")
 
     def model_post_init(self, _context: object) -> None:
         self.data_dir = self.data_dir.expanduser().resolve()

@@ -70,7 +70,8 @@ class Web:
 
     def attach_cookie(self, response: Response) -> None:
         if self.new_csrf_cookie:
-            response.set_cookie(CSRF_COOKIE, self.new_csrf_cookie, httponly=True, samesite="lax", path="/")
+            response.set_cookie(CSRF_COOKIE, self.new_csrf_cookie, httponly=True, samesite="lax", path="/",
+                                secure=self.platform.settings.public_url.lower().startswith("https://"))
 
     def redirect(self, url: str) -> RedirectResponse:
         response = RedirectResponse(url, status_code=303)

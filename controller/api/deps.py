@@ -49,7 +49,16 @@ def require_principal(principal: Annotated[Principal | None, Depends(get_princip
     return principal
 
 
+def get_short_principal(request: Request,
+                        session: Annotated[Session, Depends(get_db, scope="function")]) -> Principal | None:
+    return principal_from_request(request, session)
+
+
 DB = Annotated[Session, Depends(get_db)]
+# For streaming responses (logs, file downloads): the session closes when the endpoint returns, before
+# the body is sent, so a long or slow stream holds no pool connection.
+ShortDB = Annotated[Session, Depends(get_db, scope="function")]
+ShortCaller = Annotated[Principal | None, Depends(get_short_principal)]
 Caller = Annotated[Principal | None, Depends(get_principal)]
 User = Annotated[Principal, Depends(require_principal)]
 PlatformDep = Annotated[Platform, Depends(get_platform)]

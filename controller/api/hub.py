@@ -13,17 +13,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from builder.errors import SpaceConfigError
 from builder.spaceconfig import parse_front_matter
-from controller.api.deps import DB, Caller, PlatformDep, User
+from controller.api.deps import DB, Caller, PlatformDep, ShortCaller, ShortDB, User
+from controller.api.limits import too_deep
 from controller.db.models import Space
 from controller.domain.errors import BadRequest
 from controller.git import storage
-from controller.services import builds, commits, duplicate, lifecycle, settings_vars, spaces
+from controller.services import blobs, builds, commits, duplicate, lifecycle, settings_vars, spaces
 from controller.services.accounts import Principal
 from controller.services.platform import Platform
 from controller.services.settings_vars import KeyValue
@@ -152,6 +153,7 @@ def delete_secret(owner: str, name: str, body: KeyBody, db: DB, user: User, plat
 @router.post(SPACE + "/duplicate")
 def duplicate_space(owner: str, name: str, body: DuplicateBody, db: DB, user: User,
                     platform: PlatformDep) -> dict[str, Any]:
+    lifecycle.check_sleep_time(body.sleepTimeSeconds)  # the same rule as the sleep-time API, before copying
     request = duplicate.DuplicateRequest(
         target=body.repository, private=body.is_private(), hardware=body.hardware, sleep_time=body.sleepTimeSeconds,
         secrets=[s.item() for s in body.secrets], variables=[v.item() for v in body.variables],
@@ -180,11 +182,20 @@ def commit(owner: str, name: str, revision: str, body: Annotated[bytes, Depends(
     if create_pr not in (None, "", "0", "false"):
         raise BadRequest("Spaceport has no pull requests: commit to main directly (create_pr=False).")
     commits.check_branch(revision)
-    request = commits.parse_ndjson(body)
+    request = _parse_commit(body, platform.settings.max_json_depth)
     sha = commits.write_commit(_repo(platform, space), request, _author(user, platform))
     _record(db, platform, space)
     return {"commitUrl": f"{_base(platform)}/spaces/{owner}/{name}/commit/{sha}", "commitOid": sha,
             "pullRequestUrl": None}
+
+
+def _parse_commit(body: bytes, max_depth: int) -> commits.CommitRequest:
+    """NDJSON lines nested too deep for the JSON parser are a client error that says so, not a 500."""
+    for number, line in enumerate(body.splitlines(), 1):
+        if too_deep(line, max_depth):
+            raise BadRequest(f"Commit body line {number} is nested more than {max_depth} levels deep: each line is "
+                             "one flat operation ({'key': ..., 'value': {...}}); the limit is SPACEPORT_MAX_JSON_DEPTH.")
+    return commits.parse_ndjson(body)
 
 
 def _author(user: Principal, platform: Platform) -> commits.Author:
@@ -249,13 +260,19 @@ def list_commits(owner: str, name: str, revision: str, request: Request, respons
 
 
 @router.api_route("/spaces/{owner}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
-def resolve_file(owner: str, name: str, revision: str, path: str, db: DB, caller: Caller,
+def resolve_file(owner: str, name: str, revision: str, path: str, request: Request, db: ShortDB, caller: ShortCaller,
                  platform: PlatformDep) -> Response:
-    """A file's bytes at a revision, with the headers `hf_hub_download` / `file_exists` read."""
+    """A file's bytes at a revision, with the headers `hf_hub_download` / `file_exists` read.
+
+    Streamed from git in chunks (a big file never sits in memory), with no database session held meanwhile.
+    """
     space = spaces.get_space(db, caller, owner, name)
     repo = _repo(platform, space)
     sha = commits.resolve(repo, revision)
-    blob_sha, data = commits.blob(repo, sha, path)
+    entry = blobs.blob_entry(repo, sha, path)
     media = mimetypes.guess_type(path)[0] or "application/octet-stream"
-    headers = {"X-Repo-Commit": sha, "ETag": f'"{blob_sha}"', "Cache-Control": "private, max-age=0"}
-    return Response(content=data, media_type=media, headers=headers)
+    headers = {"X-Repo-Commit": sha, "ETag": f'"{entry.oid}"', "Cache-Control": "private, max-age=0",
+               "Content-Length": str(entry.size)}
+    if request.method == "HEAD":
+        return Response(media_type=media, headers=headers)
+    return StreamingResponse(blobs.blob_chunks(repo, entry.oid), media_type=media, headers=headers)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from controller.api.deps import DB, PlatformDep, User
 from controller.domain.errors import BadRequest
-from controller.services import accounts, spaces
+from controller.services import accounts, lifecycle, spaces
 from controller.services.lifecycle import delete_space
 
 router = APIRouter(prefix="/api", tags=["repos"])
@@ -52,10 +52,11 @@ def create_repo(body: CreateRepo, db: DB, user: User, platform: PlatformDep) -> 
     _space_type(body.type)
     owner = body.organization or user.user.name
     hardware = body.hardware or "cpu-basic"
+    lifecycle.check_sleep_time(body.sleepTimeSeconds)  # before anything is created
     space = spaces.create_space(db, platform.settings.repos_dir, user, owner, body.name, sdk=body.sdk,
                                 private=_private(body), hardware=hardware)
     if body.sleepTimeSeconds is not None:
-        space.sleep_time = body.sleepTimeSeconds
+        lifecycle.set_sleep_time(space, body.sleepTimeSeconds)
     base = platform.settings.public_url.rstrip("/")
     return {"url": f"{base}/spaces/{owner}/{body.name}", "name": f"{owner}/{body.name}", "id": f"sp{space.id}"}
 

@@ -84,6 +84,16 @@ class Token(Base):
     user: Mapped[Account] = relationship()
 
 
+class WebSession(Base):
+    """A browser login: the cookie carries a random id, only its SHA-256 is stored; logout deletes the row."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Space(Base):
     __tablename__ = "spaces"
     __table_args__ = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -146,9 +147,17 @@ def authenticate_token(session: Session, token: str) -> Principal:
     return Principal(user=row.user, scope=row.scope, token_name=row.name)
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    return hash_password(secrets.token_urlsafe(16))
+
+
 def authenticate_password(session: Session, name: str, password: str) -> Account:
+    """The same work (one scrypt) whether the user exists, has no password, or not: no timing oracle."""
     user = get_account(session, name)
-    if user is None or user.kind != "user" or not check_password(password, user.password_hash):
+    stored = user.password_hash if user is not None and user.kind == "user" else None
+    matched = check_password(password, stored or _dummy_hash())
+    if user is None or stored is None or not matched:
         raise Unauthorized("Wrong user name or password.")
     return user
 

@@ -78,8 +78,13 @@ def change_hardware(session: Session, platform: Platform, space: Space, flavor: 
     platform.after_commit(session, platform.kick)
 
 
-def set_sleep_time(space: Space, seconds: int | None) -> None:
-    """None: platform default; -1: never sleep; else idle seconds before sleeping (60 or more)."""
+def check_sleep_time(seconds: int | None) -> None:
+    """The one rule for every way a sleep time is set (create, duplicate, the sleep-time API)."""
     if seconds is not None and seconds != -1 and seconds < 60:
         raise BadRequest("The sleep time must be -1 (never sleep) or at least 60 seconds.")
+
+
+def set_sleep_time(space: Space, seconds: int | None) -> None:
+    """None: platform default; -1: never sleep; else idle seconds before sleeping (60 or more)."""
+    check_sleep_time(seconds)
     space.sleep_time = seconds

@@ -8,7 +8,8 @@ from fastapi.responses import Response
 from controller.domain.errors import NotFound, SpaceportError
 from controller.proxy.appauth import safe_next as appauth_safe_next
 from controller.services import accounts
-from controller.services.websession import MAX_AGE, SESSION_COOKIE, sign_session
+from controller.services.throttle import LoginThrottle
+from controller.services.websession import MAX_AGE, SESSION_COOKIE, end_session, start_session
 from web.context import CSRF, WebDep
 from web.routing import WebRoute
 
@@ -20,11 +21,22 @@ def safe_next(target: str | None) -> str:
     return appauth_safe_next(target)
 
 
+def secure_cookies(web: WebDep) -> bool:
+    """Cookies only over TLS when the site is served over https."""
+    return web.platform.settings.public_url.lower().startswith("https://")
+
+
 def logged_in(web: WebDep, user_id: int, target: str | None) -> Response:
+    cookie = start_session(web.session, web.platform.settings.key, user_id)
+    web.session.commit()
     response = web.redirect(safe_next(target))
-    cookie = sign_session(web.platform.settings.key, user_id)
-    response.set_cookie(SESSION_COOKIE, cookie, max_age=MAX_AGE, httponly=True, samesite="lax", path="/")
+    response.set_cookie(SESSION_COOKIE, cookie, max_age=MAX_AGE, httponly=True, samesite="lax", path="/",
+                        secure=secure_cookies(web))
     return response
+
+
+def _client(web: WebDep) -> str:
+    return web.request.client.host if web.request.client else "unknown"
 
 
 @router.get("/login")
@@ -34,18 +46,31 @@ def login_page(web: WebDep, next: str | None = None) -> Response:
 
 @router.post("/login", dependencies=[CSRF])
 def login(web: WebDep, username: str = Form(""), password: str = Form(""), next: str = Form("/")) -> Response:
+    throttle: LoginThrottle = web.request.app.state.login_throttle
+    name, client = username.strip(), _client(web)
+    wait = throttle.retry_after(name, client)
+    if wait is not None:
+        web.flashes.append(("error", f"Too many failed logins for {name!r} from your address: try again in {wait} s "
+                                     "(or ask an admin to set a new password)."))
+        response = web.render("login.html", status=429, next=safe_next(next), username=username)
+        response.headers["Retry-After"] = str(wait)
+        return response
     try:
-        user = accounts.authenticate_password(web.session, username.strip(), password)
+        user = accounts.authenticate_password(web.session, name, password)
     except SpaceportError as error:
+        throttle.failed(name, client)
         web.fail(error)
         return web.render("login.html", status=401, next=safe_next(next), username=username)
+    throttle.succeeded(name, client)
     return logged_in(web, user.id, next)
 
 
 @router.post("/logout", dependencies=[CSRF])
 def logout(web: WebDep) -> Response:
+    end_session(web.session, web.platform.settings.key, web.request.cookies.get(SESSION_COOKIE))
+    web.session.commit()
     response = web.redirect("/")
-    response.delete_cookie(SESSION_COOKIE, path="/")
+    response.delete_cookie(SESSION_COOKIE, path="/", secure=secure_cookies(web), httponly=True, samesite="lax")
     return response
 
 
