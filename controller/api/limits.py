@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controller.config import Settings
@@ -27,8 +28,13 @@ K = TypeVar("K")
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
 
 
-class BodyTooLarge(Exception):
-    """Raised from receive() once the streamed body passes the limit."""
+class BodyTooLarge(HTTPException):
+    """Raised from receive() once the streamed body passes the limit; an HTTPException, so the framework
+    answers 413 with the message wherever the body was being read (FastAPI re-raises those as they are)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message, headers={"X-Error-Message": message, "Connection": "close"})
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -172,7 +178,7 @@ class RequestLimits:
         except BodyTooLarge as exc:
             if started:
                 raise
-            await _send_error(send, 413, str(exc))
+            await _send_error(send, 413, exc.message)
         except BaseExceptionGroup as group:  # raised inside a task group (e.g. a streaming request body)
             matched, rest = group.split(BodyTooLarge)
             if matched is None or rest is not None or started:
