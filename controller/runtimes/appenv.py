@@ -1,4 +1,14 @@
-"""The environment and identity every runtime gives an app (shared by local and docker)."""
+"""The environment and identity every runtime gives an app: local, docker and kubernetes build the app's
+environment with `app_env` (the one place the platform-owned names are decided).
+
+The hosted layout (Hugging Face Spaces): the app runs as an unprivileged user whose HOME is /home/user,
+its code is a writable /home/user/app and its working directory, SYSTEM=spaces, SPACE_ID,
+SPACE_AUTHOR_NAME, SPACE_REPO_NAME, SPACE_TITLE and SPACE_HOST describe the space (the controller passes
+SPACE_HOST, CPU_CORES, MEMORY, ACCELERATOR, ...; the names of the space itself are derived from its id here
+so every runtime has them), and no proxy variable of the host is ever handed on.
+Containers take HOME and the working directory from their image (generated images set /home/user and
+/home/user/app; a docker space's own Dockerfile decides, as on the hosted platform).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +25,13 @@ LABEL_SPACE = "spaceport.space"
 LABEL_SPEC = "spaceport.spec-hash"
 LABEL_ARTIFACT = "spaceport.artifact"
 LABEL_FLAVOR = "spaceport.flavor"
+APP_HOME = "/home/user"
+APP_DIR = f"{APP_HOME}/app"
+SYSTEM_VALUE = "spaces"
+# Set by the runtime after everything a space supplies (a space's SYSTEM would be ignored, and said so).
+RUNTIME_SET = frozenset({"SYSTEM"})
+PROXY_NAMES = frozenset(n for base in ("http_proxy", "https_proxy", "ftp_proxy", "all_proxy", "no_proxy")
+                        for n in (base, base.upper()))  # fmt: skip
 
 
 def port_env(port: int, bind_host: str) -> dict[str, str]:
@@ -71,6 +88,28 @@ def checked_user_env(spec: InstanceSpec) -> tuple[dict[str, str], list[str]]:
     artifact, dropped = without_reserved_names(dict(spec.artifact.env))
     given, dropped_too = without_runtime_names(spec.env)
     return {**artifact, **given}, sorted({*dropped, *dropped_too})
+
+
+def space_names(space_id: str) -> dict[str, str]:
+    """SPACE_ID, SPACE_AUTHOR_NAME, SPACE_REPO_NAME and a default SPACE_TITLE, from "owner/name"."""
+    owner, _, repo = space_id.partition("/")
+    return {"SPACE_ID": space_id, "SPACE_AUTHOR_NAME": owner, "SPACE_REPO_NAME": repo, "SPACE_TITLE": repo}
+
+
+def app_env(spec: InstanceSpec, *, port: int, bind: str, home: str | None = None,
+            tmp: str | None = None) -> tuple[dict[str, str], list[str]]:  # fmt: skip
+    """(the app's environment, names dropped), the same on every runtime: the space's names, then the
+    artifact's and the space's own values (the controller's SPACE_HOST, SPACE_TITLE, ... win over the
+    derived defaults), then what the runtime owns: SYSTEM=spaces, HOME & co (processes; containers take
+    them from their image) and the port. No proxy variable is ever added: the platform has none to give."""
+    given, dropped = checked_user_env(spec)
+    owned = sorted(k for k in given if k in RUNTIME_SET)
+    given = {k: v for k, v in given.items() if k not in RUNTIME_SET}
+    env = {**space_names(spec.space_id), **given, "SPACE_ID": spec.space_id, "SYSTEM": SYSTEM_VALUE}
+    if home is not None:
+        env.update(home_env(home, tmp or f"{home}/tmp"))
+    env.update(port_env(port, bind))
+    return env, sorted({*dropped, *owned})
 
 
 def spec_hash(spec: InstanceSpec) -> str:

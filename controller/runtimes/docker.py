@@ -1,6 +1,7 @@
 """Docker runtime: one container per instance, through the docker SDK.
 
-Containers run with --init, as uid 1000, no capabilities, no-new-privileges, memory/CPU/pids limits,
+Containers run with --init, as uid 1000, with the environment of appenv.app_env (never the docker
+client's configured proxies), no capabilities, no-new-privileges, memory/CPU/pids limits,
 on the `spaceport-apps` bridge network created with inter-container communication disabled (apps
 cannot reach each other) and the apps' egress policy on its bridge (netns.bridge_firewall: private,
 link-local, CGNAT, reserved ranges and the host itself denied, DNS to the resolvers and the
@@ -31,14 +32,7 @@ from docker.models.containers import Container
 
 from builder.artifact import ImageArtifact
 from controller.runtimes import netns
-from controller.runtimes.appenv import (
-    LABEL_INSTANCE,
-    LABEL_SPEC,
-    instance_labels,
-    port_env,
-    spec_hash,
-    user_env,
-)
+from controller.runtimes.appenv import LABEL_INSTANCE, LABEL_SPEC, app_env, instance_labels, spec_hash
 from controller.runtimes.base import Endpoint, InstanceSpec, InstanceStatus, RuntimeFailure, State
 from controller.runtimes.sandbox import ASCEND_DRIVER, ASCEND_SHARED
 
@@ -81,7 +75,7 @@ def build_create_kwargs(spec: InstanceSpec, *, network: str = NETWORK, bind_addr
     if not isinstance(artifact, ImageArtifact):
         raise RuntimeFailure(f"the docker runtime runs images, not {artifact.ref}")
     hw = spec.hardware
-    env = {**user_env(spec), "SPACE_ID": spec.space_id, **port_env(artifact.port, "0.0.0.0")}
+    env, _ = app_env(spec, port=artifact.port, bind="0.0.0.0")  # HOME and the workdir come from the image
     return {
         "image": artifact.image,
         "name": container_name(spec.name, site),
@@ -89,6 +83,7 @@ def build_create_kwargs(spec: InstanceSpec, *, network: str = NETWORK, bind_addr
         "init": True,
         "user": APP_UID,
         "environment": env,
+        "use_config_proxy": False,  # docker-py would copy the proxies of ~/.docker/config.json into every app
         "labels": {**instance_labels(spec), **({LABEL_SITE: site} if site else {})},
         "mem_limit": f"{hw.memory_mb}m",
         "memswap_limit": f"{hw.memory_mb}m",

@@ -40,14 +40,7 @@ from typing import Literal
 
 from builder.artifact import VenvArtifact, artifact_to_dict
 from controller.runtimes import hosttools, logrelay, netns, procs, sandbox
-from controller.runtimes.appenv import (
-    checked_user_env,
-    home_env,
-    instance_labels,
-    port_env,
-    spec_hash,
-    visible_devices_env,
-)
+from controller.runtimes.appenv import APP_DIR, app_env, instance_labels, spec_hash, visible_devices_env
 from controller.runtimes.base import Endpoint, InstanceSpec, InstanceStatus, RuntimeFailure, State
 from controller.runtimes.cgroups import Cgroups, Limits
 from controller.runtimes.localstate import InstanceDir, LocalRecord
@@ -181,6 +174,9 @@ class LocalRuntime:
         command = [c.replace("{port}", str(port)).replace("{host}", bind) for c in artifact.command]
         if command and not os.path.isabs(command[0]) and (artifact.venv / "bin" / command[0]).exists():
             command[0] = str(artifact.venv / "bin" / command[0])
+        if uid is not None:
+            sandbox.prepare_app_dir(idir.home, _app_layer(idir), uid)
+            command = in_app_dir(command, artifact.source)
         procs_files = self._cgroup(spec) if self.cgroups.available else []
         env_fd = _memfd("spaceport-env", _env_script(env))
         try:
@@ -256,13 +252,13 @@ class LocalRuntime:
         """(the app's environment, names dropped): the space's values never replace the platform's."""
         home, tmp = (sandbox.APP_HOME, SANDBOX_TMP) if self.sandboxed else (str(idir.home), str(idir.tmp))
         path = f"{artifact.venv}/bin:/usr/local/bin:/usr/bin:/bin"
-        base = {"PATH": path, "VIRTUAL_ENV": str(artifact.venv), "SPACE_ID": spec.space_id}
+        base = {"PATH": path, "VIRTUAL_ENV": str(artifact.venv)}
         ca = "/etc/ssl/certs/ca-certificates.crt"
         defaults = {"SSL_CERT_FILE": ca, "REQUESTS_CA_BUNDLE": ca} if os.path.exists(ca) else {}
-        given, dropped = checked_user_env(spec)
+        given, dropped = app_env(spec, port=port, bind=bind, home=home, tmp=tmp)
         invalid = sorted(k for k in given if not SHELL_NAME.match(k))
         given = {k: v for k, v in given.items() if k not in invalid and "\0" not in v}
-        env = {**defaults, **given, **base, **home_env(home, tmp), **visible_devices_env(spec), **port_env(port, bind)}
+        env = {**defaults, **given, **base, **visible_devices_env(spec)}
         return env, [*dropped, *invalid]
 
     def _cgroup(self, spec: InstanceSpec) -> builtins.list[str]:
@@ -290,7 +286,7 @@ class LocalRuntime:
     def _plan(self, spec: InstanceSpec, idir: InstanceDir, uid: int) -> sandbox.SandboxPlan:
         artifact = spec.artifact
         assert isinstance(artifact, VenvArtifact)
-        ro = [artifact.source.resolve(), artifact.venv.resolve()]
+        ro = [artifact.venv.resolve()]
         prefix = sandbox.interpreter_prefix(artifact.venv)
         if prefix is not None:
             ro.append(prefix)
@@ -298,8 +294,8 @@ class LocalRuntime:
         devices, driver = sandbox.accelerator_devices(acc.type, acc.device_ids) if acc else ((), ())
         return sandbox.SandboxPlan(
             uid=uid, home=idir.home, etc_dir=idir.etc, ro_paths=tuple(dict.fromkeys(ro)), protected=self.protected,
-            tmp_size_bytes=spec.hardware.disk_mb * 1024 * 1024, workdir=str(artifact.source.resolve()),
-            devices=devices, extra_ro=driver,
+            tmp_size_bytes=spec.hardware.disk_mb * 1024 * 1024, workdir=APP_DIR, devices=devices, extra_ro=driver,
+            app_source=artifact.source.resolve(), app_layer=_app_layer(idir),
         )  # fmt: skip
 
     def _rotate(self, idir: InstanceDir) -> None:
@@ -388,6 +384,7 @@ class LocalRuntime:
             while self._alive(record) and time.monotonic() < deadline:
                 time.sleep(0.05)
         self._kill_all(record)
+        sandbox.discard_app_writes(_app_layer(idir))
         record.stopped, record.frozen = True, False
         idir.write(record)
 
@@ -440,6 +437,25 @@ class LocalRuntime:
                 await asyncio.sleep(0.2)
         if pending:
             yield pending.decode(errors="replace")
+
+
+def _app_layer(idir: InstanceDir) -> Path:
+    """Upper and work directories of the app's /home/user/app overlay (never visible to the app)."""
+    return idir.path / "app-layer"
+
+
+def in_app_dir(command: builtins.list[str], source: Path) -> builtins.list[str]:
+    """The artifact's command with its source paths (host paths, as the builder wrote them) pointing at
+    the app's own writable copy at APP_DIR instead."""
+    roots = {str(source), str(source.resolve())}
+
+    def mapped(arg: str) -> str:
+        for root in roots:
+            if arg == root or arg.startswith(root + "/"):
+                return APP_DIR + arg[len(root):]
+        return arg
+
+    return [mapped(arg) for arg in command]
 
 
 def _memfd(name: str, data: bytes) -> int:

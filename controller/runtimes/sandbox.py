@@ -2,11 +2,14 @@
 
 What an app sees (see `bwrap_argv`):
 * filesystem: /usr (and the /bin, /lib*, /sbin symlinks) read-only, a minimal /etc (resolver, CA
-  certificates, ld.so, mime types, a generated passwd/group), its own source and venv read-only at
-  their host paths (venv scripts carry absolute shebangs), the venv's base interpreter read-only, a
-  private writable home (kept across restarts) and a size-limited tmpfs /tmp. Nothing else: not the
-  data dir, not other spaces, not the controller's code. `protected_paths` that would fall inside a
-  bound directory are masked.
+  certificates, ld.so, mime types, a generated passwd/group), its venv read-only at its host path (venv
+  scripts carry absolute shebangs), the venv's base interpreter read-only, a private writable home
+  (kept across restarts) and a size-limited tmpfs /tmp. Its code is /home/user/app, writable, owned by
+  the app and its working directory, as on the hosted platform: an overlay (see APP_SETUP) whose lower
+  layer is the shared read-only source snapshot and whose upper layer is the instance's own directory,
+  emptied on every start (the hosted disk is ephemeral too), so no write ever reaches the snapshot
+  other instances, duplicates and rebuilds run from. Nothing else: not the data dir, not other spaces,
+  not the controller's code. `protected_paths` that would fall inside a bound directory are masked.
 * identity: its own unprivileged uid/gid (100000 + a per-space number, never root, never the
   controller's uid), set with setpriv *inside* the sandbox after bwrap (running as root) has built the
   mounts; all capabilities dropped, no_new_privs.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,10 +35,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller.runtimes import hosttools, netns
+from controller.runtimes.appenv import APP_DIR, APP_HOME
 
 UID_BASE = 100_000
 UID_MAX = 165_535
-APP_HOME = "/home/user"
+APP_STAGING = "/run/spaceport-app"  # lower (the snapshot) and layer (upper + work) until the overlay is up
+# Runs as root inside the sandbox, before setpriv, with fixed argv and no owner input but the file tree:
+# the overlay with metacopy=on makes `chown -R` copy up metadata only (no file data is copied until the
+# app writes it); without metacopy the chown copies the data; without overlayfs the code is copied.
+# Then the staging mounts go away (the overlay keeps its own references), and the app starts in its dir.
+APP_SETUP = r"""
+uid=$1; shift
+s=@STAGING@; l=$s/lower; u=$s/layer/upper; w=$s/layer/work; a=@APP@
+mount -t overlay -o "lowerdir=$l,upperdir=$u,workdir=$w,metacopy=on" spaceport-app "$a" 2>/dev/null \
+ || mount -t overlay -o "lowerdir=$l,upperdir=$u,workdir=$w" spaceport-app "$a" \
+ || { echo "spaceport: overlayfs unavailable: copying the app's code into @APP@" >&2;
+      cp -a "$l/." "$u/" && mount --bind "$u" "$a"; } \
+ || { echo "spaceport: cannot set up /home/user/app" >&2; exit 125; }
+chown -Rh "$uid:$uid" "$a" && umount "$l" && umount -l "$s/layer" || exit 125
+rmdir "$l" "$s/layer" "$s" 2>/dev/null
+cd "$a" || exit 125
+exec "$@"
+""".replace("@STAGING@", APP_STAGING).replace("@APP@", APP_DIR)
 ETC_FILES = (
     "resolv.conf", "hosts", "nsswitch.conf", "host.conf", "gai.conf", "ld.so.cache", "ld.so.conf",
     "ld.so.conf.d", "ssl", "ca-certificates", "ca-certificates.conf", "mime.types", "localtime",
@@ -67,6 +89,8 @@ class SandboxPlan:
     hostname: str = "space"
     devices: tuple[str, ...] = ()
     extra_ro: tuple[str, ...] = ()
+    app_source: Path | None = None  # shown writable at APP_DIR (and made the working directory)
+    app_layer: Path | None = None  # holds upper/ and work/ of that overlay (emptied by the caller)
 
 
 def _bwrap_works() -> str:
@@ -233,6 +257,12 @@ def check_plan(plan: SandboxPlan) -> None:
         for path in plan.protected:
             if ro == Path("/") or ro.is_relative_to(path):
                 raise RuntimeError(f"{ro} cannot be exposed to an app: it is protected ({path})")
+    if plan.app_source is not None:  # an overlay's lower layer cannot be masked: nothing protected inside
+        if plan.app_layer is None:
+            raise RuntimeError("an app directory needs a layer directory for its writes")
+        for path in plan.protected:
+            if plan.app_source == Path("/") or plan.app_source.is_relative_to(path) or path.is_relative_to(plan.app_source):
+                raise RuntimeError(f"{plan.app_source} cannot be the app's code: it holds or is protected ({path})")
 
 
 def bwrap_argv(plan: SandboxPlan, command: list[str], exists: Callable[[str], bool] = os.path.exists) -> list[str]:
@@ -251,7 +281,33 @@ def bwrap_argv(plan: SandboxPlan, command: list[str], exists: Callable[[str], bo
     args += [a for dev in plan.devices for a in ("--dev-bind", dev, dev)]
     args += _mask_args(plan.protected, [Path("/usr"), Path("/etc"), *plan.ro_paths])
     args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", plan.hostname]
-    args += ["--chdir", plan.workdir, "--"]
+    setup: list[str] = []
+    if plan.app_source is not None and plan.app_layer is not None:
+        args += ["--ro-bind", str(plan.app_source), f"{APP_STAGING}/lower", "--bind", str(plan.app_layer),
+                 f"{APP_STAGING}/layer"]  # fmt: skip
+        setup = ["/bin/sh", "-c", APP_SETUP, "spaceport-appdir", str(plan.uid)]
+    args += ["--chdir", "/" if setup else plan.workdir, "--"]  # APP_SETUP enters the app dir once it is mounted
     drop = ["/usr/bin/setpriv", f"--reuid={plan.uid}", f"--regid={plan.uid}", "--clear-groups",
             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]  # fmt: skip
-    return args + drop + command
+    return args + setup + drop + command
+
+
+def prepare_app_dir(home: Path, layer: Path, uid: int) -> None:
+    """Host side, before a sandboxed start (the app is not running): an empty layer (writes of the last
+    run are discarded) and a real directory home/app to mount on; whatever the app left there (a
+    symlink, a file) is removed first, never followed."""
+    shutil.rmtree(layer, ignore_errors=True)
+    for part in ("upper", "work"):
+        (layer / part).mkdir(parents=True, mode=0o700)
+    os.chmod(layer, 0o700)
+    target = home / "app"
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        target.unlink()
+    target.mkdir(exist_ok=True)
+    os.lchown(target, uid, uid)
+    os.chmod(target, 0o755)
+
+
+def discard_app_writes(layer: Path) -> None:
+    """After a stop: what the app wrote next to its code is gone, as on the hosted ephemeral disk."""
+    shutil.rmtree(layer, ignore_errors=True)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import shutil
 import subprocess
 import tarfile
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import uv
 
+from builder.buildpacks.base import PythonAppBuildPack, RenderContext, RepoFiles
+from builder.spaceconfig import SpaceConfig
 from controller.runtimes.sandbox import sandbox_status
 from tests.support.tiers import missing
 
@@ -40,7 +44,7 @@ def copy_app(app: str, dest: Path) -> Path:
 @pytest.fixture(scope="session")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sources")
-    for app in ("echo", "hostile"):
+    for app in ("echo", "hostile", "envreport"):
         copy_app(app, root / app)
     return root
 
@@ -101,3 +105,61 @@ def _build_test_image(docker_host: str) -> None:
 def test_image(docker_host: str) -> str:
     _build_test_image(docker_host)  # idempotent; the same tag built twice by two workers is harmless
     return TEST_IMAGE
+
+
+class _EnvReportPack(PythonAppBuildPack):
+    """The generated Python image exactly as the gradio/streamlit packs lay it out (base, uid-1000 user,
+    HOME, SYSTEM, WORKDIR /home/user/app, COPY --chown), minus the SDK install: the app is stdlib only."""
+
+    sdk = "gradio"
+
+    def detect(self, files: RepoFiles) -> bool:
+        return True
+
+    def dependency_layers(self, config: SpaceConfig, files: RepoFiles, release: datetime | None = None) -> list[str]:
+        return []
+
+    def command(self, config: SpaceConfig) -> list[str]:
+        return ["python", "app.py"]
+
+
+def _context(source: Path, dockerfile: str) -> io.BytesIO:
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        data = dockerfile.encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+        for path in sorted(source.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                tar.add(path, arcname=path.relative_to(source).as_posix(), recursive=False)
+    context.seek(0)
+    return context
+
+
+@pytest.fixture(scope="session")
+def envreport_image(docker_host: str) -> str:
+    """tests/fixtures/apps/envreport in a generated-pack image (tag = hash of the Dockerfile and files)."""
+    import docker
+
+    from tests.support.images import ensure_base_images
+
+    source = APPS / "envreport"
+    config = SpaceConfig(sdk="gradio", python_version="3.11")
+    dockerfile = _EnvReportPack().render(config, RenderContext(files=RepoFiles.scan(source)))
+    digest = hashlib.sha256(dockerfile.encode())
+    for path in sorted(p for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(source).as_posix().encode() + b"\0" + path.read_bytes())
+    tag = f"spaceport-test/envreport:{digest.hexdigest()[:12]}"
+    client = docker.DockerClient(base_url=docker_host, timeout=300)
+    try:
+        try:
+            client.images.get(tag)
+            return tag
+        except docker.errors.ImageNotFound:
+            pass
+        ensure_base_images(docker_host)
+        client.images.build(fileobj=_context(source, dockerfile), custom_context=True, tag=tag, rm=True)
+        return tag
+    finally:
+        client.close()

@@ -125,3 +125,15 @@ def test_bwrap_is_launched_by_absolute_path(tmp_path: Path) -> None:
     argv = sandbox.bwrap_argv(plan, ["true"])
     assert os.path.isabs(argv[0]) and argv[0].endswith("/bwrap")
     assert netns.enter_argv(netns.Slot(3))[0].endswith("/nsenter") and os.path.isabs(netns.enter_argv(netns.Slot(3))[0])
+
+
+def test_command_paths_of_the_source_point_at_the_app_dir(tmp_path: Path) -> None:
+    real = tmp_path / "snapshots" / "abc"
+    real.mkdir(parents=True)
+    link = tmp_path / "src"
+    link.symlink_to(real)
+    command = ["/venv/bin/python", "-m", "streamlit", "run", f"{link}/sub/app.py", "--directory", str(real),
+               f"{real}x/other", "--server.port", "{port}"]  # fmt: skip
+    assert local.in_app_dir(command, link) == ["/venv/bin/python", "-m", "streamlit", "run", "/home/user/app/sub/app.py",
+                                               "--directory", "/home/user/app", f"{real}x/other", "--server.port",
+                                               "{port}"]  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import uv
 
 from builder.artifact import VenvArtifact
 from controller.runtimes import sandbox
+from controller.runtimes.appenv import APP_DIR
 from controller.runtimes.base import Endpoint, HardwareSpec, InstanceSpec, State
 from controller.runtimes.health import wait_healthy
 from controller.runtimes.local import LocalRuntime
@@ -125,6 +127,39 @@ def test_protected_path_inside_a_bound_dir_is_masked(tmp_path: Path) -> None:
     assert ["--ro-bind", "/dev/null", str(secret)] == argv[argv.index(str(secret)) - 2: argv.index(str(secret)) + 1]
     with pytest.raises(RuntimeError):
         sandbox.bwrap_argv(_plan(tmp_path, (tmp_path / "src",)), ["true"])
+
+
+def test_app_code_is_an_overlay_at_home_user_app_never_its_host_path(tmp_path: Path) -> None:
+    plan = dataclasses.replace(_plan(tmp_path), ro_paths=(tmp_path / "venv",), app_source=tmp_path / "src",
+                               app_layer=tmp_path / "layer", workdir=APP_DIR)  # fmt: skip
+    argv = sandbox.bwrap_argv(plan, ["python", "/home/user/app/app.py"])
+    pairs = {(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a in ("--bind", "--ro-bind")}
+    assert (str(tmp_path / "src"), f"{sandbox.APP_STAGING}/lower") in pairs  # read-only: the overlay's lower layer
+    assert (str(tmp_path / "layer"), f"{sandbox.APP_STAGING}/layer") in pairs
+    assert str(tmp_path / "src") not in {dest for _, dest in pairs}
+    setup = argv.index(sandbox.APP_SETUP)
+    assert argv[setup - 2:setup + 3] == ["/bin/sh", "-c", sandbox.APP_SETUP, "spaceport-appdir", "100007"]
+    assert setup < argv.index("/usr/bin/setpriv")  # mounted as root, then the app's uid
+    assert f'a={APP_DIR}' in sandbox.APP_SETUP and "metacopy=on" in sandbox.APP_SETUP
+    for protected in (tmp_path / "src" / "secret", tmp_path):  # an overlay's lower layer cannot be masked
+        with pytest.raises(RuntimeError):
+            sandbox.bwrap_argv(dataclasses.replace(plan, protected=(protected,)), ["true"])
+
+
+def test_prepare_app_dir_empties_the_layer_and_never_follows_what_the_app_left(tmp_path: Path) -> None:
+    home, layer = tmp_path / "home", tmp_path / "layer"
+    home.mkdir()
+    (layer / "upper").mkdir(parents=True)
+    (layer / "upper" / "written-last-run").write_text("x")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (home / "app").symlink_to(outside)  # planted by the app in its persistent home
+    sandbox.prepare_app_dir(home, layer, 100_007)
+    assert not (home / "app").is_symlink() and (home / "app").is_dir() and (home / "app").stat().st_uid == 100_007
+    assert outside.stat().st_uid == os.getuid()
+    assert list((layer / "upper").iterdir()) == [] and (layer / "work").is_dir()
+    sandbox.discard_app_writes(layer)
+    assert not layer.exists()
 
 
 def test_accelerator_devices_only_for_the_assigned_ids() -> None:

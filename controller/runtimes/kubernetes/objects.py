@@ -17,6 +17,7 @@ from typing import Any
 
 from builder.artifact import ImageArtifact
 from controller.domain.hardware import AcceleratorType, Catalog
+from controller.runtimes.appenv import app_env
 from controller.runtimes.base import InstanceSpec, RuntimeFailure
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -224,9 +225,11 @@ def accelerator_type(spec: InstanceSpec, site: SiteConfig) -> AcceleratorType | 
 
 
 def env_list(spec: InstanceSpec, artifact: ImageArtifact) -> list[JSON]:
-    """The artifact's env, then the instance's (which wins); order kept, names unique."""
-    merged = {**dict(artifact.env), **spec.env}
-    return [{"name": name, "value": value} for name, value in merged.items()]
+    """The environment every runtime gives an app (appenv.app_env: the space's names, the artifact's and
+    the instance's values without platform-owned names, SYSTEM=spaces, the port); HOME and the working
+    directory come from the image, as on docker. Order kept, names unique."""
+    env, _ = app_env(spec, port=artifact.port, bind="0.0.0.0")
+    return [{"name": name, "value": value} for name, value in env.items()]
 
 
 def container(spec: InstanceSpec, site: SiteConfig) -> JSON:

@@ -91,9 +91,17 @@ def test_cpu_deployment(site: SiteConfig) -> None:
                         "image": "spaceport/alice-demo:0123456789ab",
                         "imagePullPolicy": "IfNotPresent",
                         "ports": [{"name": "http", "containerPort": 7860, "protocol": "TCP"}],
-                        "env": [
-                            {"name": "GRADIO_SERVER_PORT", "value": "7861"},
+                        "env": [  # appenv.app_env: a space's GRADIO_SERVER_PORT never moves the port
                             {"name": "SPACE_ID", "value": "alice/demo"},
+                            {"name": "SPACE_AUTHOR_NAME", "value": "alice"},
+                            {"name": "SPACE_REPO_NAME", "value": "demo"},
+                            {"name": "SPACE_TITLE", "value": "demo"},
+                            {"name": "SYSTEM", "value": "spaces"},
+                            {"name": "PORT", "value": "7860"},
+                            {"name": "GRADIO_SERVER_PORT", "value": "7860"},
+                            {"name": "STREAMLIT_SERVER_PORT", "value": "7860"},
+                            {"name": "GRADIO_SERVER_NAME", "value": "0.0.0.0"},
+                            {"name": "STREAMLIT_SERVER_ADDRESS", "value": "0.0.0.0"},
                         ],
                         "resources": {
                             "requests": {"cpu": "2", "memory": "16384Mi", "ephemeral-storage": "2048Mi"},
@@ -109,6 +117,31 @@ def test_cpu_deployment(site: SiteConfig) -> None:
             },
         },
     }
+
+
+def test_pod_runs_the_app_in_the_same_environment_as_docker(site: SiteConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run environment is one function (appenv.app_env) on every runtime: the pod carries exactly the
+    env the docker runtime gives the same spec (SYSTEM, SPACE_*, port; no proxy variable even when the
+    controller has some), runs as uid 1000 and leaves HOME and the working directory to the image (the
+    generated images set HOME=/home/user and WORKDIR /home/user/app, owned by uid 1000 and writable)."""
+    from controller.runtimes.docker import build_create_kwargs
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://host-proxy.invalid:3128")
+    spec = InstanceSpec(name="alice-demo-b1", space_id="alice/demo", artifact=ART, hardware=HardwareSpec(),
+                        env={"SPACE_HOST": "alice-demo.apps.example", "SPACE_TITLE": "Demo", "SYSTEM": "x",
+                             "MY_VAR": "1", "HOME": "/root", "PORT": "1"})  # fmt: skip
+    pod = objects.deployment(spec, site)["spec"]["template"]["spec"]
+    app = pod["containers"][0]
+    env = {e["name"]: e["value"] for e in app["env"]}
+    assert env == build_create_kwargs(spec)["environment"]
+    assert {k: env[k] for k in ("SYSTEM", "SPACE_ID", "SPACE_AUTHOR_NAME", "SPACE_REPO_NAME", "SPACE_TITLE",
+                                "SPACE_HOST", "MY_VAR", "PORT")} == {
+        "SYSTEM": "spaces", "SPACE_ID": "alice/demo", "SPACE_AUTHOR_NAME": "alice", "SPACE_REPO_NAME": "demo",
+        "SPACE_TITLE": "Demo", "SPACE_HOST": "alice-demo.apps.example", "MY_VAR": "1", "PORT": "7860"}  # fmt: skip
+    assert "HOME" not in env and not [k for k in env if k.lower().endswith("_proxy")]
+    assert "workingDir" not in app and "command" not in app and "args" not in app  # the image's WORKDIR and CMD
+    assert app["securityContext"]["runAsUser"] == 1000 and not app["securityContext"].get("readOnlyRootFilesystem")
+    assert pod["enableServiceLinks"] is False  # no *_SERVICE_HOST/_PORT variables of other services
 
 
 def test_sleeping_deployment_has_zero_replicas(site: SiteConfig) -> None:
