@@ -130,7 +130,7 @@ def get_secrets(owner: str, name: str, db: DB, user: User) -> dict[str, Any]:
 def get_missing_secrets(owner: str, name: str, db: DB, user: User) -> dict[str, Any]:
     """Secret keys the space this one was duplicated from has and this one still lacks."""
     space = spaces.get_writable_space(db, user, owner, name)
-    return {"duplicatedFrom": space.duplicated_from, "missingSecrets": duplicate.missing_secrets(db, space)}
+    return {"duplicatedFrom": space.duplicated_from, "missingSecrets": duplicate.missing_secrets(db, user, space)}
 
 
 @router.post(SPACE + "/secrets")

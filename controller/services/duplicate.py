@@ -55,7 +55,7 @@ def duplicate(session: Session, platform: Platform, principal: Principal | None,
     target.sleep_time = request.sleep_time
     _copy_config(session, platform, source, target, request)
     _copy_code(session, platform, source, target)
-    return Duplicated(target, missing_secrets(session, target))
+    return Duplicated(target, missing_secrets(session, principal, target))
 
 
 def _validate_items(request: DuplicateRequest) -> None:
@@ -93,13 +93,16 @@ def _copy_code(session: Session, platform: Platform, source: Space, target: Spac
         platform.queue_build(session, build.id)
 
 
-def missing_secrets(session: Session, space: Space) -> list[str]:
-    """Secret keys the space it was duplicated from has and it still lacks (to be entered again)."""
+def missing_secrets(session: Session, principal: Principal | None, space: Space) -> list[str]:
+    """Secret keys the space it was duplicated from has and it still lacks (to be entered again).
+
+    Only while `principal` may still read the source: a source that has since become private (or been
+    given away) tells nothing about its secrets, not even their names."""
     if not space.duplicated_from or "/" not in space.duplicated_from:
         return []
     owner, name = space.duplicated_from.split("/", 1)
     source = spaces.find_space(session, owner, name)
-    if source is None:
+    if source is None or not spaces.can_read(session, principal, source):
         return []
     return sorted(settings_vars.secret_keys(session, source) - settings_vars.secret_keys(session, space))
 

@@ -74,7 +74,20 @@ def test_missing_secrets_follow_the_source(platform: Platform) -> None:
         for key in ("A_KEY", "B_KEY"):
             settings_vars.put_secret(session, platform, source, KeyValue(key, "x"))
         settings_vars.put_secret(session, platform, copy, KeyValue("B_KEY", "y"))
-        assert duplicate.missing_secrets(session, copy) == ["A_KEY"]
+        bob = accounts.Principal(copy.owner, "write")
+        assert duplicate.missing_secrets(session, bob, copy) == ["A_KEY"]
+
+
+def test_missing_secrets_of_a_source_turned_private_are_not_told(platform: Platform) -> None:
+    """Attack: bob duplicated ada's public space; ada made it private. Its secret names stay hers."""
+    with platform.tx() as session:
+        source = make_space(session, platform, "ada", "src")
+        copy = make_space(session, platform, "bob", "copy")
+        copy.duplicated_from = "ada/src"
+        settings_vars.put_secret(session, platform, source, KeyValue("OPENAI_KEY", "x"))
+        spaces.set_private(source, True)
+        assert duplicate.missing_secrets(session, accounts.Principal(copy.owner, "write"), copy) == []
+        assert duplicate.missing_secrets(session, accounts.Principal(source.owner, "write"), copy) == ["OPENAI_KEY"]
 
 
 def test_unknown_flavor_names_the_valid_ones(platform: Platform) -> None:

@@ -68,7 +68,7 @@ def missing_secrets(web: Web, space: Space) -> list[str]:
     """Secrets the source of a duplicate has and the copy still lacks (shown to its owners)."""
     if not space.duplicated_from or not spaces.can_write(web.session, web.principal, space):
         return []
-    return duplicate.missing_secrets(web.session, space)
+    return duplicate.missing_secrets(web.session, web.principal, space)
 
 
 def duplicate_owners(web: Web) -> list[str]:
