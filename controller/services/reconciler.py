@@ -210,6 +210,8 @@ class Reconciler:
     async def _start(self, snap: SpaceSnapshot) -> bool:
         name = snap.wanted
         assert name is not None
+        if await self._already_ready(snap.pk, name):
+            return True  # another start finished after the caller read the row: starting again would undo it
         await run_in_threadpool(db.ensure_row, self.platform, snap.pk, name)
         await run_in_threadpool(db.update_row, self.platform, name, state="starting", message=None)
         await self._publish_fresh(snap.pk)
@@ -236,6 +238,11 @@ class Reconciler:
             await run_in_threadpool(db.mark_crashed, self.platform, name, message)
         self.kick()
         return outcome == "ready"
+
+    async def _already_ready(self, pk: int, name: str) -> bool:
+        current = await run_in_threadpool(db.load_snapshots, self.platform, pk)
+        row = current[0].row(name) if current else None
+        return row is not None and row.state == "ready"
 
     async def _health(self, snap: SpaceSnapshot, watch: StartWatch, origin: str) -> tuple[str, str]:
         """Poll the app until it answers (any status below 500): "ready"; it exits: "exited"; or the start
