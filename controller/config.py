@@ -85,6 +85,12 @@ class Settings(BaseSettings):
                                   "(`create_commit` / `upload_file` NDJSON, base64 inside) and preupload calls")
     max_push_bytes: int = Field(default=2_147_483_648, ge=1024, description="Largest git request body (a push's "
                                 "pack, a fetch's negotiation)")
+    max_owner_repo_bytes: int = Field(default=10_737_418_240, ge=0, description="Disk space all the space "
+                                      "repositories of one owner (a user or an organization) may take together, "
+                                      "measured on disk at every push, commit and duplicate; a write that would "
+                                      "pass it is refused and nothing of it kept. 0: no limit")
+    max_repo_bytes: int = Field(default=0, ge=0, description="Disk space one space's repository may take (checked "
+                                "like max_owner_repo_bytes); 0 (default): only the owner's limit applies")
     streams_per_client: int = Field(default=20, ge=1, description="Log streams (SSE) one client address may hold "
                                     "open at once; more get 429")
     streams_per_space: int = Field(default=100, ge=1, description="Log streams (SSE) open at once on one space; "

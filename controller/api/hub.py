@@ -23,7 +23,7 @@ from controller.api.deps import DB, Caller, PlatformDep, ShortCaller, ShortDB, U
 from controller.api.limits import too_deep
 from controller.db.models import Space
 from controller.domain.errors import BadRequest
-from controller.git import storage
+from controller.git import quota, storage
 from controller.services import blobs, builds, commits, duplicate, lifecycle, settings_vars, spaces
 from controller.services.accounts import Principal
 from controller.services.platform import Platform
@@ -171,7 +171,8 @@ def duplicate_space(owner: str, name: str, body: DuplicateBody, db: DB, user: Us
 def preupload(owner: str, name: str, revision: str, body: PreuploadBody, db: DB, user: User,
               platform: PlatformDep) -> dict[str, Any]:
     space = spaces.get_writable_space(db, user, owner, name)
-    return {"files": commits.upload_modes(_repo(platform, space), revision, body.files)}
+    limits = quota.StorageLimits.from_settings(platform.settings)
+    return {"files": commits.upload_modes(_repo(platform, space), revision, body.files, limits)}
 
 
 @router.post(SPACE + "/commit/{revision:path}")
@@ -183,7 +184,8 @@ def commit(owner: str, name: str, revision: str, body: Annotated[bytes, Depends(
         raise BadRequest("Spaceport has no pull requests: commit to main directly (create_pr=False).")
     commits.check_branch(revision)
     request = _parse_commit(body, platform.settings.max_json_depth)
-    sha = commits.write_commit(_repo(platform, space), request, _author(user, platform))
+    limits = quota.StorageLimits.from_settings(platform.settings)
+    sha = commits.write_commit(_repo(platform, space), request, _author(user, platform), limits=limits)
     _record(db, platform, space)
     return {"commitUrl": f"{_base(platform)}/spaces/{owner}/{name}/commit/{sha}", "commitOid": sha,
             "pullRequestUrl": None}

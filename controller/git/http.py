@@ -2,7 +2,10 @@
 
 Remote: http://HOST/spaces/OWNER/NAME (the `.git` suffix also works). Push authenticates with HTTP Basic
 USER:TOKEN. A push to a missing space in a namespace the pusher may write creates it. A push that moves
-main records a Build and enqueues it.
+main records a Build and enqueues it. Storage limits (controller.git.quota): an owner already at its limit
+is refused before anything is sent (git shows the message as `remote: ...`); a push that would pass it is
+refused by the pre-receive hook, which every push runs from DATA_DIR/git-hooks (core.hooksPath), and git
+drops its quarantined objects.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from controller.api.deps import get_platform, token_from_header
 from controller.domain.errors import Forbidden, NotFound, SpaceportError, Unauthorized
 from controller.domain.naming import validate_name
-from controller.git import storage
+from controller.git import quota, storage
 from controller.services import builds, spaces
 from controller.services.accounts import Principal, authenticate_token
 from controller.services.platform import Platform
@@ -55,7 +58,9 @@ def _parse(owner: str, name: str, tail: str, query_service: str | None) -> GitRe
 
 
 def _authorize(platform: Platform, req: GitRequest, auth_header: str | None) -> Path:
-    """Check access (creating the space on first push); return the bare repo path."""
+    """Check access and storage room (creating the space on first push); return the bare repo path."""
+    if req.service == "git-receive-pack":
+        storage.install_hooks(hooks_dir(platform))
     with platform.tx() as session:
         token = token_from_header(auth_header)
         principal: Principal | None = authenticate_token(session, token) if token else None
@@ -77,10 +82,16 @@ def _authorize_push(session: Session, platform: Platform, principal: Principal |
     if space is None or not spaces.can_read(session, principal, space):
         # A private space you may not see answers exactly like a missing one (no existence oracle).
         spaces.check_namespace_writable(session, principal, req.owner)
+    if space is not None and not spaces.can_write(session, principal, space):
+        raise Forbidden(f"You may not push to {req.owner}/{req.name}: only its owner or its organization's members can.")
+    repo = storage.repo_path(platform.settings.repos_dir, req.owner, req.name)
+    quota.check_room(quota.StorageLimits.from_settings(platform.settings), repo)  # before creating or receiving
     if space is None:
         spaces.create_space(session, platform.settings.repos_dir, principal, req.owner, req.name)
-    elif not spaces.can_write(session, principal, space):
-        raise Forbidden(f"You may not push to {req.owner}/{req.name}: only its owner or its organization's members can.")
+
+
+def hooks_dir(platform: Platform) -> Path:
+    return platform.settings.data_dir / "git-hooks"
 
 
 def _hidden(req: GitRequest, principal: Principal | None) -> SpaceportError:
@@ -122,6 +133,12 @@ async def git_http(owner: str, name: str, tail: str, request: Request) -> Respon
     return await _run_backend(platform, request, req, repo, before)
 
 
+def _push_env(platform: Platform, repo: Path) -> dict[str, str]:
+    """What a push's hooks get: Spaceport's hooks directory, the repo and the storage limits."""
+    return {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "core.hooksPath", "GIT_CONFIG_VALUE_0": str(hooks_dir(platform)),
+            quota.REPO_ENV: str(repo), **quota.StorageLimits.from_settings(platform.settings).env()}
+
+
 def _cgi_env(request: Request, req: GitRequest, repo: Path) -> dict[str, str]:
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -145,7 +162,8 @@ def _cgi_env(request: Request, req: GitRequest, repo: Path) -> dict[str, str]:
 
 async def _run_backend(platform: Platform, request: Request, req: GitRequest, repo: Path, before: str | None) -> Response:
     proc = await asyncio.create_subprocess_exec(
-        "git", "http-backend", env=_cgi_env(request, req, repo),
+        "git", "http-backend",
+        env=_cgi_env(request, req, repo) | (_push_env(platform, repo) if req.service == "git-receive-pack" else {}),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     feeder = asyncio.create_task(_feed(request, proc))

@@ -10,8 +10,10 @@ applies. Failures carry git's stderr.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -73,8 +75,7 @@ def git(repo: Path, *args: str, input: bytes | None = None, check: bool = True) 
     return run_git(["-C", str(repo), *args], input=input, check=check).stdout.decode(errors="replace")
 
 
-PRE_RECEIVE = """#!/bin/sh
-# Spaceport: main is what the space runs; it may move (even by force) but not disappear.
+_REFUSE_MAIN_DELETION = """# Spaceport: main is what the space runs; it may move (even by force) but not disappear.
 while read old new ref; do
   case "$new" in *[!0]*) continue ;; esac
   if [ "$ref" = "refs/heads/main" ]; then
@@ -82,15 +83,38 @@ while read old new ref; do
     exit 1
   fi
 done
-exit 0
 """
+PRE_RECEIVE = "#!/bin/sh\n" + _REFUSE_MAIN_DELETION + "exit 0\n"
+
+
+def push_hook(python: str = sys.executable) -> str:
+    """The pre-receive hook of pushes through Spaceport's git HTTP (core.hooksPath): main stays, and the
+    owner's repositories stay within their storage limits (controller.git.quota, limits from the env).
+    This interpreter, isolated (-I), imports the quota check from this very source tree."""
+    root = str(Path(__file__).resolve().parents[2])
+    code = f"import sys; sys.path.insert(0, {root!r}); from controller.git.quota import main; sys.exit(main())"
+    return "#!/bin/sh\n" + _REFUSE_MAIN_DELETION + f"exec {shlex.quote(python)} -I -c {shlex.quote(code)}\n"
+
+
+def install_hooks(hooks_dir: Path) -> Path:
+    """Write the push hooks into hooks_dir unless they are there already (atomically; cheap to repeat)."""
+    hook, text = hooks_dir / "pre-receive", push_hook()
+    if hook.is_file() and os.access(hook, os.X_OK) and hook.read_text() == text:
+        return hooks_dir
+    hooks_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=hooks_dir, prefix=".pre-receive-")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, hook)
+    return hooks_dir
 
 
 def init_bare(path: Path) -> None:
     if (path / "HEAD").exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    run_git(["init", "--bare", "-q", "-b", "main", str(path)])
+    run_git(["init", "--bare", "-q", "--template=", "-b", "main", str(path)])  # no sample hooks (~80 KB)
     configure(path)
 
 
@@ -154,6 +178,6 @@ def commits(path: Path, ref: str = MAIN, limit: int = 50) -> list[Commit]:
 def copy_repo(source: Path, dest: Path) -> None:
     """Server-side copy with full history (used by duplicate)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    run_git(["clone", "--bare", "-q", "--no-local", str(source), str(dest)])
+    run_git(["clone", "--bare", "-q", "--no-local", "--template=", str(source), str(dest)])
     configure(dest)
     git(dest, "remote", "remove", "origin", check=False)

@@ -3,7 +3,9 @@
 A commit is built in a temporary index (read the parent's entries, apply the operations, write-tree,
 commit-tree) and published with `update-ref NEW OLD`, so two concurrent commits never lose each other:
 the loser re-applies its operations on the new head (unless the client pinned `parentCommit`).
-Also the read side the Hub clients use: revisions, trees, commit logs, file blobs.
+Also the read side the Hub clients use: revisions, trees, commit logs, file blobs. Storage limits
+(controller.git.quota) are checked before any object is written: the owner's stored bytes plus the
+uploaded files' bytes must stay within them (preupload checks the declared sizes the same way).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from controller.domain.errors import BadRequest, Conflict, NotFound, SpaceportError
-from controller.git import storage
+from controller.git import quota, storage
 
 MAIN = "main"
 REGULAR_MAX = 10 * 1024 * 1024  # larger files would need Git LFS, which Spaceport does not serve
@@ -196,18 +198,23 @@ def _check_component(path: str, part: str) -> None:
 # ----------------------------------------------------------------------------- upload modes
 
 
-def upload_modes(repo: Path, revision: str, files: Iterable[dict[str, object]]) -> list[dict[str, object]]:
+def upload_modes(repo: Path, revision: str, files: Iterable[dict[str, object]],
+                 limits: quota.StorageLimits | None = None) -> list[dict[str, object]]:
     """The preupload answer: every file 'regular' with the oid it has at the revision (if any)."""
     existing = _tree_entries(repo, _head_or_none(repo, revision))
     result: list[dict[str, object]] = []
+    declared = 0
     for item in files:
         path = clean_path(item.get("path"))
         size = item.get("size")
         if isinstance(size, int) and size > REGULAR_MAX:
             raise LfsNotSupported(f"{path} is {size} bytes. {LFS_MESSAGE}")
+        declared += max(size, 0) if isinstance(size, int) else 0
         entry = existing.get(path)
         result.append({"path": item.get("path"), "uploadMode": "regular", "shouldIgnore": False,
                        "oid": entry.sha if entry else None})
+    if limits is not None:
+        quota.check(limits, repo, declared, "this upload")
     return result
 
 
@@ -221,13 +228,18 @@ def _head_or_none(repo: Path, revision: str) -> str | None:
 # ----------------------------------------------------------------------------- writing
 
 
-def write_commit(repo: Path, request: CommitRequest, author: Author, attempts: int = 5) -> str:
+def write_commit(repo: Path, request: CommitRequest, author: Author, attempts: int = 5,
+                 limits: quota.StorageLimits | None = None) -> str:
     """Create the commit on main and move main to it; return its sha.
 
     API commits are serialized per repo by a file lock; the compare-and-swap on main still protects
-    against a concurrent `git push`, whose commit the retry builds on.
+    against a concurrent `git push`, whose commit the retry builds on. Over a storage limit
+    (StorageLimitExceeded, 413) nothing is written.
     """
     with _repo_lock(repo):
+        if limits is not None:
+            quota.check(limits, repo, sum(len(content) for kind, _path, content in request.ops if kind == "file"),
+                        "this commit")
         return _commit_with_retries(repo, request, author, attempts)
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from controller.db.models import Space
 from controller.domain.errors import Conflict
 from controller.domain.naming import split_repo_id
-from controller.git import storage
+from controller.git import quota, storage
 from controller.services import builds, quotas, settings_vars, spaces
 from controller.services.accounts import Principal
 from controller.services.platform import Platform
@@ -83,6 +83,7 @@ def _copy_code(session: Session, platform: Platform, source: Space, target: Spac
     src = storage.repo_path(repos, source.owner.name, source.name)
     dest = storage.repo_path(repos, target.owner.name, target.name)
     storage.delete_repo(dest)  # create_space made an empty one
+    quota.check(quota.StorageLimits.from_settings(platform.settings), dest, quota.disk_usage(src), "the duplicate")
     if storage.head_sha(src) is None:
         storage.init_bare(dest)
         return

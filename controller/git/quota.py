@@ -1,0 +1,160 @@
+"""Repository storage limits: what an owner (user or organization namespace) and one space may store.
+
+Usage is measured on disk every time, never cached: the allocated blocks (like `du`) of every file and
+directory under DATA_DIR/repos/OWNER, hard links counted once, symlinks not followed. That includes what
+git keeps besides objects (refs, logs, packed-refs) and the quarantine directory of a push in progress
+(`objects/incoming-*`), so the pre-receive hook sees the push's own objects and those of other pushes still
+being checked. A walk costs one stat per file (git's auto gc keeps loose objects in the low thousands).
+
+Writes are refused when the stored bytes plus what the write adds would pass a limit (0 = no limit):
+git push in the pre-receive hook (`python -m controller.git.quota`, fed by the environment the controller
+gives `git http-backend`; git drops a refused push's quarantined objects), the commit API before any
+object is written, and duplicate before the copy. Concurrent writes of one owner can each pass before
+the others land, so usage may overshoot a limit by what was in flight at that moment; the next write is
+then refused. This module imports only the standard library and domain errors: the hook starts quickly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from controller.domain.errors import SpaceportError
+
+if TYPE_CHECKING:
+    from controller.config import Settings
+
+OWNER_SETTING = "SPACEPORT_MAX_OWNER_REPO_BYTES"
+REPO_SETTING = "SPACEPORT_MAX_REPO_BYTES"
+REPO_ENV = "SPACEPORT_QUOTA_REPO"  # the bare repo a push goes to (set by controller.git.http)
+FIX = ("delete spaces you no longer need, or ask an admin to raise the limit (deleting files in a new "
+       "commit does not shrink a repository: its history keeps them)")
+
+
+class StorageLimitExceeded(SpaceportError):
+    status, code = 413, "storage_limit_exceeded"
+
+
+@dataclass(frozen=True)
+class StorageLimits:
+    owner_bytes: int = 0  # 0: no limit
+    repo_bytes: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StorageLimits:
+        return cls(settings.max_owner_repo_bytes, settings.max_repo_bytes)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | os._Environ[str]) -> StorageLimits:
+        return cls(int(env.get(OWNER_SETTING) or 0), int(env.get(REPO_SETTING) or 0))
+
+    def env(self) -> dict[str, str]:
+        return {OWNER_SETTING: str(self.owner_bytes), REPO_SETTING: str(self.repo_bytes)}
+
+    @property
+    def unlimited(self) -> bool:
+        return self.owner_bytes <= 0 and self.repo_bytes <= 0
+
+
+def disk_usage(root: Path) -> int:
+    """Allocated bytes under root (0 if it is missing); files vanishing meanwhile are skipped."""
+    total, seen, stack = 0, set[tuple[int, int]](), [str(root)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    elif st.st_nlink > 1:
+                        if (st.st_dev, st.st_ino) in seen:
+                            continue
+                        seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return total
+
+
+def human(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n} bytes"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One limit that is set, with what its subject stores now."""
+
+    owner: str
+    space: str | None  # None: the owner's namespace as a whole
+    stored: int
+    limit: int
+
+    def refusal(self, rest: str = "", would: bool = False) -> StorageLimitExceeded:
+        """ "owner alice stores 10.2 GiB of repositories, the limit is 10 GiB (SETTING): what to do." """
+        verb = "would store" if would else "stores"
+        if self.space is None:
+            said = f"owner {self.owner} {verb} {human(self.stored)} of repositories{rest}, the limit is " \
+                   f"{human(self.limit)} ({OWNER_SETTING})"
+        else:
+            said = f"space {self.owner}/{self.space} {verb} {human(self.stored)}{rest}, the limit per space is " \
+                   f"{human(self.limit)} ({REPO_SETTING})"
+        return StorageLimitExceeded(f"{said}: {FIX}.")
+
+
+def measure(limits: StorageLimits, repo: Path) -> list[Measured]:
+    """The usage behind each limit that is set; repo is DATA_DIR/repos/OWNER/NAME.git."""
+    owner, name = repo.parent.name, repo.name.removesuffix(".git")
+    found = []
+    if limits.owner_bytes > 0:
+        found.append(Measured(owner, None, disk_usage(repo.parent), limits.owner_bytes))
+    if limits.repo_bytes > 0:
+        found.append(Measured(owner, name, disk_usage(repo), limits.repo_bytes))
+    return found
+
+
+def check(limits: StorageLimits, repo: Path, adding: int, what: str) -> None:
+    """Refuse (StorageLimitExceeded) when the owner, or the repo, would store more than its limit once
+    `what` (e.g. "this commit") adds `adding` bytes."""
+    for measured in measure(limits, repo):
+        if measured.stored + adding > measured.limit:
+            raise measured.refusal(f" and {what} adds {human(adding)}")
+
+
+def check_room(limits: StorageLimits, repo: Path) -> None:
+    """Before a push is accepted: refuse when the owner (or the repo) is already at or over its limit."""
+    for measured in measure(limits, repo):
+        if measured.stored >= measured.limit:
+            raise measured.refusal()
+
+
+def check_pushed(limits: StorageLimits, repo: Path) -> None:
+    """In pre-receive: the push's objects are on disk already (its quarantine), so they are in the usage."""
+    for measured in measure(limits, repo):
+        if measured.stored > measured.limit:
+            raise measured.refusal(" with this push", would=True)
+
+
+def main() -> int:
+    """The pre-receive check: refuse the push (message on stderr, git shows it as `remote: ...`)."""
+    repo = os.environ.get(REPO_ENV)
+    if not repo:
+        return 0  # not a push through Spaceport's git HTTP (no limits were given)
+    try:
+        check_pushed(StorageLimits.from_env(os.environ), Path(repo))
+    except StorageLimitExceeded as exc:
+        print(f"Spaceport refuses this push: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
