@@ -31,6 +31,7 @@ app.add_typer(cli_admin.quota_app, name="quota")
 app.add_typer(cli_admin.accel_app, name="accelerators")
 app.command()(cli_admin.logs)
 app.command("remove-all-instances")(cli_admin.remove_all_instances)
+app.command("gc")(cli_admin.gc)
 err = Console(stderr=True)
 
 def fail(message: str) -> None:

@@ -1,4 +1,4 @@
-"""`spaceport` subcommands for operators: logs, images, quotas, accelerators."""
+"""`spaceport` subcommands for operators: logs, images, quotas, accelerators, gc."""
 
 from __future__ import annotations
 
@@ -146,3 +146,17 @@ def remove_all_instances(data_dir: DataDir = None) -> None:
         return len(found)
 
     err.print(f"removed {asyncio.run(run())} instances")
+
+
+def gc(data_dir: DataDir = None,
+       grace: float | None = typer.Option(None, "--grace", help="Seconds an unused artifact is kept (default $SPACEPORT_GC_GRACE)"),
+       dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed")) -> None:
+    """Remove build sources, venvs and images that no space's current or running build uses."""
+    from controller.services.artifact_gc import collect
+
+    report = collect(platform_for(data_dir), grace=grace, dry_run=dry_run)
+    for item in report.removed:  # plain lines (no wrapping): scripts read them
+        typer.echo(f"{'would remove' if dry_run else 'removed'} {item.kind} {item.ref}")
+    for image in report.images_in_use:
+        typer.echo(f"kept image {image}: a container still uses it")
+    typer.echo(report.summary(dry_run=dry_run), err=True)

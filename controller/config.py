@@ -100,6 +100,15 @@ class Settings(BaseSettings):
     login_window: float = Field(default=300.0, gt=0, description="Seconds over which failed logins are counted")
     max_json_depth: int = Field(default=64, ge=2, description="Deepest nesting accepted in JSON and NDJSON request "
                                 "bodies; deeper ones get 400")
+    space_disk_bytes: int = Field(default=5 * 1024**3, ge=1024 * 1024, description="Disk one running space may "
+                                  "write (its home, /home/user/app, its container layer); past it the app is "
+                                  "stopped with RUNTIME_ERROR saying so")
+    space_disk_check_interval: float = Field(default=10.0, ge=0, description="Seconds between measurements of each "
+                                             "running app's disk use (0: every reconcile pass)")
+    gc_interval: float = Field(default=3600.0, gt=0, description="How often beat collects build sources, venvs "
+                               "and images no space's current or running build uses")
+    gc_grace: float = Field(default=3600.0, ge=0, description="Seconds an unused build source, venv or image is "
+                            "kept before it is collected")
 
     def model_post_init(self, _context: object) -> None:
         self.data_dir = self.data_dir.expanduser().resolve()

@@ -1,4 +1,5 @@
-"""Celery app and tasks: builds and the idle sweep. The database stays the source of truth."""
+"""Celery app and tasks: builds, the idle sweep, lost-build recovery and artifact collection. The database
+stays the source of truth."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def make_celery(settings: Settings) -> Celery:
         beat_schedule={
             "sweep-idle": {"task": "spaceport.sweep", "schedule": settings.sweep_interval},
             "recover-builds": {"task": "spaceport.recover", "schedule": settings.recover_interval},
+            "collect-artifacts": {"task": "spaceport.gc", "schedule": settings.gc_interval},
         },
     )
     if settings.celery_broker.startswith("spacefs"):
@@ -81,6 +83,14 @@ def recover_task() -> int:
     for build_id in sorted(set(ids)):
         build_task.delay(build_id)
     return len(ids)
+
+
+@celery_app.task(name="spaceport.gc", ignore_result=True)
+def gc_task() -> int:
+    """Collect build sources, venvs and images no space's current or running build uses (issue 19)."""
+    from controller.services.artifact_gc import collect
+
+    return collect(_platform()).freed_bytes
 
 
 @celery_app.task(name="spaceport.ping")

@@ -149,6 +149,33 @@ class DockerRuntime:
     def logs(self, name: str, follow: bool) -> AsyncIterator[str]:
         return self._logs(name, follow)
 
+    # ---------------------------------------------------------------- disk (issue 19)
+    async def disk_usage(self, name: str, stop_after: int | None = None) -> int | None:
+        """Bytes in the container's writable layer (the engine's SizeRw: it walks the layer itself, summing
+        file sizes); None when there is no such container. stop_after is ignored (the engine walks it all)."""
+        return await asyncio.to_thread(self._disk_usage, name)
+
+    def images_in_use(self) -> set[str]:
+        """Image references and ids of this site's containers (running or stopped): never collected."""
+        labels = [LABEL_INSTANCE, f"{LABEL_SITE}={self.site}"] if self.site else [LABEL_INSTANCE]
+        used: set[str] = set()
+        for container in self.client.containers.list(all=True, filters={"label": labels}):
+            used.add(str(container.attrs.get("Config", {}).get("Image", "")))
+            used.add(str(container.attrs.get("Image", "")))
+        return used - {""}
+
+    def remove_image(self, ref: str) -> str:
+        """Remove an image tag the platform built: "removed", "missing", or "in use" (never forced)."""
+        try:
+            self.client.images.remove(ref, force=False, noprune=False)
+        except NotFound:
+            return "missing"
+        except APIError as exc:
+            if exc.status_code == 409:
+                return "in use"
+            raise RuntimeFailure(f"cannot remove image {ref}: {exc.explanation or exc}") from exc
+        return "removed"
+
     def container_id(self, name: str) -> str | None:
         container = self._get(name)
         return container.id if container else None
@@ -255,6 +282,13 @@ class DockerRuntime:
         if container.status == "paused":
             container.unpause()
         container.stop(timeout=self.stop_timeout)
+
+    def _disk_usage(self, name: str) -> int | None:
+        labels = [f"{LABEL_INSTANCE}={name}", *([f"{LABEL_SITE}={self.site}"] if self.site else [])]
+        found = self.client.api.containers(all=True, size=True, filters={"label": labels})  # the SDK's inspect has no size
+        mine = [c for c in found if f"/{container_name(name, self.site)}" in (c.get("Names") or [])]
+        size = mine[0].get("SizeRw") if mine else None
+        return int(size) if isinstance(size, int) else (0 if mine else None)
 
     def _remove(self, name: str) -> None:
         container = self._get(name)

@@ -43,7 +43,7 @@ from controller.runtimes import hosttools, logrelay, netns, procs, sandbox
 from controller.runtimes.appenv import APP_DIR, app_env, instance_labels, spec_hash, visible_devices_env
 from controller.runtimes.base import Endpoint, InstanceSpec, InstanceStatus, RuntimeFailure, State
 from controller.runtimes.cgroups import Cgroups, Limits
-from controller.runtimes.localstate import InstanceDir, LocalRecord
+from controller.runtimes.localstate import InstanceDir, LocalRecord, disk_usage
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,17 @@ class LocalRuntime:
 
     def logs(self, name: str, follow: bool) -> AsyncIterator[str]:
         return self._logs(name, follow)
+
+    # ---------------------------------------------------------------- disk (issue 19)
+    async def disk_usage(self, name: str, stop_after: int | None = None) -> int | None:
+        """Bytes the instance's app wrote to disk (its home, /home/user/app's overlay layer, its TMPDIR
+        when unsandboxed; a sandboxed /tmp is a size-limited tmpfs in memory), counted as allocated
+        blocks; None when the instance is unknown. Counting stops once past stop_after."""
+        return await asyncio.to_thread(self._disk_usage, name, stop_after)
+
+    async def discard_writes(self, name: str) -> None:
+        """Empty a stopped instance's home and tmp (never a running one's): frees an over-quota app's disk."""
+        await asyncio.to_thread(self._discard_writes, name)
 
     def pid(self, name: str) -> int | None:
         """Supervisor pid (the instance's process group and session), for tests and diagnostics."""
@@ -411,6 +422,26 @@ class LocalRuntime:
         self._children.pop(name, None)
         shutil.rmtree(idir.path, ignore_errors=True)
 
+    def _disk_usage(self, name: str, stop_after: int | None) -> int | None:
+        idir = self._dir(name)
+        if idir.read() is None:
+            return None
+        return disk_usage(idir.writable, stop_after)
+
+    def _discard_writes(self, name: str) -> None:
+        idir = self._dir(name)
+        record = idir.read()
+        if record is None or self._alive(record):
+            return
+        for path in (idir.home, idir.tmp):
+            with contextlib.suppress(OSError):
+                for child in builtins.list(path.iterdir()):
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child, ignore_errors=True)  # fd-based: never follows the app's links
+                    else:
+                        child.unlink(missing_ok=True)
+        sandbox.discard_app_writes(idir.app_layer)
+
     async def _logs(self, name: str, follow: bool) -> AsyncIterator[str]:
         idir = self._dir(name)
         previous = idir.log.with_suffix(".log.1")
@@ -441,7 +472,7 @@ class LocalRuntime:
 
 def _app_layer(idir: InstanceDir) -> Path:
     """Upper and work directories of the app's /home/user/app overlay (never visible to the app)."""
-    return idir.path / "app-layer"
+    return idir.app_layer
 
 
 def in_app_dir(command: builtins.list[str], source: Path) -> builtins.list[str]:

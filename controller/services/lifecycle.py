@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -9,9 +12,10 @@ from controller.db.models import AcceleratorDevice, PlatformSetting, Space
 from controller.domain.errors import BadRequest
 from controller.domain.stages import SERVING, Stage
 from controller.git import storage
-from controller.services import builds, quotas
+from controller.services import artifact_gc, builds, quotas
 from controller.services.platform import Platform
 
+log = logging.getLogger(__name__)
 DEFAULT_SLEEP = {"cpu-basic": 48 * 3600}
 
 
@@ -50,14 +54,28 @@ def bump_generation(space: Space) -> None:
 
 
 def delete_space(session: Session, platform: Platform, space: Space) -> None:
-    """Delete the space: its builds stop, its instances are removed by the reconciler, its repo goes."""
+    """Delete the space: its builds stop, its instances (homes, logs) are removed by the reconciler, its
+    repo and exported sources go, and its venvs and images once no other space uses them (issue 19)."""
     builds.cancel_active(session, space)
     release_accelerators(session, space)
     repo = storage.repo_path(platform.settings.repos_dir, space.owner.name, space.name)
+    gone = artifact_gc.space_artifacts(session, space)
+    artifact_gc.remember_images(session, [(image, gone.owner) for image in gone.images])
     session.delete(space)
     session.flush()
     platform.after_commit(session, lambda: storage.delete_repo(repo))
+    platform.after_commit(session, lambda: threading.Thread(target=_release_artifacts, args=(platform, gone),
+                                                            name="release-artifacts", daemon=True).start())
     platform.after_commit(session, platform.kick)
+
+
+def _release_artifacts(platform: Platform, gone: artifact_gc.SpaceArtifacts) -> None:
+    """Best effort: what is left (an image its container still uses) goes with a later collection."""
+    try:
+        artifact_gc.release_space(platform, gone)
+    except Exception:
+        log.exception("releasing the artifacts of deleted space %s/%s failed; `spaceport gc` collects them",
+                      gone.owner, gone.name)
 
 
 def release_accelerators(session: Session, space: Space) -> None:

@@ -34,6 +34,7 @@ from controller.proxy.routes import RouteTable
 from controller.proxy.types import Route
 from controller.runtimes.base import InstanceStatus, Runtime, RuntimeFailure, State
 from controller.services import instances as db
+from controller.services.diskquota import DiskWatch
 from controller.services.instances import SpaceSnapshot
 from controller.services.platform import Platform
 from controller.services.startwatch import StartWatch, log_lines
@@ -60,6 +61,7 @@ class Reconciler:
         self._woken: dict[int, float] = {}  # space pk -> when a wake changed its desired state
         self._waking: set[str] = set()  # spaces whose wake is in flight: new visitors join it
         self.starts = 0  # instances started by this process (observability, tests)
+        self.disk = DiskWatch(platform, runtime, kick=self.kick)  # per-space disk quota (issue 19)
 
     # -- driving -------------------------------------------------------------------------------
     def kick(self) -> None:
@@ -94,6 +96,7 @@ class Reconciler:
                 await run_in_threadpool(db.record_activity, self.platform, seen)
             started = time.monotonic()
             actual = {s.name: s for s in await self.runtime.list()}
+            await self.disk.enforce(actual, self._tasks)  # stops apps over their disk quota
             snaps = await run_in_threadpool(db.load_snapshots, self.platform, only)
             batch: list[db.StageRow] = []
             for snap in snaps:

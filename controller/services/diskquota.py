@@ -1,0 +1,131 @@
+"""Per-space disk quota (issue 19): an app that writes more than SPACEPORT_SPACE_DISK_BYTES is stopped.
+
+What counts is what the running app itself wrote: on the local runtime its home, the writable layer of
+/home/user/app and (unsandboxed) its TMPDIR, as allocated blocks (`localstate.disk_usage`); on the
+docker runtime the container's writable layer (the engine's SizeRw). A sandboxed app's /tmp is a tmpfs
+of the flavor's disk size held in memory (and charged to its memory limit), not on the host's disk.
+
+A periodic check, not a hard limit: the kernel offers none that is cheap per instance here (prlimit
+FSIZE bounds one file, not a tree; a size-limited tmpfs home would hold the app's files in RAM; an ext4
+loop image per instance costs a preallocated file, a mount and root-only setup on every start; project
+quotas need a filesystem mounted with them). So the reconciler's pass hands the running instances to
+`DiskWatch.enforce`, which measures them in the background at most every
+SPACEPORT_SPACE_DISK_CHECK_INTERVAL seconds (off the reconciler's lock: a tree of a million files takes
+seconds) and, on the pass after a measurement found one over the limit, marks its instance failed with a
+message that says what happened, stops it and frees what it wrote. A failed instance is not restarted
+(no restart loop): the space shows RUNTIME_ERROR until its owner pushes or restarts it (a new instance
+starts with an empty disk). An app can overshoot by what it writes within one interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Protocol, runtime_checkable
+
+from starlette.concurrency import run_in_threadpool
+
+from controller.runtimes.base import InstanceStatus, Runtime, RuntimeFailure, State
+from controller.services import instances as db
+from controller.services.platform import Platform
+
+log = logging.getLogger(__name__)
+LIVE = (State.RUNNING, State.FROZEN)
+SETTING = "SPACEPORT_SPACE_DISK_BYTES"
+
+
+@runtime_checkable
+class DiskMeter(Protocol):
+    async def disk_usage(self, name: str, stop_after: int | None = None) -> int | None: ...
+
+
+def format_bytes(value: int) -> str:
+    """1536 -> '1.5 KiB', 5 * 1024**3 -> '5 GiB' (binary units, one decimal below 10)."""
+    size = float(value)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            break
+        size /= 1024
+    if unit == "bytes":
+        return f"{value} bytes"
+    text = f"{size:.1f}" if size < 10 else f"{size:.0f}"
+    return f"{text.removesuffix('.0')} {unit}"
+
+
+def over_quota_message(used: int, limit: int) -> str:
+    return (f"The app wrote {format_bytes(used)} to its disk, more than the {format_bytes(limit)} per space "
+            f"({SETTING}); it was stopped. Write less, or ask an admin to raise the limit.")
+
+
+class DiskWatch:
+    """Measures running instances' disk use in the background; the reconciler's pass enforces it."""
+
+    def __init__(self, platform: Platform, runtime: Runtime, *, kick: Callable[[], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.platform, self.runtime, self.kick, self.clock = platform, runtime, kick, clock
+        self.limit = platform.settings.space_disk_bytes
+        self.interval = platform.settings.space_disk_check_interval
+        self.meter: DiskMeter | None = runtime if isinstance(runtime, DiskMeter) else None
+        self._task: asyncio.Task[None] | None = None
+        self._last = -math.inf
+        self._over: dict[str, int] = {}  # instance name -> bytes, found by the last measurement
+        self.last_round_seconds = 0.0  # what the last measurement of every running instance took
+
+    async def enforce(self, actual: dict[str, InstanceStatus], starting: dict[str, asyncio.Task[bool]]) -> None:
+        """Called by the reconciler's pass, under its lock, before it reads the database: stop what the
+        last measurement found over the limit (still live), then start the next measurement when due."""
+        if self.meter is None:
+            return
+        over, self._over = self._over, {}
+        for name, used in over.items():
+            status = actual.get(name)
+            if status is not None and status.state in LIVE:
+                await self._stop(name, used, starting)
+                actual[name] = replace(status, state=State.EXITED, endpoint=None, message="stopped")
+        self._schedule([name for name, s in actual.items() if s.state is State.RUNNING])
+
+    def _schedule(self, running: list[str]) -> None:
+        if not running or (self._task is not None and not self._task.done()):
+            return
+        now = self.clock()
+        if now - self._last < self.interval:
+            return
+        self._last = now
+        self._task = asyncio.create_task(self._measure(running))
+
+    async def _measure(self, names: list[str]) -> None:
+        assert self.meter is not None
+        began = time.monotonic()
+        for name in names:
+            try:
+                used = await self.meter.disk_usage(name, self.limit)
+            except Exception as exc:  # a failed measurement must never stop the reconciler
+                log.warning("cannot measure the disk use of %s: %s", name, exc)
+                continue
+            if used is not None and used > self.limit:
+                self._over[name] = used
+        self.last_round_seconds = time.monotonic() - began
+        if self._over:
+            self.kick()
+
+    async def _stop(self, name: str, used: int, starting: dict[str, asyncio.Task[bool]]) -> None:
+        task = starting.pop(name, None)
+        if task is not None:  # a start still watching its health would record a crash (and a restart)
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait({task}, timeout=5)
+        log.warning("instance %s wrote %d bytes to disk (limit %d, %s): stopping it", name, used, self.limit, SETTING)
+        await run_in_threadpool(db.update_row, self.platform, name, state="failed",
+                                message=over_quota_message(used, self.limit))  # fmt: skip
+        try:
+            await self.runtime.stop(name)
+            discard = getattr(self.runtime, "discard_writes", None)
+            if discard is not None:
+                await discard(name)
+        except RuntimeFailure as exc:
+            log.warning("stopping over-quota instance %s failed: %s", name, exc)
