@@ -73,6 +73,18 @@ PLATFORM_PREFIXES: dict[str, str] = {
 }
 
 
+# The hosted SDK images' own ENV lines, which a space's variables may override (as on Hugging Face, where
+# they are image defaults): no flagging directory next to the code, one port per Gradio app. The hosted
+# images also set PYTHONPATH to the app directory (so `app_file: pkg/sub/main.py` can `import pkg`); that
+# one is runtime-owned here (`hosted_app_env`) because PYTHONPATH decides what code a process loads.
+HOSTED_SDK_DEFAULTS: dict[str, str] = {"GRADIO_ALLOW_FLAGGING": "never", "GRADIO_NUM_PORTS": "1"}
+
+
+def hosted_app_env(app_dir: str) -> dict[str, str]:
+    """The runtime-owned part of the hosted SDK environment for an app whose code is at `app_dir`."""
+    return {"PYTHONPATH": app_dir}
+
+
 def _lookup(name: str, names: dict[str, str], prefixes: dict[str, str]) -> str | None:
     upper = name.upper()
     if upper in names:

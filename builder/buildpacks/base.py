@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from builder.baseimages import sdk_base
+from builder.envnames import HOSTED_SDK_DEFAULTS, hosted_app_env
 from builder.sdkdeps import InstallPlan, InstallStep, install_plan
 from builder.spaceconfig import SpaceConfig
 
@@ -101,6 +102,8 @@ class PythonAppBuildPack(BuildPack):
 
     def environment(self) -> dict[str, str]:
         return {
+            **HOSTED_SDK_DEFAULTS,
+            **hosted_app_env(APP_DIR),
             "HOME": "/home/user",
             "SYSTEM": "spaces",
             "PATH": "/home/user/.local/bin:$PATH",

@@ -17,7 +17,12 @@ import json
 from dataclasses import asdict
 
 from builder.artifact import artifact_to_dict
-from builder.envnames import without_reserved_names, without_runtime_names
+from builder.envnames import (
+    HOSTED_SDK_DEFAULTS,
+    hosted_app_env,
+    without_reserved_names,
+    without_runtime_names,
+)
 from controller.runtimes.base import InstanceSpec
 
 LABEL_INSTANCE = "spaceport.instance"
@@ -97,17 +102,21 @@ def space_names(space_id: str) -> dict[str, str]:
 
 
 def app_env(spec: InstanceSpec, *, port: int, bind: str, home: str | None = None,
-            tmp: str | None = None) -> tuple[dict[str, str], list[str]]:  # fmt: skip
-    """(the app's environment, names dropped), the same on every runtime: the space's names, then the
-    artifact's and the space's own values (the controller's SPACE_HOST, SPACE_TITLE, ... win over the
-    derived defaults), then what the runtime owns: SYSTEM=spaces, HOME & co (processes; containers take
-    them from their image) and the port. No proxy variable is ever added: the platform has none to give."""
+            tmp: str | None = None, app_dir: str | None = None) -> tuple[dict[str, str], list[str]]:  # fmt: skip
+    """(the app's environment, names dropped), the same on every runtime: the space's names and the
+    hosted SDK defaults, then the artifact's and the space's own values (the controller's SPACE_HOST,
+    SPACE_TITLE, ... win over the derived defaults), then what the runtime owns: SYSTEM=spaces, HOME & co
+    and PYTHONPATH=app_dir (processes; containers take them from their image) and the port. No proxy
+    variable is ever added: the platform has none to give."""
     given, dropped = checked_user_env(spec)
     owned = sorted(k for k in given if k in RUNTIME_SET)
     given = {k: v for k, v in given.items() if k not in RUNTIME_SET}
-    env = {**space_names(spec.space_id), **given, "SPACE_ID": spec.space_id, "SYSTEM": SYSTEM_VALUE}
+    env = {**space_names(spec.space_id), **HOSTED_SDK_DEFAULTS, **given, "SPACE_ID": spec.space_id,
+           "SYSTEM": SYSTEM_VALUE}
     if home is not None:
         env.update(home_env(home, tmp or f"{home}/tmp"))
+    if app_dir is not None:
+        env.update(hosted_app_env(app_dir))
     env.update(port_env(port, bind))
     return env, sorted({*dropped, *owned})
 

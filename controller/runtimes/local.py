@@ -266,7 +266,8 @@ class LocalRuntime:
         base = {"PATH": path, "VIRTUAL_ENV": str(artifact.venv)}
         ca = "/etc/ssl/certs/ca-certificates.crt"
         defaults = {"SSL_CERT_FILE": ca, "REQUESTS_CA_BUNDLE": ca} if os.path.exists(ca) else {}
-        given, dropped = app_env(spec, port=port, bind=bind, home=home, tmp=tmp)
+        app_dir = APP_DIR if self.sandboxed else str(artifact.source)
+        given, dropped = app_env(spec, port=port, bind=bind, home=home, tmp=tmp, app_dir=app_dir)
         invalid = sorted(k for k in given if not SHELL_NAME.match(k))
         given = {k: v for k, v in given.items() if k not in invalid and "\0" not in v}
         env = {**defaults, **given, **base, **visible_devices_env(spec)}

@@ -278,7 +278,8 @@ async def test_app_sees_the_hosted_run_environment(env_harness: Harness) -> None
     assert report["env"] | {"USER": "user"} == {
         "HOME": "/home/user", "SYSTEM": "spaces", "USER": "user", "SPACE_ID": f"alice/{name}",
         "SPACE_AUTHOR_NAME": "alice", "SPACE_REPO_NAME": name, "SPACE_TITLE": "Env Report",
-        "SPACE_HOST": f"alice-{name}.apps.example",
+        "SPACE_HOST": f"alice-{name}.apps.example", "PYTHONPATH": "/home/user/app",
+        "GRADIO_ALLOW_FLAGGING": "never", "GRADIO_NUM_PORTS": "1",
     }, report  # fmt: skip
     assert report["user"] == "user"
     if env_harness.kind == "docker":
