@@ -107,7 +107,7 @@ class DiskWatch:
             except Exception as exc:  # a failed measurement must never stop the reconciler
                 log.warning("cannot measure the disk use of %s: %s", name, exc)
                 continue
-            if used is not None and used > self.limit:
+            if isinstance(used, int) and used > self.limit:
                 self._over[name] = used
         self.last_round_seconds = time.monotonic() - began
         if self._over:
