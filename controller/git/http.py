@@ -133,10 +133,19 @@ async def git_http(owner: str, name: str, tail: str, request: Request) -> Respon
     return await _run_backend(platform, request, req, repo, before)
 
 
-def _push_env(platform: Platform, repo: Path) -> dict[str, str]:
-    """What a push's hooks get: Spaceport's hooks directory, the repo and the storage limits."""
-    return {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "core.hooksPath", "GIT_CONFIG_VALUE_0": str(hooks_dir(platform)),
-            quota.REPO_ENV: str(repo), **quota.StorageLimits.from_settings(platform.settings).env()}
+def _backend_argv(platform: Platform, req: GitRequest) -> list[str]:
+    """A push runs Spaceport's hooks (`-c` reaches receive-pack through GIT_CONFIG_PARAMETERS), whatever
+    hooks a repo has of its own."""
+    if req.service != "git-receive-pack":
+        return ["git", "http-backend"]
+    return ["git", "-c", f"core.hooksPath={hooks_dir(platform)}", "http-backend"]
+
+
+def _push_env(platform: Platform, req: GitRequest, repo: Path) -> dict[str, str]:
+    """What a push's hooks learn from the controller: the repo and the storage limits."""
+    if req.service != "git-receive-pack":
+        return {}
+    return {quota.REPO_ENV: str(repo), **quota.StorageLimits.from_settings(platform.settings).env()}
 
 
 def _cgi_env(request: Request, req: GitRequest, repo: Path) -> dict[str, str]:
@@ -162,8 +171,7 @@ def _cgi_env(request: Request, req: GitRequest, repo: Path) -> dict[str, str]:
 
 async def _run_backend(platform: Platform, request: Request, req: GitRequest, repo: Path, before: str | None) -> Response:
     proc = await asyncio.create_subprocess_exec(
-        "git", "http-backend",
-        env=_cgi_env(request, req, repo) | (_push_env(platform, repo) if req.service == "git-receive-pack" else {}),
+        *_backend_argv(platform, req), env=_cgi_env(request, req, repo) | _push_env(platform, req, repo),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     feeder = asyncio.create_task(_feed(request, proc))

@@ -7,17 +7,23 @@ git keeps besides objects (refs, logs, packed-refs) and the quarantine directory
 being checked. A walk costs one stat per file (git's auto gc keeps loose objects in the low thousands).
 
 Writes are refused when the stored bytes plus what the write adds would pass a limit (0 = no limit):
-git push in the pre-receive hook (`python -m controller.git.quota`, fed by the environment the controller
-gives `git http-backend`; git drops a refused push's quarantined objects), the commit API before any
-object is written, and duplicate before the copy. Concurrent writes of one owner can each pass before
-the others land, so usage may overshoot a limit by what was in flight at that moment; the next write is
-then refused. This module imports only the standard library and domain errors: the hook starts quickly.
+git push in the pre-receive hook (this module's `main`, fed by the environment the controller gives
+`git http-backend`; git drops a refused push's quarantined objects), the commit API before any object is
+written, and duplicate before the copy. An owner's API commits (to any of its spaces) check and write
+under one lock per owner, which the pre-receive check takes too, so parallel uploads cannot each pass on
+the same free room. What stays open: git moves a push's objects out of quarantine after its hook exits,
+so a walk racing that move, or a duplicate's copy, may miss bytes in flight and overshoot by them once;
+the next write is then refused. This module imports only the standard library and domain errors: the
+hook starts quickly.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +36,7 @@ if TYPE_CHECKING:
 OWNER_SETTING = "SPACEPORT_MAX_OWNER_REPO_BYTES"
 REPO_SETTING = "SPACEPORT_MAX_REPO_BYTES"
 REPO_ENV = "SPACEPORT_QUOTA_REPO"  # the bare repo a push goes to (set by controller.git.http)
+LOCK_NAME = "spaceport-quota.lock"  # in DATA_DIR/repos/OWNER (repos are NAME.git: no clash); empty, 0 blocks
 FIX = ("delete spaces you no longer need, or ask an admin to raise the limit (deleting files in a new "
        "commit does not shrink a repository: its history keeps them)")
 
@@ -143,13 +150,26 @@ def check_pushed(limits: StorageLimits, repo: Path) -> None:
             raise measured.refusal(" with this push", would=True)
 
 
+@contextmanager
+def owner_lock(limits: StorageLimits, repo: Path) -> Iterator[None]:
+    """Hold the owner's quota lock (across processes) while checking and writing; none without limits."""
+    if limits.unlimited:
+        yield
+        return
+    with (repo.parent / LOCK_NAME).open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
 def main() -> int:
     """The pre-receive check: refuse the push (message on stderr, git shows it as `remote: ...`)."""
     repo = os.environ.get(REPO_ENV)
     if not repo:
         return 0  # not a push through Spaceport's git HTTP (no limits were given)
+    limits = StorageLimits.from_env(os.environ)
     try:
-        check_pushed(StorageLimits.from_env(os.environ), Path(repo))
+        with owner_lock(limits, Path(repo)):  # waits for an API commit of this owner that is being written
+            check_pushed(limits, Path(repo))
     except StorageLimitExceeded as exc:
         print(f"Spaceport refuses this push: {exc.message}", file=sys.stderr)
         return 1

@@ -233,13 +233,13 @@ def write_commit(repo: Path, request: CommitRequest, author: Author, attempts: i
     """Create the commit on main and move main to it; return its sha.
 
     API commits are serialized per repo by a file lock; the compare-and-swap on main still protects
-    against a concurrent `git push`, whose commit the retry builds on. Over a storage limit
-    (StorageLimitExceeded, 413) nothing is written.
+    against a concurrent `git push`, whose commit the retry builds on. Storage limits are checked and the
+    objects written under the owner's quota lock; over a limit (StorageLimitExceeded, 413) nothing is written.
     """
-    with _repo_lock(repo):
-        if limits is not None:
-            quota.check(limits, repo, sum(len(content) for kind, _path, content in request.ops if kind == "file"),
-                        "this commit")
+    limits = limits or quota.StorageLimits()
+    with _repo_lock(repo), quota.owner_lock(limits, repo):
+        quota.check(limits, repo, sum(len(content) for kind, _path, content in request.ops if kind == "file"),
+                    "this commit")
         return _commit_with_retries(repo, request, author, attempts)
 
 

@@ -14,7 +14,9 @@ import base64
 import json
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -98,13 +100,35 @@ def test_commit_api_over_the_limit_writes_nothing_and_other_owners_are_unaffecte
     assert commits.write_commit(bob, big, AUTHOR, limits=limits)  # bob's namespace is measured on its own
 
 
+def test_parallel_commits_to_several_spaces_cannot_share_the_same_free_room(tmp_path: Path) -> None:
+    repos = tmp_path / "repos"
+    targets = [storage.repo_path(repos, "alice", f"s{i}") for i in range(4)]
+    for repo in targets:
+        storage.init_bare(repo)
+    limits = StorageLimits(owner_bytes=quota.disk_usage(repos / "alice") + 3 * (1 << 20))  # room for one 2 MiB file
+    start = threading.Barrier(len(targets))
+
+    def upload(repo: Path) -> str:
+        start.wait()
+        try:
+            return commits.write_commit(repo, commits.CommitRequest("big", ops=[("file", "w.bin", random_bytes(2 << 20))]),
+                                        AUTHOR, limits=limits)
+        except StorageLimitExceeded:
+            return "refused"
+
+    with ThreadPoolExecutor(len(targets)) as pool:
+        results = list(pool.map(upload, targets))
+    assert results.count("refused") == len(targets) - 1, results  # each checked after the previous one wrote
+    assert quota.disk_usage(repos / "alice") <= limits.owner_bytes
+
+
 # ----------------------------------------------------------------------------- live: git push, hub, duplicate
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     srv = make_server(tmp_path_factory.mktemp("storage"), SPACEPORT_MAX_OWNER_REPO_BYTES=str(LIMIT)).start()
     yield srv
-    srv.stop()
+    srv.stop(remove_apps=False)  # no space here has an app file: nothing runs
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +164,7 @@ def test_push_under_the_limit_works_and_one_over_it_is_refused_with_nothing_kept
     head = git(work, "rev-parse", "HEAD").stdout.strip()
     assert storage.head_sha(server_repo(server, "alice", "one")) == head
     before = objects(server_repo(server, "alice", "one"))
+    (server_repo(server, "alice", "one") / "hooks" / "pre-receive").unlink()  # Spaceport's own hooks run anyway
 
     refused = push_bytes(server, alice, tmp_path, "one", 800 * KB, work)
     assert refused.returncode != 0
@@ -214,9 +239,12 @@ def test_owner_already_full_is_refused_before_sending_and_others_are_unaffected(
 def test_duplicate_into_a_namespace_without_room_is_refused_and_keeps_nothing(
         server: LiveServer, people: dict[str, Identity], tmp_path: Path) -> None:
     carol = people["carol"]
+    hf = HfApi(endpoint=server.url, token=carol.token)
+    assert push_bytes(server, carol, tmp_path, "tiny", 1 * KB).returncode == 0
+    hf.duplicate_repo("carol/tiny", to_id="carol/tiny-copy", repo_type="space")  # with room it copies
+    assert storage.head_sha(server_repo(server, "carol", "tiny-copy")) == storage.head_sha(server_repo(server, "carol", "tiny"))
     pushed = push_bytes(server, carol, tmp_path, "half", 600 * KB)  # a second copy would not fit
     assert pushed.returncode == 0, pushed.stderr
-    hf = HfApi(endpoint=server.url, token=carol.token)
     with pytest.raises(HfHubHTTPError) as refused:
         hf.duplicate_repo("carol/half", to_id="carol/half-copy", repo_type="space")
     assert refused.value.response is not None and refused.value.response.status_code == 413
