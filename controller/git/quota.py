@@ -3,7 +3,7 @@
 Usage is measured on disk every time, never cached: the allocated blocks (like `du`) of every file and
 directory under DATA_DIR/repos/OWNER, hard links counted once, symlinks not followed. That includes what
 git keeps besides objects (refs, logs, packed-refs) and the quarantine directory of a push in progress
-(`objects/incoming-*`), so the pre-receive hook sees the push's own objects and those of other pushes still
+(`objects/tmp_objdir-incoming-*`), so the pre-receive hook sees the push's own objects and those of other pushes still
 being checked. A walk costs one stat per file (git's auto gc keeps loose objects in the low thousands).
 
 Writes are refused when the stored bytes plus what the write adds would pass a limit (0 = no limit):
@@ -22,7 +22,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +55,7 @@ class StorageLimits:
         return cls(settings.max_owner_repo_bytes, settings.max_repo_bytes)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | os._Environ[str]) -> StorageLimits:
+    def from_env(cls, env: Mapping[str, str]) -> StorageLimits:
         return cls(int(env.get(OWNER_SETTING) or 0), int(env.get(REPO_SETTING) or 0))
 
     def env(self) -> dict[str, str]:
