@@ -89,6 +89,11 @@ class DiskWatch:
                 actual[name] = replace(status, state=State.EXITED, endpoint=None, message="stopped")
         self._schedule([name for name, s in actual.items() if s.state is State.RUNNING])
 
+    def close(self) -> None:
+        """The reconciler stops: so does a measurement in progress (its thread finishes on its own)."""
+        if self._task is not None:
+            self._task.cancel()
+
     def _schedule(self, running: list[str]) -> None:
         if not running or (self._task is not None and not self._task.done()):
             return

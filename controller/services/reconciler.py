@@ -81,6 +81,7 @@ class Reconciler:
                 self._kicked.clear()
                 await self._safe_pass()
         finally:
+            self.disk.close()
             await self._http.close()
 
     async def _safe_pass(self) -> None:

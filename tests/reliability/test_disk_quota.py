@@ -268,28 +268,62 @@ def test_gc_grace_keeps_recent_artifacts(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- docker
 @pytest.mark.docker
-def test_docker_app_past_its_disk_quota_is_stopped(tmp_path: Path, docker_host: str) -> None:
+def test_docker_app_past_its_disk_quota_is_stopped_and_its_images_collected(tmp_path: Path, docker_host: str) -> None:
+    import docker
+
     from controller.runtimes.docker import DockerRuntime, site_id
     from tests.runtimes.conftest import TEST_IMAGE, _build_test_image
 
     _build_test_image(docker_host)
     settings = settings_for(tmp_path, runtime="docker", docker_host=docker_host)
+    site_label = f"spaceport.site={site_id(settings.data_dir)}"
+    repo = f"spaceport/disktest-{site_id(settings.data_dir)}"  # tags of the test image: removing one only untags
+    client = docker.DockerClient(base_url=docker_host)
+    for tag in ("current", "older"):
+        client.images.get(TEST_IMAGE).tag(repo, tag)
 
     def docker_runtime(s: Settings) -> Runtime:
         return DockerRuntime(docker_host, stop_timeout=5, site=site_id(s.data_dir))
 
-    with running_site(settings, docker_runtime, ("erin",)) as site:
-        seed_space(site.platform, "erin", "hog", ImageArtifact(TEST_IMAGE, 7860))
-        site.client.app.state.reconciler.kick()  # type: ignore[attr-defined]
-        site.wait_stage("erin/hog", {"RUNNING"})
-        runtime: DockerRuntime = site.client.app.state.runtime  # type: ignore[attr-defined]
-        (container,) = runtime.client.containers.list(filters={"label": f"spaceport.site={site_id(settings.data_dir)}"})
-        try:
+    try:
+        with running_site(settings, docker_runtime, ("erin",)) as site:
+            older = seed_space(site.platform, "erin", "hog", ImageArtifact(f"{repo}:older", 7860))
+            with site.platform.tx() as session:  # an earlier build of the space: its image is unused now
+                session.get(Build, older).commit_sha = "0" * 40  # type: ignore[union-attr]
+                space = session.query(Space).one()
+                build = Build(space_id=space.id, commit_sha=SHA, status="succeeded",
+                              artifact=artifact_to_dict(ImageArtifact(f"{repo}:current", 7860)))  # fmt: skip
+                session.add(build)
+                session.flush()
+                space.target_build_id = build.id
+            site.client.app.state.reconciler.kick()  # type: ignore[attr-defined]
+            site.wait_stage("erin/hog", {"RUNNING"})
+            (container,) = client.containers.list(filters={"label": site_label})
             done = container.exec_run(["sh", "-c", "head -c 3145728 /dev/urandom > /tmp/blob"])
             assert done.exit_code == 0, done.output
             state = site.wait_stage("erin/hog", {"RUNTIME_ERROR"})
             assert "more than the 2 MiB per space (SPACEPORT_SPACE_DISK_BYTES)" in str(state["errorMessage"]), state
             container.reload()
             assert container.status == "exited"
-        finally:
+
+            report = artifact_gc.collect(site.platform, grace=0)
+            assert [c.ref for c in report.removed] == [f"{repo}:older"]
+            assert client.images.get(f"{repo}:current")  # the current build's, and its container's
+
+            deleted = site.client.request("DELETE", "/api/repos/delete", json={"type": "space", "name": "hog"},
+                                          headers={"authorization": f"Bearer {site.tokens['erin']}"})  # fmt: skip
+            assert deleted.status_code == 200, deleted.text
+            deadline = time.monotonic() + 60
+            while client.containers.list(all=True, filters={"label": site_label}) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            report = artifact_gc.collect(site.platform, grace=0)  # the deleted space's image, once unused
+            assert [c.ref for c in report.removed] == [f"{repo}:current"], report
+            assert not client.images.list(name=repo)
+            assert client.images.get(TEST_IMAGE)
+    finally:
+        for container in client.containers.list(all=True, filters={"label": site_label}):
             container.remove(force=True)
+        for tag in ("current", "older"):
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                client.images.remove(f"{repo}:{tag}")
+        client.close()
