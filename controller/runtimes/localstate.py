@@ -25,6 +25,7 @@ from pathlib import Path
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 BLOCK = 4096  # what one file or directory costs at least (ext4's block): empty files still use an inode
 METACOPY = "trusted.overlay.metacopy"  # set by overlayfs only (apps cannot set trusted.* xattrs)
+MAX_DEPTH = 256  # directory levels measured; deeper is refused (TooDeep)
 
 
 @dataclass
@@ -128,53 +129,98 @@ def recorded_artifacts(instances: Path) -> list[tuple[str, dict[str, object]]]:
     return found
 
 
+class TooDeep(Exception):
+    """A tree nested deeper than MAX_DEPTH directories: it is not measured (an abuse, not an app's data)."""
+
+
 def disk_usage(roots: tuple[Path, ...] | list[Path], stop_after: int | None = None) -> int:
     """Bytes of disk the trees under `roots` take: allocated blocks (st_blocks, so a sparse file counts
     what it really holds, not its apparent size), each file or directory at least BLOCK (a million empty
     files cost inodes), hard links once, symlinks never followed, other filesystems not entered. An
     overlay metadata-only copy-up (the sandbox's chown of the app's code) holds no data and is free.
-    Stops counting once the total passes `stop_after` (the caller only needs to know it is over)."""
-    total, seen = 0, set()
-    stack: list[tuple[str, int]] = []
+    Walked by directory file descriptors, so no path is too long to count; deeper than MAX_DEPTH raises
+    TooDeep. Stops counting once the total passes `stop_after` (the caller only needs to know it is over)."""
+    walk = _Walk(stop_after)
     for root in roots:
-        with contextlib.suppress(OSError):
-            stack.append((str(root), os.lstat(root).st_dev))
-    while stack:
-        top, device = stack.pop()
         try:
-            entries = os.scandir(top)
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except OSError:
             continue
-        with entries:
-            for entry in entries:
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if info.st_nlink > 1 and not stat.S_ISDIR(info.st_mode):
-                    if (info.st_dev, info.st_ino) in seen:
-                        continue
-                    seen.add((info.st_dev, info.st_ino))
-                total += _charge(entry.path, info)
-                if stat.S_ISDIR(info.st_mode) and info.st_dev == device:
-                    stack.append((entry.path, device))
-        if stop_after is not None and total > stop_after:
+        try:
+            walk.tree(fd)
+        finally:
+            os.close(fd)
+        if walk.over():
             break
-    return total
+    return walk.total
 
 
-def _charge(path: str, info: os.stat_result) -> int:
+class _Walk:
+    def __init__(self, stop_after: int | None) -> None:
+        self.total, self.stop_after = 0, stop_after
+        self.seen: set[tuple[int, int]] = set()
+
+    def over(self) -> bool:
+        return self.stop_after is not None and self.total > self.stop_after
+
+    def tree(self, root_fd: int) -> None:
+        """Depth first, holding two descriptors per level (the directory, and scandir's duplicate of it)."""
+        device = os.fstat(root_fd).st_dev
+        stack = [(os.dup(root_fd), os.scandir(root_fd))]
+        try:
+            while stack and not self.over():
+                fd, entries = stack[-1]
+                entry = next(entries, None)
+                if entry is None:
+                    entries.close()
+                    os.close(stack.pop()[0])
+                    continue
+                child = self._entry(entry, fd, device)
+                if child is None:
+                    continue
+                if len(stack) >= MAX_DEPTH:
+                    os.close(child)
+                    raise TooDeep(f"directories nested more than {MAX_DEPTH} levels deep")
+                try:
+                    stack.append((child, os.scandir(child)))
+                except OSError:
+                    os.close(child)
+        finally:
+            for fd, entries in stack:
+                entries.close()
+                os.close(fd)
+
+    def _entry(self, entry: os.DirEntry[str], dir_fd: int, device: int) -> int | None:
+        """Count one entry; for a directory on the same filesystem, an open descriptor of it to descend."""
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            return None
+        if info.st_nlink > 1 and not stat.S_ISDIR(info.st_mode):
+            if (info.st_dev, info.st_ino) in self.seen:
+                return None
+            self.seen.add((info.st_dev, info.st_ino))
+        self.total += _charge(entry.name, info, dir_fd)
+        if not stat.S_ISDIR(info.st_mode) or info.st_dev != device:
+            return None
+        try:
+            return os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+        except OSError:
+            return None
+
+
+def _charge(name: str, info: os.stat_result, dir_fd: int) -> int:
     allocated = int(info.st_blocks) * 512
     if allocated >= BLOCK:
         return allocated
-    if allocated == 0 and stat.S_ISREG(info.st_mode) and _metacopy(path):
+    if allocated == 0 and stat.S_ISREG(info.st_mode) and _metacopy(name, dir_fd):
         return 0
     return BLOCK
 
 
-def _metacopy(path: str) -> bool:
+def _metacopy(name: str, dir_fd: int) -> bool:
     try:
-        os.getxattr(path, METACOPY, follow_symlinks=False)
+        os.getxattr(f"/proc/self/fd/{dir_fd}/{name}", METACOPY, follow_symlinks=False)
     except OSError:
         return False
     return True

@@ -31,6 +31,7 @@ from typing import Protocol, runtime_checkable
 from starlette.concurrency import run_in_threadpool
 
 from controller.runtimes.base import InstanceStatus, Runtime, RuntimeFailure, State
+from controller.runtimes.localstate import MAX_DEPTH, TooDeep
 from controller.services import instances as db
 from controller.services.platform import Platform
 
@@ -62,6 +63,10 @@ def over_quota_message(used: int, limit: int) -> str:
             f"({SETTING}); it was stopped. Write less, or ask an admin to raise the limit.")
 
 
+TOO_DEEP = (f"The app nested directories more than {MAX_DEPTH} levels deep on its disk, which cannot be measured "
+            f"against the per-space disk limit ({SETTING}); it was stopped. Keep its files less deeply nested.")
+
+
 class DiskWatch:
     """Measures running instances' disk use in the background; the reconciler's pass enforces it."""
 
@@ -73,7 +78,7 @@ class DiskWatch:
         self.meter: DiskMeter | None = runtime if isinstance(runtime, DiskMeter) else None
         self._task: asyncio.Task[None] | None = None
         self._last = -math.inf
-        self._over: dict[str, int] = {}  # instance name -> bytes, found by the last measurement
+        self._over: dict[str, str] = {}  # instance name -> why it must stop, found by the last measurement
         self.last_round_seconds = 0.0  # what the last measurement of every running instance took
 
     async def enforce(self, actual: dict[str, InstanceStatus], starting: dict[str, asyncio.Task[bool]]) -> None:
@@ -82,10 +87,10 @@ class DiskWatch:
         if self.meter is None:
             return
         over, self._over = self._over, {}
-        for name, used in over.items():
+        for name, message in over.items():
             status = actual.get(name)
             if status is not None and status.state in LIVE:
-                await self._stop(name, used, starting)
+                await self._stop(name, message, starting)
                 actual[name] = replace(status, state=State.EXITED, endpoint=None, message="stopped")
         self._schedule([name for name, s in actual.items() if s.state is State.RUNNING])
 
@@ -109,24 +114,26 @@ class DiskWatch:
         for name in names:
             try:
                 used = await self.meter.disk_usage(name, self.limit)
+            except TooDeep:
+                self._over[name] = TOO_DEEP
+                continue
             except Exception as exc:  # a failed measurement must never stop the reconciler
                 log.warning("cannot measure the disk use of %s: %s", name, exc)
                 continue
             if isinstance(used, int) and used > self.limit:
-                self._over[name] = used
+                self._over[name] = over_quota_message(used, self.limit)
         self.last_round_seconds = time.monotonic() - began
         if self._over:
             self.kick()
 
-    async def _stop(self, name: str, used: int, starting: dict[str, asyncio.Task[bool]]) -> None:
+    async def _stop(self, name: str, message: str, starting: dict[str, asyncio.Task[bool]]) -> None:
         task = starting.pop(name, None)
         if task is not None:  # a start still watching its health would record a crash (and a restart)
             task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait({task}, timeout=5)
-        log.warning("instance %s wrote %d bytes to disk (limit %d, %s): stopping it", name, used, self.limit, SETTING)
-        await run_in_threadpool(db.update_row, self.platform, name, state="failed",
-                                message=over_quota_message(used, self.limit))  # fmt: skip
+        log.warning("instance %s: %s", name, message)
+        await run_in_threadpool(db.update_row, self.platform, name, state="failed", message=message)
         try:
             await self.runtime.stop(name)
             discard = getattr(self.runtime, "discard_writes", None)

@@ -7,7 +7,8 @@ is tested elsewhere, and a Gradio build would cost a minute here for nothing thi
 
 * an app that creates many empty files (inodes, no data) past a 2 MiB quota is stopped with a message
   saying so, the space ends in RUNTIME_ERROR and stays there (no restart), its writes are freed and its
-  log kept; on docker the same for a file written into the container's layer;
+  log kept; one that nests directories too deep to measure is stopped too; on docker the same for a
+  file written into the container's layer;
 * garbage collection removes unused sources and venvs (planted ones, a deleted space's) and keeps
   what the current build of every space and the running instances use, and what an owner's build in
   progress may be reusing (also when that build starts while the collection is under way);
@@ -44,8 +45,10 @@ from controller.db.models import Build, Space, Variable, utcnow
 from controller.runtimes.base import Runtime
 from controller.runtimes.factory import protected_paths
 from controller.runtimes.local import LocalRuntime
+from controller.runtimes.localstate import MAX_DEPTH
 from controller.runtimes.sandbox import sandbox_status
 from controller.services import accounts, artifact_gc
+from controller.services.diskquota import TOO_DEEP
 from controller.services.platform import Platform
 from tests.support.tiers import missing
 
@@ -162,15 +165,19 @@ def sandboxed() -> None:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, sandboxed: None) -> Iterator[Site]:
-    """alice/hog: creates 600 empty files (about 2.4 MiB of inodes) before serving; bob/keeper: serves."""
+    """alice/hog: creates 600 empty files (about 2.4 MiB of inodes) before serving; bob/keeper: serves;
+    mallory/deep: nests directories deeper than the measure goes, to hide what it writes."""
     settings = settings_for(tmp_path_factory.mktemp("disk"))
-    with running_site(settings, local_runtime, ("alice", "bob")) as site:
+    with running_site(settings, local_runtime, ("alice", "bob", "mallory")) as site:
         hog = VenvArtifact(make_venv(site.artifacts, "hogvenv000000001", "alice"),
                            make_source(site.artifacts, "alice", "hog"), ("python", "app.py"), 7860)  # fmt: skip
         keeper = VenvArtifact(make_venv(site.artifacts, "keepervenv000001", "bob"),
                               make_source(site.artifacts, "bob", "keeper"), ("python", "app.py"), 7860)  # fmt: skip
         seed_space(site.platform, "alice", "hog", hog, {"DISKHOG_AT_START": "many:600"})
         seed_space(site.platform, "bob", "keeper", keeper)
+        deep = VenvArtifact(make_venv(site.artifacts, "deepvenv00000001", "mallory"),
+                            make_source(site.artifacts, "mallory", "deep"), ("python", "app.py"), 7860)  # fmt: skip
+        seed_space(site.platform, "mallory", "deep", deep, {"DISKHOG_AT_START": f"deep:{MAX_DEPTH + 10}"})
         site.client.app.state.reconciler.kick()  # type: ignore[attr-defined]
         yield site
 
@@ -190,6 +197,12 @@ def test_an_app_past_its_disk_quota_is_stopped_and_says_why(site: Site) -> None:
     site.wait_stage("bob/keeper", {"RUNNING"})
     assert site.runtime_json("alice/hog")["stage"] == "RUNTIME_ERROR"  # a failed instance, not a restart loop
     assert (instance / "app.log").read_text().count("===== spaceport: starting") == 1
+
+
+def test_an_app_hiding_its_writes_in_deep_directories_is_stopped(site: Site) -> None:
+    state = site.wait_stage("mallory/deep", {"RUNTIME_ERROR"})
+    assert state["errorMessage"] == TOO_DEEP
+    assert "levels deep" in TOO_DEEP and "(SPACEPORT_SPACE_DISK_BYTES)" in TOO_DEEP
 
 
 def test_gc_removes_unused_artifacts_and_keeps_what_spaces_use(site: Site) -> None:

@@ -21,7 +21,7 @@ from builder.artifact import ImageArtifact, VenvArtifact
 from controller.runtimes.base import Endpoint, HardwareSpec, InstanceSpec, State
 from controller.runtimes.health import wait_healthy
 from controller.runtimes.local import LocalRuntime
-from controller.runtimes.localstate import BLOCK, disk_usage
+from controller.runtimes.localstate import BLOCK, MAX_DEPTH, TooDeep, disk_usage
 from controller.services.diskquota import format_bytes, over_quota_message
 from tests.runtimes.conftest import copy_app
 
@@ -68,6 +68,33 @@ def test_counting_stops_soon_after_the_limit(tmp_path: Path) -> None:
         (tmp_path / f"d{folder}" / "data").write_bytes(os.urandom(MiB))
     assert disk_usage([tmp_path]) >= 20 * MiB
     assert 2 * MiB < disk_usage([tmp_path], stop_after=2 * MiB) < 5 * MiB
+
+
+def nest(root: Path, levels: int, data: bytes = b"") -> None:
+    """levels directories of 200-character names below root (by descriptors: the path is too long to open)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(levels):
+            os.mkdir("d" * 200, dir_fd=fd)
+            child = os.open("d" * 200, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        out = os.open("data", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(out, data)
+        os.close(out)
+    finally:
+        os.close(fd)
+
+
+def test_files_below_paths_longer_than_path_max_are_counted(tmp_path: Path) -> None:
+    nest(tmp_path, 40, os.urandom(MiB))  # a path of 8,000+ characters: open() by name would fail
+    assert disk_usage([tmp_path]) >= MiB + 40 * BLOCK
+
+
+def test_a_tree_deeper_than_the_walk_goes_is_refused(tmp_path: Path) -> None:
+    nest(tmp_path, MAX_DEPTH + 5)
+    with pytest.raises(TooDeep):
+        disk_usage([tmp_path])
 
 
 def test_missing_roots_count_nothing(tmp_path: Path) -> None:
@@ -126,10 +153,14 @@ async def test_sandboxed_app_writes_are_counted_wherever_it_writes(hog: tuple[Lo
     assert await grew("/write?where=app&kb=1024") >= MiB  # /home/user/app: the overlay's upper layer
     assert await grew("/write?where=home&kb=1024") >= MiB
     assert await grew("/write?where=tmp&kb=1024") < 4 * BLOCK  # a size-limited tmpfs in memory, not disk
+    assert await grew("/deep?n=30&kb=1024") >= MiB + 30 * BLOCK  # hidden past PATH_MAX: still counted
     total = await runtime.disk_usage("hog")
-    assert total is not None and total >= 3 * MiB + 500 * BLOCK
+    assert total is not None and total >= 4 * MiB + 500 * BLOCK
     capped = await runtime.disk_usage("hog", stop_after=MiB)
     assert capped is not None and capped > MiB
+    await ask(endpoint, f"/deep?n={MAX_DEPTH + 5}&kb=0")
+    with pytest.raises(TooDeep):
+        await runtime.disk_usage("hog")
 
     await runtime.stop("hog")
     await runtime.discard_writes("hog")
