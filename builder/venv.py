@@ -318,7 +318,18 @@ def _run_steps(steps: list[_Step], run: Callable[[list[str]], Result], job: _Job
             job.log(f"spaceport: {step.retry_note}")
             result = run(step.undated)
         if result.returncode != 0:
-            raise BuildFailure(BUILD_ERROR, f"{step.failure}:\n{result.tail_text()}")
+            raise BuildFailure(BUILD_ERROR, f"{_cause(step.failure, result.tail_text())}:\n{result.tail_text()}")
+
+
+DISK_FULL = ("No space left on device", "os error 28", "Disk quota exceeded")
+
+
+def _cause(failure: str, output: str) -> str:
+    """The step's own failure, unless the server itself was at fault (then the space's files are not)."""
+    if any(sign in output for sign in DISK_FULL):
+        return ("the server ran out of disk space during the build (nothing in the space is at fault): an admin "
+                "must free disk space (e.g. `spaceport gc`), then rebuild the space")
+    return failure
 
 
 def _prefix(interpreter: Path) -> Path:

@@ -271,6 +271,30 @@ def test_a_failing_dated_step_is_retried_once_without_the_date(tmp_path: Path) -
     assert "No solution found" in info.value.message
 
 
+def test_a_full_disk_is_the_servers_fault_not_the_requirements(tmp_path: Path) -> None:
+    """uv's own words when the data dir's disk filled up (seen in the corpus bench): the stage message tells
+    the owner their files are fine and the admin what to do, the output still follows."""
+    from builder.proc import Result
+    from builder.sdkdeps import install_plan
+    from builder.spaceconfig import SpaceConfig
+    from builder.venv import _run_steps, _steps
+
+    plan = install_plan(SpaceConfig(sdk="streamlit", sdk_version="1.34.0", python_version="3.10"), set(), None)
+    job = _job(tmp_path, plan, [])
+    steps = _steps(tmp_path / "venv", job, tmp_path / "c.txt")  # type: ignore[arg-type]
+    full = ["error: Failed to install: urllib3-2.8.0-py3-none-any.whl (urllib3==2.8.0)",
+            "  cause: failed to copy file from a to b: No space left on device (os error 28)"]
+
+    def run(args: list[str]) -> Result:
+        return Result(1, full) if "install" in args else Result(0)
+
+    with pytest.raises(BuildFailure) as info:
+        _run_steps(steps, run, job)  # type: ignore[arg-type]
+    assert info.value.message.startswith("the server ran out of disk space during the build")
+    assert "spaceport gc" in info.value.message and "os error 28" in info.value.message
+    assert "sdk_version in README.md" not in info.value.message.splitlines()[0]
+
+
 # --- one real sandboxed build with the hosted defaults -------------------------------------------------
 
 
