@@ -127,7 +127,9 @@ async def test_path_and_ld_preload_never_reach_the_root_launcher(mode: str, tmp_
     assert isinstance(app_env, dict)
     assert sorted(p.name for p in markers.iterdir()) == []  # no tool from the repo ran, not even as the app
     assert app_env["PATH"] == f"{venv}/bin:/usr/local/bin:/usr/bin:/bin"  # the platform's PATH, not the space's
-    assert "LD_PRELOAD" not in app_env and "LD_LIBRARY_PATH" not in app_env and "PYTHONPATH" not in app_env
+    assert "LD_PRELOAD" not in app_env and "LD_LIBRARY_PATH" not in app_env
+    app_dir = "/home/user/app" if mode == "bwrap" else str(src)
+    assert app_env["PYTHONPATH"] == app_dir  # the runtime's own value (the hosted one), never the space's
     assert app_env["MY_SETTING"] == "kept"
     log = (runtime.instances / "evil" / "app.log").read_text()
     assert "ignored environment names the platform owns: LD_LIBRARY_PATH, LD_PRELOAD, PATH, PYTHONPATH" in log

@@ -96,6 +96,8 @@ def test_cpu_deployment(site: SiteConfig) -> None:
                             {"name": "SPACE_AUTHOR_NAME", "value": "alice"},
                             {"name": "SPACE_REPO_NAME", "value": "demo"},
                             {"name": "SPACE_TITLE", "value": "demo"},
+                            {"name": "GRADIO_ALLOW_FLAGGING", "value": "never"},
+                            {"name": "GRADIO_NUM_PORTS", "value": "1"},
                             {"name": "SYSTEM", "value": "spaces"},
                             {"name": "PORT", "value": "7860"},
                             {"name": "GRADIO_SERVER_PORT", "value": "7860"},
