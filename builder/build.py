@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from builder import sdkdeps
 from builder.artifact import Artifact
 from builder.errors import BUILD_ERROR, BuildFailure
 from builder.requirements import check_requirement_files
@@ -56,6 +57,7 @@ def build(
     for note in config.notes:
         log(f"note: {note}")
     check_requirement_files(source)
+    config = sdkdeps.with_requirements_pin(config, source, log)
     if kind == "venv":
         return _build_venv(source, config, cache_dir, log, no_cache, time_limit, cancel, ca_dir, owner, sandbox, uv_seed,
                            venv_policy)

@@ -152,6 +152,32 @@ def sdk_requirements(sdk: str, version: str | None) -> tuple[str, ...]:
     return ()
 
 
+_REQUIREMENT_PIN = re.compile(r"^\s*(gradio|streamlit)\s*(?:\[[^\]]*\])?\s*==\s*([^\s;#,]+)\s*(?:[;#].*)?$", re.I)
+
+
+def requirements_pin(sdk: str, text: str) -> str | None:
+    """The version requirements.txt pins the SDK to exactly (`streamlit==0.80.0`), if any."""
+    for line in text.splitlines():
+        found = _REQUIREMENT_PIN.match(line)
+        if found and found.group(1).lower() == sdk and _VERSION.match(found.group(2)):
+            return found.group(2)
+    return None
+
+
+def with_requirements_pin(config: SpaceConfig, source: Path, log: Callable[[str], None]) -> SpaceConfig:
+    """Without sdk_version, the SDK version requirements.txt pins is the one that runs: its constraints and
+    release date apply (an old `streamlit==0.80.0` otherwise resolves against today's protobuf)."""
+    path = source / "requirements.txt"
+    if config.sdk not in ("gradio", "streamlit") or config.sdk_version or not path.is_file():
+        return config
+    version = requirements_pin(config.sdk, path.read_text(errors="replace"))
+    if version is None:
+        return config
+    log(f"spaceport: README.md sets no sdk_version and requirements.txt pins {config.sdk}=={version}: "
+        f"building for {config.sdk} {version} (its constraints and release date)")
+    return replace(config, sdk_version=version)
+
+
 def effective_date(release: datetime | None, python: str) -> str | None:
     """--exclude-newer for this SDK release on this Python (None: no date known)."""
     if release is None:

@@ -130,3 +130,29 @@ def test_release_date_from_the_real_index(tmp_path: Path) -> None:
     """PyPI is reachable from this machine and CI: the real JSON API answers with gradio 4.8.0's upload."""
     found = sdk_release_date("gradio", "4.8.0", cache_file=tmp_path / "c.json")
     assert found is not None and found.date().isoformat() == "2023-12-05"
+
+
+@pytest.mark.parametrize(
+    ("sdk", "text", "expected"),
+    [
+        ("streamlit", "streamlit==0.80.0", "0.80.0"),  # nateraw/spaces-template-example (corpus)
+        ("gradio", "numpy\ngradio[oauth] == 4.7.1  # the demo\n", "4.7.1"),
+        ("gradio", "gradio>=3.0\n", None),  # not exact: the sdk line stays unknown
+        ("gradio", "gradio_client==0.7.0\n", None),
+        ("streamlit", "gradio==4.0.0\n", None),
+        ("gradio", "gradio==$(cat /etc/passwd)\n", None),
+    ],
+)
+def test_requirements_pin_is_only_an_exact_sdk_pin(sdk: str, text: str, expected: str | None) -> None:
+    assert sdkdeps.requirements_pin(sdk, text) == expected
+
+
+def test_without_sdk_version_the_pinned_sdk_decides_the_plan(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_text("streamlit==0.80.0\n")
+    log: list[str] = []
+    config = sdkdeps.with_requirements_pin(SpaceConfig(sdk="streamlit"), tmp_path, log.append)
+    assert config.sdk_version == "0.80.0"
+    assert "protobuf<4" in install_plan(config, {"requirements.txt"}, None).constraints
+    assert any("requirements.txt pins streamlit==0.80.0" in line for line in log)
+    pinned = SpaceConfig(sdk="streamlit", sdk_version="1.30.0")
+    assert sdkdeps.with_requirements_pin(pinned, tmp_path, log.append) is pinned  # README's sdk_version wins
