@@ -20,7 +20,8 @@ Today's libraries break old pins, so each install step also gets:
       - gradio < 4 and streamlit < 1.20: `setuptools<81` (81 removed `pkg_resources`, which they import);
       - streamlit < 1.20: `altair<5` (altair 5 removed `altair.vegalite.v4`); streamlit < 1.36: `numpy<2`;
       - streamlit < 1.10: `protobuf<4` (its `_pb2` modules predate protoc 3.19: protobuf 4 says "Descriptors
-        cannot be created directly"; 1.10 capped protobuf itself);
+        cannot be created directly"; 1.10 capped protobuf itself); streamlit < 1.9: `click<8.1` (8.1 removed
+        `click.get_os_args`, which `streamlit run` called; the hosted base images carried the same pin);
   * "as of the SDK release date": uv's `--exclude-newer DATE`, the upload date of the pinned SDK version
     on the package index (no earlier than the Python minor's first months, when its wheels appeared), so
     unpinned dependencies resolve to what existed when that SDK version was current. A step whose
@@ -129,6 +130,8 @@ def sdk_constraints(sdk: str, version: str | None) -> tuple[str, ...]:
     elif sdk == "streamlit":
         if v < (1, 20):
             out += ["setuptools<81", "altair<5"]
+        if v < (1, 9):
+            out.append("click<8.1")
         if v < (1, 10):
             out.append("protobuf<4")
         if v < (1, 36):

@@ -53,7 +53,7 @@ def test_requirement_files_only_when_present() -> None:
         ("gradio", "5.32.0", ()),
         ("gradio", None, ()),
         ("streamlit", "1.10.0", ("setuptools<81", "altair<5", "numpy<2")),
-        ("streamlit", "1.2.0", ("setuptools<81", "altair<5", "protobuf<4", "numpy<2")),
+        ("streamlit", "1.2.0", ("setuptools<81", "altair<5", "click<8.1", "protobuf<4", "numpy<2")),
         ("streamlit", "1.34.0", ("numpy<2",)),
         ("streamlit", "1.39.0", ()),
         ("docker", None, ()),
