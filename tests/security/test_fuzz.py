@@ -9,6 +9,7 @@ A longer pass that prints a table: `.venv/bin/python bench/fuzz.py`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -27,6 +28,7 @@ from tests.support.gitrepo import make_repo, push, remote
 from tests.support.server import LiveServer, make_server
 
 pytestmark = pytest.mark.xdist_group("security-fuzz")
+COMMIT_PATH = re.compile(r"^/api/spaces/[^/]+/[^/]+/(commit|preupload)/")
 MAX_EXAMPLES = 5  # per operation, caller and mode (positive / negative); bench/fuzz.py runs more
 
 
@@ -72,3 +74,34 @@ def test_server_still_healthy_after_fuzzing(server: LiveServer, identities: dict
     """Runs after the fuzz cases (file order): the controller answers and has logged no traceback."""
     assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
     assert "Traceback" not in server.logs(), server.logs()[-5000:]
+
+
+def body_operations(server: LiveServer) -> list[tuple[str, str]]:
+    """(method, concrete path) of every operation whose schema takes a request body."""
+    found = []
+    for op in operations(load_schema(server.url)):
+        if len(op.body) == 0:
+            continue
+        path = op.path.replace("{owner}", "alice").replace("{name}", "site")
+        found.append((op.method.upper(), re.sub(r"\{[^}]+\}", "x", path)))
+    return found
+
+
+@pytest.mark.parametrize("who", ["anonymous", "owner"])
+def test_every_body_taking_operation_enforces_the_size_and_depth_limits(
+        server: LiveServer, identities: dict[str, Identity], who: str) -> None:
+    """The limits hold on every operation the schema lists, before any handler or access check runs:
+    a body past SPACEPORT_MAX_BODY_BYTES is 413, a 1,000-deep JSON body is 400 (never a 500 from recursion)."""
+    ops = body_operations(server)
+    assert len(ops) >= 10, ops
+    headers = {**identities[who].headers, "content-type": "application/json"}
+    big = b'{"x": "' + b"a" * (1_048_576 + 16) + b'"}'
+    deep = b"[" * 1000 + b"]" * 1000
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for method, path in ops:
+            if COMMIT_PATH.match(path):  # the commit API's own (100 MB) limit: tests/security/test_limits.py
+                continue
+            over = client.request(method, path, content=big, headers=headers)
+            assert over.status_code == 413 and "SPACEPORT_MAX_BODY_BYTES" in over.text, (method, path, over.text[:200])
+            nested = client.request(method, path, content=deep, headers=headers)
+            assert nested.status_code == 400 and "SPACEPORT_MAX_JSON_DEPTH" in nested.text, (method, path, nested.text[:200])
