@@ -1,6 +1,13 @@
-"""Load benchmark: the app proxy holding many concurrent long-lived streams.
+"""Load benchmark: the app proxy holding many concurrent long-lived streams; the API beside open log streams.
 
     .venv/bin/python bench/load.py [--seconds 60] [--idle 1000] [--active 200]
+    .venv/bin/python bench/load.py --log-streams 200 [--requests 200]      # issue 19
+
+`--log-streams N`: a real `spaceport serve` (embedded defaults, a pushed static space) gets N anonymous
+`logs/run?follow=true` SSE streams held open (from one address, so SPACEPORT_STREAMS_PER_CLIENT is raised to
+N for the run; the per-client cap is what answers 429 by default), and the bench reports API latency
+(p50/p99/max of `--requests` sequential GETs of /api/spaces, a space's info and whoami) with no stream open
+and with all N open, plus how many streams stayed open.
 
 Spaceport's ProxyMiddleware runs under uvicorn (uvloop, httptools, as `spaceport serve` does) in its own
 process, routing to a tiny aiohttp upstream in another. The client opens `--idle` idle connections
@@ -250,8 +257,87 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
         print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
+API_PATHS = ("/api/spaces?limit=20", "/api/spaces/bench/site", "/api/whoami-v2")
+
+
+async def api_latencies(base: str, token: str, requests: int) -> list[float]:
+    """Milliseconds of `requests` sequential API GETs (cycling over API_PATHS); any non-200 fails the run."""
+    out: list[float] = []
+    headers = {"authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        for i in range(requests):
+            started = time.perf_counter()
+            async with session.get(base + API_PATHS[i % len(API_PATHS)]) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise SystemExit(f"API answered {resp.status} for {API_PATHS[i % len(API_PATHS)]}")
+            out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+async def hold_log_streams(base: str, count: int, ready: asyncio.Event, stop: asyncio.Event, open_now: list[int]) -> None:
+    url = f"{base}/api/spaces/bench/site/logs/run?follow=true"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+        async def one() -> None:
+            async with session.get(url) as resp:
+                if resp.status != 200:
+                    return
+                open_now[0] += 1
+                if open_now[0] == count:
+                    ready.set()
+                with contextlib.suppress(asyncio.TimeoutError, aiohttp.ClientError):
+                    while not stop.is_set():
+                        await asyncio.wait_for(resp.content.readany(), timeout=1)
+        tasks = [asyncio.create_task(one()) for _ in range(count)]
+        await stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def streams_run(base: str, token: str, count: int, requests: int) -> tuple[list[float], list[float], int]:
+    quiet = await api_latencies(base, token, requests)
+    ready, stop, open_now = asyncio.Event(), asyncio.Event(), [0]
+    holder = asyncio.create_task(hold_log_streams(base, count, ready, stop, open_now))
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(ready.wait(), timeout=120)
+    busy = await api_latencies(base, token, requests)
+    still_open = open_now[0]
+    stop.set()
+    await holder
+    return quiet, busy, still_open
+
+
+def percentiles(values: list[float]) -> list[str]:
+    ordered = sorted(values)
+    p99 = ordered[max(0, int(len(ordered) * 0.99) - 1)]
+    return [f"{statistics.median(ordered):.1f}", f"{p99:.1f}", f"{ordered[-1]:.1f}"]
+
+
+def log_streams_bench(count: int, requests: int) -> None:
+    from tests.support.server import make_server
+    from tests.support.spaces import push_fixture
+
+    with tempfile.TemporaryDirectory(prefix="spaceport-load-") as tmp:
+        server = make_server(Path(tmp), SPACEPORT_STREAMS_PER_CLIENT=str(max(count, 20)),
+                             SPACEPORT_STREAMS_PER_SPACE=str(max(count, 100)))
+        try:
+            server.start()
+            token = server.create_user("bench")
+            push_fixture(server, Path(tmp), "static", "bench", "site", token)
+            quiet, busy, opened = asyncio.run(streams_run(server.url, token, count, requests))
+        finally:
+            server.stop()
+    print(f"spaceport serve (embedded defaults): {requests} sequential API GETs ({', '.join(API_PATHS)}), "
+          f"then again with {count} log streams (SSE, follow=true) open")
+    print_table("API latency (ms)", ["log streams open", "p50", "p99", "max"],
+                [["0", *percentiles(quiet)], [f"{opened} of {count}", *percentiles(busy)]])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-streams", type=int, default=0, help="API latency beside this many open log streams")
+    parser.add_argument("--requests", type=int, default=200, help="API GETs per measurement (--log-streams)")
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--active", type=int, default=200)
@@ -260,6 +346,9 @@ def main() -> None:
     parser.add_argument("--upstream", type=int, default=0)
     args = parser.parse_args()
     nofile = raise_nofile()
+    if args.log_streams:
+        log_streams_bench(args.log_streams, args.requests)
+        return
     if args.role == "upstream":
         serve_upstream(args.port)
         return
