@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controller.config import Settings
+from controller.domain.units import format_bytes
 
 _GIT = re.compile(r"^/spaces/[^/]+/[^/]+/(git-upload-pack|git-receive-pack)$")
 _COMMIT = re.compile(r"^/api/spaces/[^/]+/[^/]+/(commit|preupload)/")
@@ -91,15 +92,8 @@ async def _send_error(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _human(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:g} {unit}"
-    return f"{n} bytes"
-
-
 def too_large_message(limit: Limit) -> str:
-    return (f"The request body is larger than this endpoint's limit of {_human(limit.max_bytes)} "
+    return (f"The request body is larger than this endpoint's limit of {format_bytes(limit.max_bytes)} "
             f"({limit.max_bytes} bytes; the site's admin sets it with {limit.setting}).")
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from controller.domain.errors import SpaceportError
+from controller.domain.units import format_bytes
 
 if TYPE_CHECKING:
     from controller.config import Settings
@@ -89,13 +90,6 @@ def disk_usage(root: Path) -> int:
     return total
 
 
-def human(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.1f}".removesuffix(".0") + f" {unit}"
-    return f"{n} bytes"
-
-
 @dataclass(frozen=True)
 class Measured:
     """One limit that is set, with what its subject stores now."""
@@ -109,11 +103,11 @@ class Measured:
         """ "owner alice stores 10.2 GiB of repositories, the limit is 10 GiB (SETTING): what to do." """
         verb = "would store" if would else "stores"
         if self.space is None:
-            said = f"owner {self.owner} {verb} {human(self.stored)} of repositories{rest}, the limit is " \
-                   f"{human(self.limit)} ({OWNER_SETTING})"
+            said = f"owner {self.owner} {verb} {format_bytes(self.stored)} of repositories{rest}, the limit is " \
+                   f"{format_bytes(self.limit)} ({OWNER_SETTING})"
         else:
-            said = f"space {self.owner}/{self.space} {verb} {human(self.stored)}{rest}, the limit per space is " \
-                   f"{human(self.limit)} ({REPO_SETTING})"
+            said = f"space {self.owner}/{self.space} {verb} {format_bytes(self.stored)}{rest}, the limit per space is " \
+                   f"{format_bytes(self.limit)} ({REPO_SETTING})"
         return StorageLimitExceeded(f"{said}: {FIX}.")
 
 
@@ -133,7 +127,7 @@ def check(limits: StorageLimits, repo: Path, adding: int, what: str) -> None:
     `what` (e.g. "this commit") adds `adding` bytes."""
     for measured in measure(limits, repo):
         if measured.stored + adding > measured.limit:
-            raise measured.refusal(f" and {what} adds {human(adding)}")
+            raise measured.refusal(f" and {what} adds {format_bytes(adding)}")
 
 
 def check_room(limits: StorageLimits, repo: Path) -> None:

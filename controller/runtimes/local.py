@@ -186,7 +186,7 @@ class LocalRuntime:
         if command and not os.path.isabs(command[0]) and (artifact.venv / "bin" / command[0]).exists():
             command[0] = str(artifact.venv / "bin" / command[0])
         if uid is not None:
-            sandbox.prepare_app_dir(idir.home, _app_layer(idir), uid)
+            sandbox.prepare_app_dir(idir.home, idir.app_layer, uid)
             command = in_app_dir(command, artifact.source)
         procs_files = self._cgroup(spec) if self.cgroups.available else []
         env_fd = _memfd("spaceport-env", _env_script(env))
@@ -307,7 +307,7 @@ class LocalRuntime:
         return sandbox.SandboxPlan(
             uid=uid, home=idir.home, etc_dir=idir.etc, ro_paths=tuple(dict.fromkeys(ro)), protected=self.protected,
             tmp_size_bytes=spec.hardware.disk_mb * 1024 * 1024, workdir=APP_DIR, devices=devices, extra_ro=driver,
-            app_source=artifact.source.resolve(), app_layer=_app_layer(idir),
+            app_source=artifact.source.resolve(), app_layer=idir.app_layer,
         )  # fmt: skip
 
     def _rotate(self, idir: InstanceDir) -> None:
@@ -396,7 +396,7 @@ class LocalRuntime:
             while self._alive(record) and time.monotonic() < deadline:
                 time.sleep(0.05)
         self._kill_all(record)
-        sandbox.discard_app_writes(_app_layer(idir))
+        sandbox.discard_app_writes(idir.app_layer)
         record.stopped, record.frozen = True, False
         idir.write(record)
 
@@ -469,11 +469,6 @@ class LocalRuntime:
                 await asyncio.sleep(0.2)
         if pending:
             yield pending.decode(errors="replace")
-
-
-def _app_layer(idir: InstanceDir) -> Path:
-    """Upper and work directories of the app's /home/user/app overlay (never visible to the app)."""
-    return idir.app_layer
 
 
 def in_app_dir(command: builtins.list[str], source: Path) -> builtins.list[str]:

@@ -30,6 +30,7 @@ from typing import Protocol, runtime_checkable
 
 from starlette.concurrency import run_in_threadpool
 
+from controller.domain.units import format_bytes
 from controller.runtimes.base import InstanceStatus, Runtime, RuntimeFailure, State
 from controller.runtimes.localstate import MAX_DEPTH, TooDeep
 from controller.services import instances as db
@@ -43,19 +44,6 @@ SETTING = "SPACEPORT_SPACE_DISK_BYTES"
 @runtime_checkable
 class DiskMeter(Protocol):
     async def disk_usage(self, name: str, stop_after: int | None = None) -> int | None: ...
-
-
-def format_bytes(value: int) -> str:
-    """1536 -> '1.5 KiB', 5 * 1024**3 -> '5 GiB' (binary units, one decimal below 10)."""
-    size = float(value)
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            break
-        size /= 1024
-    if unit == "bytes":
-        return f"{value} bytes"
-    text = f"{size:.1f}" if size < 10 else f"{size:.0f}"
-    return f"{text.removesuffix('.0')} {unit}"
 
 
 def over_quota_message(used: int, limit: int) -> str:

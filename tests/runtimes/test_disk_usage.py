@@ -18,11 +18,12 @@ import aiohttp
 import pytest
 
 from builder.artifact import ImageArtifact, VenvArtifact
+from controller.domain.units import format_bytes
 from controller.runtimes.base import Endpoint, HardwareSpec, InstanceSpec, State
 from controller.runtimes.health import wait_healthy
 from controller.runtimes.local import LocalRuntime
 from controller.runtimes.localstate import BLOCK, MAX_DEPTH, TooDeep, disk_usage
-from controller.services.diskquota import format_bytes, over_quota_message
+from controller.services.diskquota import over_quota_message
 from tests.runtimes.conftest import copy_app
 
 MiB = 1024 * 1024

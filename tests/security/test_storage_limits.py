@@ -24,6 +24,7 @@ import pytest
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
+from controller.domain.units import format_bytes
 from controller.git import quota, storage
 from controller.git.quota import StorageLimitExceeded, StorageLimits
 from controller.services import commits
@@ -76,7 +77,7 @@ def test_messages_name_the_usage_the_limit_and_the_setting(tmp_path: Path) -> No
     assert "the limit per space is 1 MiB (SPACEPORT_MAX_REPO_BYTES)" in space.value.message
     quota.check(StorageLimits(owner_bytes=0, repo_bytes=0), repo, 1 << 40, "this commit")  # 0: no limit
     quota.check(StorageLimits(owner_bytes=1 << 20), repo, 100 * KB, "this commit")  # fits
-    assert quota.human(10 * (1 << 30) + (1 << 28)) == "10.2 GiB" and quota.human(1 << 30) == "1 GiB"
+    assert format_bytes(10 * (1 << 30) + (1 << 28)) == "10.2 GiB" and format_bytes(1 << 30) == "1 GiB"
 
 
 def test_commit_api_over_the_limit_writes_nothing_and_other_owners_are_unaffected(tmp_path: Path) -> None:
