@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 
 from controller import cli_admin
-from controller.cliopts import DataDir, platform_for, settings_for
-from controller.config import Settings
+from controller.cliopts import DataDir, platform_for, report_unknown_settings, settings_for
+from controller.config import Settings, UnknownSettingError
 from controller.domain.errors import SpaceportError
 from controller.services import accounts
 from controller.services.platform import Platform
@@ -84,11 +84,11 @@ def orgs_create(org: str, member: Annotated[list[str] | None, typer.Option("--me
 def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: DataDir = None,
           worker: bool = typer.Option(True, help="Also run an embedded build worker and beat")) -> None:
     """Run Spaceport: API, git, web UI and proxy on one port, plus an embedded worker."""
+    settings = settings_for(data_dir)  # first: a wrong setting ends the command before the slow imports
     import uvicorn
 
     from controller.app import create_app
 
-    settings = settings_for(data_dir)
     if not settings.public_url:
         os.environ["SPACEPORT_PUBLIC_URL"] = f"http://{'localhost' if host in ('0.0.0.0', '127.0.0.1') else host}:{port}"
         settings = Settings()
@@ -159,7 +159,10 @@ def beat(data_dir: DataDir = None) -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except UnknownSettingError as exc:  # Settings built outside settings_for (e.g. by `logs`, controller.tasks)
+        sys.exit(report_unknown_settings(exc))
 
 
 if __name__ == "__main__":

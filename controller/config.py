@@ -1,8 +1,11 @@
-"""Settings: pydantic-settings, env prefix SPACEPORT_."""
+"""Settings: pydantic-settings, env prefix SPACEPORT_. Strict: an unknown SPACEPORT_* variable is an error."""
 
 from __future__ import annotations
 
+import difflib
+import os
 import secrets
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -10,11 +13,84 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+ENV_PREFIX = "SPACEPORT_"
+# The test tooling's own variables (scripts/test-services.sh writes them to .test-env.sh; tests/conftest.py,
+# tests/support and bench/ read them). Test shells export them, so every server and worker a test or bench
+# starts inherits them: they are reserved, never settings, and Settings ignores them.
+RESERVED_PREFIX = "SPACEPORT_TEST_"
+# SPACEPORT_* variables that are not Settings fields but are read where Settings cannot be (builder/ never
+# imports controller/) or are a CLI option's envvar. Known, so they are not unknown settings.
+OTHER_VARIABLES: Mapping[str, str] = {
+    "SPACEPORT_PYPI_URL": "builder/sdkdeps.py: index JSON API that dates sdk_version releases",
+    "SPACEPORT_DEBIAN_MIRROR": "builder/bootstrap.py: Debian mirror of `spaceport images bootstrap`",
+    "SPACEPORT_RUNTIME_IMAGES": "builder/bootstrap.py: the runtime-images/ directory to build from",
+    "SPACEPORT_TOKEN": "`spaceport logs --token`",
+    "SPACEPORT_QUOTA_REPO": "controller/git/quota.py: set by Spaceport's git HTTP for its pre-receive hook",
+}
+# Names people reach for that difflib alone would match badly (BASE_URL is closest to DATABASE_URL).
+SYNONYMS: Mapping[str, str] = {
+    "SPACEPORT_REDIS_URL": "SPACEPORT_BROKER_URL",
+    "SPACEPORT_CELERY_BROKER_URL": "SPACEPORT_BROKER_URL",
+    "SPACEPORT_BASE_URL": "SPACEPORT_PUBLIC_URL",
+    "SPACEPORT_EXTERNAL_URL": "SPACEPORT_PUBLIC_URL",
+    "SPACEPORT_SITE_URL": "SPACEPORT_PUBLIC_URL",
+    "SPACEPORT_URL": "SPACEPORT_PUBLIC_URL",
+    "SPACEPORT_DB_URL": "SPACEPORT_DATABASE_URL",
+    "SPACEPORT_POSTGRES_URL": "SPACEPORT_DATABASE_URL",
+}
+
+
+class UnknownSettingError(Exception):
+    """A SPACEPORT_* variable that is no setting (a typo would otherwise be silently ignored)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.message = "\n".join(unknown_setting_message(name) for name in names)
+        super().__init__(self.message)
+
+
+def setting_variables() -> list[str]:
+    """Every settings variable, SPACEPORT_DATA_DIR ... (the fields of Settings)."""
+    return [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+
+
+def unknown_settings(environ: Mapping[str, str]) -> list[str]:
+    """SPACEPORT_* names in `environ` that are no setting, no known other variable and not reserved.
+
+    Matched without regard to case, like pydantic-settings matches the fields."""
+    known = set(setting_variables()) | set(OTHER_VARIABLES)
+    return sorted(name for name in environ
+                  if name.upper().startswith(ENV_PREFIX) and not name.upper().startswith(RESERVED_PREFIX)
+                  and name.upper() not in known)
+
+
+def closest_setting(name: str) -> str | None:
+    upper = name.upper()
+    if upper in SYNONYMS:
+        return SYNONYMS[upper]
+    # compared without the common prefix, which would make every name look alike
+    fields = [name.upper() for name in Settings.model_fields]
+    found = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), fields, n=1, cutoff=0.6)
+    return ENV_PREFIX + found[0] if found else None
+
+
+def unknown_setting_message(name: str) -> str:
+    closest = closest_setting(name)
+    hint = f"did you mean {closest}?" if closest else "no setting has a similar name."
+    return f"Unknown setting {name}: {hint} (all settings: README.md, section Configuration)"
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Raise UnknownSettingError naming every unknown SPACEPORT_* variable of `environ` (default os.environ)."""
+    unknown = unknown_settings(os.environ if environ is None else environ)
+    if unknown:
+        raise UnknownSettingError(unknown)
+
 
 class Settings(BaseSettings):
     """Everything configurable about one Spaceport site. Paths default inside DATA_DIR."""
 
-    model_config = SettingsConfigDict(env_prefix="SPACEPORT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     data_dir: Path = Field(default=Path(".spaceport"), description="Where repos, artifacts and the DB live")
     database_url: str = Field(default="", description="SQLAlchemy URL; default SQLite in the data dir")
@@ -111,6 +187,7 @@ class Settings(BaseSettings):
                             "kept before it is collected")
 
     def model_post_init(self, _context: object) -> None:
+        check_environment()  # not a ValueError: pydantic would fold it into a ValidationError
         self.data_dir = self.data_dir.expanduser().resolve()
 
     @cached_property

@@ -190,8 +190,8 @@ def network_policy(owner: str, site: SiteConfig) -> JSON:
 def image_artifact(spec: InstanceSpec) -> ImageArtifact:
     if not isinstance(spec.artifact, ImageArtifact):
         raise RuntimeFailure(
-            f"the kubernetes runtime runs container images, but {spec.space_id} was built as a venv; "
-            "set SPACEPORT_BUILDER=image (or use the local runtime)"
+            f"the kubernetes runtime runs container images, but {spec.space_id} was built as a venv (under "
+            "SPACEPORT_RUNTIME=local); push again or factory-rebuild it to build an image"
         )
     return spec.artifact
 

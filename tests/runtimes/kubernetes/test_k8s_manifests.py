@@ -1,7 +1,9 @@
-"""k8s/: the kustomize base and the GPU overlay render, and every object passes the Kubernetes schema."""
+"""k8s/: the kustomize base and every overlay render, every object passes the Kubernetes schema, and every
+Spaceport container runs a real `spaceport` command line with real settings (issue 14)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -10,8 +12,12 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import typer.main
 import yaml
+from typer._click.exceptions import UsageError  # typer vendors its click: its errors are not click's
 
+from controller.cli import app
+from controller.config import ENV_PREFIX, RESERVED_PREFIX, Settings, setting_variables, unknown_settings
 from controller.domain.hardware import default_catalog_text, load_catalog
 from controller.runtimes.kubernetes.client import _KINDS
 from tests.support.tiers import missing
@@ -19,6 +25,7 @@ from tests.support.tiers import missing
 ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "k8s"
 VERSION = "1.37.0"
+DIRECTORIES = ["base", *sorted(str(p.parent.relative_to(K8S)) for p in (K8S / "overlays").glob("*/kustomization.yaml"))]
 
 
 def render(directory: Path) -> list[dict[str, Any]]:
@@ -49,7 +56,11 @@ def test_gpu_overlay_override_is_a_valid_catalog_override() -> None:
     assert sorted(catalog.flavors) == ["cpu-basic", "cpu-upgrade", "t4-medium", "t4-small"]
 
 
-@pytest.mark.parametrize("directory", ["base", "overlays/gpu"])
+def test_every_overlay_is_checked() -> None:
+    assert {"base", "overlays/gpu"} <= set(DIRECTORIES)
+
+
+@pytest.mark.parametrize("directory", DIRECTORIES)
 def test_manifests_render_and_validate(directory: str) -> None:
     docs = render(K8S / directory)
     for doc in docs:
@@ -71,6 +82,7 @@ def test_controller_runs_kubernetes_runtime_with_catalog() -> None:
     assert args["spaceport-beat"] == ["spaceport", "beat"]
     config = next(c for c in by_kind(docs, "ConfigMap") if c["metadata"]["name"].startswith("spaceport-config"))
     assert config["data"]["SPACEPORT_RUNTIME"] == "kubernetes"
+    assert config["data"]["SPACEPORT_BROKER_URL"] == "redis://spaceport-redis:6379/0"  # not the embedded broker
     hardware = next(c for c in by_kind(docs, "ConfigMap") if c["metadata"]["name"].startswith("spaceport-hardware"))
     assert hardware["data"]["hardware.yaml"] == default_catalog_text()
     controller = deployments["spaceport"]["spec"]["template"]
@@ -96,3 +108,108 @@ def test_rbac_is_least_privilege_and_covers_the_runtime() -> None:
 def test_ingress_serves_main_and_wildcard_hosts() -> None:
     ingress = by_kind(render(K8S / "base"), "Ingress")[0]
     assert [r["host"] for r in ingress["spec"]["rules"]] == ["spaceport.example.com", "*.apps.example.com"]
+
+
+# ---- every Spaceport container: a real command line, real settings ----------------------------------------
+
+
+def parse_cli(argv: list[str]) -> tuple[str, dict[str, Any]]:
+    """`spaceport ARGV...` through the CLI's own click parser: (command path, its parameters).
+
+    Not resilient_parsing: in this typer's click it lets unknown options, extra arguments and bad values
+    through (`serve --no-wrker` parses), so a misspelt flag would pass unseen. Strict parsing only parses:
+    no command runs (make_context never invokes the callback)."""
+    command: Any = typer.main.get_command(app)
+    ctx = command.make_context("spaceport", list(argv))
+    path = []
+    while hasattr(command, "commands"):  # a group: resolve its subcommand as Group.invoke does
+        name, command, rest = command.resolve_command(ctx, [*ctx._protected_args, *ctx.args])
+        path.append(name)
+        ctx = command.make_context(name, rest, parent=ctx)
+    return " ".join(path), ctx.params
+
+
+@pytest.mark.parametrize("argv", [["serve", "--no-wrker"], ["serve", "extra"], ["sevre"], ["serve", "--port", "x"],
+                                  ["quota", "set", "alice"], ["worker", "--beat", "--bogus"]])
+def test_parse_cli_refuses_what_the_cli_refuses(argv: list[str]) -> None:
+    """The checker below can fail: each of these is an error of the real CLI."""
+    with pytest.raises(UsageError):
+        parse_cli(argv)
+
+
+def test_parse_cli_reads_real_command_lines() -> None:
+    assert parse_cli(["serve", "--no-worker", "--port", "8000"]) == (
+        "serve", {"host": "127.0.0.1", "port": 8000, "worker": False, "data_dir": None})
+    assert parse_cli(["quota", "set", "alice", "nvidia-t4", "1"])[0] == "quota set"
+
+
+def spaceport_containers(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Containers (and init containers) that run Spaceport's image, by `WORKLOAD/CONTAINER`."""
+    found = {}
+    for doc in docs:
+        pod = doc.get("spec", {}).get("template", {}).get("spec")
+        for container in [*(pod or {}).get("initContainers", []), *(pod or {}).get("containers", [])]:
+            if container["image"].rsplit("/", 1)[-1].split(":")[0] == "spaceport":
+                found[f"{doc['metadata']['name']}/{container['name']}"] = container
+    return found
+
+
+def container_env(container: dict[str, Any], docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The container's environment as the kubelet builds it: envFrom ConfigMaps, then env (which wins).
+
+    Values from Secrets (not in the manifests) stand in as `<secret NAME/KEY>`."""
+    configmaps = {c["metadata"]["name"]: c.get("data", {}) for c in by_kind(docs, "ConfigMap")}
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        assert "configMapRef" in source, f"envFrom other than a ConfigMap: {source}"
+        env.update(configmaps[source["configMapRef"]["name"]])  # kustomize rewrote the name to the hashed one
+    for var in container.get("env", []):
+        ref = var.get("valueFrom", {}).get("secretKeyRef")
+        env[var["name"]] = var["value"] if "value" in var else f"<secret {ref['name']}/{ref['key']}>"
+    return env
+
+
+@pytest.mark.parametrize("directory", DIRECTORIES)
+def test_every_spaceport_container_runs_a_real_command(directory: str) -> None:
+    containers = spaceport_containers(render(K8S / directory))
+    assert {"spaceport/controller", "spaceport-worker/worker", "spaceport-beat/beat"} <= set(containers)
+    commands = {}
+    for name, container in containers.items():
+        argv = [*container.get("command", []), *container.get("args", [])]
+        assert argv[:1] == ["spaceport"], f"{name} must run the spaceport command, runs {argv}"
+        try:
+            commands[name] = parse_cli(argv[1:])
+        except UsageError as exc:
+            pytest.fail(f"{name}: `{' '.join(argv)}` is no valid spaceport command line: {exc.format_message()}")
+    assert commands["spaceport/controller"][0] == "serve"
+    assert commands["spaceport/controller"][1]["worker"] is False, "builds run in spaceport-worker, not embedded"
+    assert commands["spaceport/controller"][1]["host"] == "0.0.0.0"
+    assert commands["spaceport-worker/worker"][0] == "worker"
+    assert commands["spaceport-worker/worker"][1]["beat"] is False, "the schedule runs once, in spaceport-beat"
+    assert commands["spaceport-beat/beat"][0] == "beat"
+
+
+@pytest.mark.parametrize("directory", DIRECTORIES)
+def test_every_spaceport_variable_is_a_setting(directory: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every SPACEPORT_* key a container gets (env and envFrom) is a Settings field, and the values in the
+    manifests (not the Secrets') are valid ones: Settings builds from exactly that environment."""
+    docs = render(K8S / directory)
+    settings = set(setting_variables())
+    for name, container in spaceport_containers(docs).items():
+        env = container_env(container, docs)
+        ours = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+        assert not [k for k in ours if k.startswith(RESERVED_PREFIX)], f"{name}: test tooling's variables"
+        assert not unknown_settings(ours), f"{name}: not settings: {unknown_settings(ours)}"
+        assert set(ours) <= settings, f"{name}: {sorted(set(ours) - settings)} are no Settings fields"
+        for var in [v for v in os.environ if v.upper().startswith(ENV_PREFIX)]:
+            monkeypatch.delenv(var)
+        for var, value in ours.items():
+            monkeypatch.setenv(var, value)
+        built = Settings()
+        assert built.runtime == "kubernetes" and built.broker_url.startswith("redis://"), name
+
+
+def test_deployments_that_must_be_single_are() -> None:
+    deployments = {d["metadata"]["name"]: d for d in by_kind(render(K8S / "base"), "Deployment")}
+    assert deployments["spaceport-beat"]["spec"]["replicas"] == 1, "two beats would send every task twice"
+    assert deployments["spaceport-beat"]["spec"]["strategy"]["type"] == "Recreate"
