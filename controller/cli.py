@@ -153,6 +153,7 @@ def worker(concurrency: int = 2, beat: bool = typer.Option(False, "--beat", help
 def beat(data_dir: DataDir = None) -> None:
     """Run the Celery beat scheduler on its own (production: one per site)."""
     settings = settings_for(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # its schedule file goes there (k8s: an emptyDir)
     from controller.tasks import celery_app
 
     celery_app.start(["beat", "--loglevel=INFO", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"])

@@ -234,3 +234,18 @@ def test_ingress_hosts_are_the_configured_urls(directory: str) -> None:
     for tls in by_kind(docs, "Ingress")[0]["spec"].get("tls", []):
         assert set(tls["hosts"]) == set(hosts)
         assert config["data"]["SPACEPORT_PUBLIC_URL"].startswith("https://"), "TLS on the ingress: https URLs"
+
+
+def test_beat_starts_on_a_data_dir_that_does_not_exist_yet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """spaceport-beat has no data volume, only its schedule file: `spaceport beat` creates the directory
+    (celery beat itself crashes on a missing one) and keeps the schedule there. Celery is not started."""
+    from typer.testing import CliRunner
+
+    from controller.tasks import celery_app
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(celery_app, "start", started.append)
+    result = CliRunner().invoke(app, ["beat", "--data-dir", str(tmp_path / "beat")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "beat").is_dir()
+    assert started == [["beat", "--loglevel=INFO", f"--schedule={tmp_path / 'beat' / 'celerybeat-schedule'}"]]
