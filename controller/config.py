@@ -69,7 +69,7 @@ def closest_setting(name: str) -> str | None:
     if upper in SYNONYMS:
         return SYNONYMS[upper]
     # compared without the common prefix, which would make every name look alike
-    fields = [name.upper() for name in Settings.model_fields]
+    fields = [field.upper() for field in Settings.model_fields]
     found = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), fields, n=1, cutoff=0.6)
     return ENV_PREFIX + found[0] if found else None
 
@@ -88,7 +88,10 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
 
 
 class Settings(BaseSettings):
-    """Everything configurable about one Spaceport site. Paths default inside DATA_DIR."""
+    """Everything configurable about one Spaceport site. Paths default inside DATA_DIR.
+
+    Strict: building it raises UnknownSettingError if the environment has a SPACEPORT_* variable that is
+    none of these fields (nor OTHER_VARIABLES, nor reserved), and unknown keyword arguments are refused."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
