@@ -39,26 +39,23 @@ def cookie_principal(request: Request, session: Session) -> Principal | None:
     return principal_from_cookie(key, request.cookies.get(SESSION_COOKIE), session)
 
 
-def get_principal(request: Request, session: Annotated[Session, Depends(get_db)]) -> Principal | None:
+# Every request's session is function-scoped: it commits (or rolls back) when the endpoint has returned and its
+# response is serialized, before a byte is sent. With FastAPI's default request scope the commit ran after the
+# response went out, so a client could see 200 for a row it could not read yet, or for a commit that then failed.
+# Streams (logs, file downloads) hold no pool connection for the same reason.
+DB = Annotated[Session, Depends(get_db, scope="function")]
+
+
+def get_principal(request: Request, session: DB) -> Principal | None:
     return principal_from_request(request, session)
 
 
-def require_principal(principal: Annotated[Principal | None, Depends(get_principal)]) -> Principal:
+def require_principal(principal: Annotated[Principal | None, Depends(get_principal, scope="function")]) -> Principal:
     if principal is None:
         raise Unauthorized("Authentication required: pass `Authorization: Bearer <token>` (create one with `spaceport tokens create USER`).")
     return principal
 
 
-def get_short_principal(request: Request,
-                        session: Annotated[Session, Depends(get_db, scope="function")]) -> Principal | None:
-    return principal_from_request(request, session)
-
-
-DB = Annotated[Session, Depends(get_db)]
-# For streaming responses (logs, file downloads): the session closes when the endpoint returns, before
-# the body is sent, so a long or slow stream holds no pool connection.
-ShortDB = Annotated[Session, Depends(get_db, scope="function")]
-ShortCaller = Annotated[Principal | None, Depends(get_short_principal)]
-Caller = Annotated[Principal | None, Depends(get_principal)]
-User = Annotated[Principal, Depends(require_principal)]
+Caller = Annotated[Principal | None, Depends(get_principal, scope="function")]
+User = Annotated[Principal, Depends(require_principal, scope="function")]
 PlatformDep = Annotated[Platform, Depends(get_platform)]

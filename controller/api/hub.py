@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from builder.errors import SpaceConfigError
 from builder.spaceconfig import parse_front_matter
-from controller.api.deps import DB, Caller, PlatformDep, ShortCaller, ShortDB, User
+from controller.api.deps import DB, Caller, PlatformDep, User
 from controller.api.limits import too_deep
 from controller.db.models import Space
 from controller.domain.errors import BadRequest
@@ -262,7 +262,7 @@ def list_commits(owner: str, name: str, revision: str, request: Request, respons
 
 
 @router.api_route("/spaces/{owner}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
-def resolve_file(owner: str, name: str, revision: str, path: str, request: Request, db: ShortDB, caller: ShortCaller,
+def resolve_file(owner: str, name: str, revision: str, path: str, request: Request, db: DB, caller: Caller,
                  platform: PlatformDep) -> Response:
     """A file's bytes at a revision, with the headers `hf_hub_download` / `file_exists` read.
 

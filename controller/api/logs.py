@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from controller.api.deps import PlatformDep, ShortCaller, ShortDB
+from controller.api.deps import DB, Caller, PlatformDep
 from controller.api.limits import StreamLimiter, StreamLimitReached
 from controller.api.logfeeds import MAX_LINE, Feed, Line, LogHub, closing
 from controller.db.models import Build
@@ -91,7 +91,7 @@ async def _relay(feed: Feed, masker: Masker,
 
 
 @router.get("/{owner}/{name}/logs/build", response_class=StreamingResponse, responses=SSE_DOC)
-def build_logs(owner: str, name: str, db: ShortDB, caller: ShortCaller, platform: PlatformDep, request: Request,
+def build_logs(owner: str, name: str, db: DB, caller: Caller, platform: PlatformDep, request: Request,
                follow: bool = True) -> Response:
     space = spaces.get_space(db, caller, owner, name)
     build = builds.latest_build(db, space)
@@ -149,7 +149,7 @@ def _poll(platform: Platform, build_id: int, after: int) -> tuple[list[Line], bo
 
 
 @router.get("/{owner}/{name}/logs/run", response_class=StreamingResponse, responses=SSE_DOC)
-def run_logs(owner: str, name: str, db: ShortDB, caller: ShortCaller, platform: PlatformDep, request: Request,
+def run_logs(owner: str, name: str, db: DB, caller: Caller, platform: PlatformDep, request: Request,
              follow: bool = True) -> Response:
     """The app's own output (the serving instance, else the newest one), secrets masked."""
     space = spaces.get_space(db, caller, owner, name)
