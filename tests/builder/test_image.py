@@ -21,7 +21,7 @@ from builder.image import prepare_dockerfile
 from builder.spaceconfig import load_space_config
 from tests.support.images import ensure_base_images
 
-pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("builder-docker")]
+pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="module")

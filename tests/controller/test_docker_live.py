@@ -24,7 +24,7 @@ from tests.support.images import ensure_base_images
 from tests.support.server import TRUSTED_PATHS, LiveServer, make_server
 from tests.support.spaces import push_fixture, wait_stage
 
-pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("live-docker")]
+pytestmark = pytest.mark.docker
 SETTLED = {"RUNNING", "BUILD_ERROR", "RUNTIME_ERROR"}
 SITE: list[str] = []  # the module server's site id (its containers carry it as a label)
 
@@ -45,7 +45,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, docker_host: str, engine: d
     try:
         yield srv
     finally:
-        srv.stop()
+        srv.close()
         left = engine.containers.list(all=True, filters={"label": f"{LABEL_SITE}={site_id(srv.data_dir)}"})
         assert not left, f"remove-all-instances left containers: {[c.name for c in left]}"
 

@@ -13,14 +13,12 @@ from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from tests.support.gitrepo import git, make_repo, push, remote
 from tests.support.server import LiveServer, make_server
 
-pytestmark = pytest.mark.xdist_group("live-foundation")
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     srv = make_server(tmp_path_factory.mktemp("foundation")).start()
     yield srv
-    srv.stop()
+    srv.close()
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from tests.support.images import ensure_base_images
 from tests.support.server import LiveServer, make_server
 from tests.support.spaces import push_fixture, wait_stage
 
-pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("live-docker-oldrepos"), pytest.mark.timeout(1800)]  # image builds from PyPI
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]  # image builds from PyPI
 SETTLED = {"RUNNING", "BUILD_ERROR", "RUNTIME_ERROR", "CONFIG_ERROR"}
 ENV_CHECK = re.compile(r"env-check: SYSTEM=(\S+) HOME=(\S+) uid=(\d+) writable=(\S+) gradio=([\w.]+)")
 
@@ -35,7 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, docker_host: str) -> Iterat
     try:
         yield srv
     finally:
-        srv.stop()
+        srv.close()
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from tests.controller.test_oldrepos_live import ENV_CHECK, SETTLED, build_log, p
 from tests.support.server import LiveServer, make_server
 from tests.support.spaces import push_fixture, wait_stage
 
-pytestmark = [pytest.mark.xdist_group("live-local-oldrepos"), pytest.mark.timeout(1800)]  # venv builds from PyPI
+pytestmark = pytest.mark.timeout(1800)  # venv builds from PyPI
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     try:
         yield srv
     finally:
-        srv.stop()
+        srv.close()
 
 
 @pytest.fixture(scope="module")

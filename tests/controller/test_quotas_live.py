@@ -18,8 +18,6 @@ from controller.services.sleep import sweep
 from tests.support.server import LiveServer, make_server
 from tests.support.spaces import push_fixture, wait_stage
 
-pytestmark = pytest.mark.xdist_group("live-quotas")
-
 ENV_APP = """
 import http.server, json, os
 KEYS = ("CUDA_VISIBLE_DEVICES", "ACCELERATOR", "SPACE_ID")
@@ -39,7 +37,7 @@ FILES = {"README.md": "---\nsdk: gradio\nstartup_duration_timeout: 2m\n---\n", "
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     srv = make_server(tmp_path_factory.mktemp("quotas")).start()
     yield srv
-    srv.stop()
+    srv.close()
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ from tests.support.gitrepo import commit_file, push, remote
 from tests.support.server import TRUSTED_PATHS, LiveServer, make_server
 from tests.support.spaces import app_pid, push_fixture, start_count, wait_stage
 
-pytestmark = pytest.mark.xdist_group("live-run")
 FAILS_500 = Path(__file__).parents[1] / "fixtures" / "apps" / "fails500"
 RERUN_SCRIPT = b"Z\x00"  # Streamlit BackMsg{rerun_script: {}}: what a browser sends first
 
@@ -35,7 +34,7 @@ RERUN_SCRIPT = b"Z\x00"  # Streamlit BackMsg{rerun_script: {}}: what a browser s
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     srv = make_server(tmp_path_factory.mktemp("run"), SPACEPORT_PATH_APPS=TRUSTED_PATHS).start()
     yield srv
-    srv.stop()
+    srv.close()
 
 
 @pytest.fixture(scope="module")

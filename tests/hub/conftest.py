@@ -22,7 +22,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     srv = make_server(tmp_path_factory.mktemp("hub")).start()
     yield srv
-    srv.stop()
+    srv.close()
     reap(srv.data_dir)
 
 

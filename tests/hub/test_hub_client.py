@@ -19,8 +19,6 @@ from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from tests.support.gitrepo import git
 from tests.support.server import LiveServer
 
-pytestmark = pytest.mark.xdist_group("live-hub")
-
 STATIC = {
     "README.md": "---\ntitle: Hub Static\nsdk: static\n---\n",
     "index.html": "<h1>uploaded without git</h1>",

@@ -15,7 +15,7 @@ from proxy_harness import GRADIO_APP, PLATFORM_TOKEN, Stack, app_process, app_py
 
 from controller.proxy import Route
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("proxy-gradio")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

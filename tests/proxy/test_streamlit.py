@@ -11,7 +11,7 @@ from proxy_harness import STREAMLIT_APP, Stack, app_process, app_python, free_po
 
 from controller.proxy import Route
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("proxy-streamlit")]
+pytestmark = pytest.mark.slow
 
 # BackMsg{rerun_script: ClientState{}} (field 11, empty message): what the browser sends first;
 # the server answers with ForwardMsgs (new_session, deltas...).

@@ -22,7 +22,7 @@ from tests.support.server import LiveServer, make_server
 from tests.support.spaces import wait_stage
 from web.context import require_csrf
 
-pytestmark = [pytest.mark.xdist_group("live-access"), pytest.mark.timeout(900)]  # live builds on a loaded machine
+pytestmark = pytest.mark.timeout(900)  # live builds on a loaded machine
 
 PASSWORD = "correct-horse-1"
 STATIC = {"README.md": "---\nsdk: static\nstartup_duration_timeout: 1m\n---\n", "index.html": "<h1>private page</h1>"}
@@ -35,7 +35,7 @@ VOLATILE = {"last_used_at", "last_activity_at", "heartbeat_at"}  # touched by re
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     srv = make_server(tmp_path_factory.mktemp("access")).start(timeout=300)  # a bound on a loaded machine
     yield srv
-    srv.stop()
+    srv.close()
 
 
 @pytest.fixture(scope="module")

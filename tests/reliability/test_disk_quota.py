@@ -52,7 +52,6 @@ from controller.services.diskquota import TOO_DEEP
 from controller.services.platform import Platform
 from tests.support.tiers import missing
 
-pytestmark = pytest.mark.xdist_group("disk-quota")
 QUOTA = 2 * 1024 * 1024
 ROOT = Path(__file__).resolve().parents[2]
 HOG = ROOT / "tests" / "fixtures" / "apps" / "diskhog"

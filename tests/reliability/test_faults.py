@@ -39,7 +39,7 @@ from tests.support.server import ROOT, LiveServer, free_port, server_env
 from tests.support.spaces import wait_stage
 from tests.support.tiers import missing
 
-pytestmark = [pytest.mark.xdist_group("live-faults"), pytest.mark.slow]
+pytestmark = pytest.mark.slow
 FINAL = {"RUNNING", "BUILD_ERROR", "RUNTIME_ERROR", "CONFIG_ERROR"}
 # The gated build backend below signals through files in the test's work dir, which the build sandbox (rightly)
 # hides; these tests are about killing controller, worker, Redis and PostgreSQL, so they run unsandboxed.
@@ -236,7 +236,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         for gate in work.glob("gate-*.started"):
             Path(str(gate).removesuffix(".started")).touch()  # let orphaned build steps finish and exit
         s.worker.kill(signal.SIGTERM)
-        s.server.stop()
+        s.server.close()
         engine.dispose()
         redis.stop()
         pg.pg_ctl("stop", "-m", "immediate")

@@ -19,8 +19,6 @@ from tests.support.gitrepo import git, make_repo, push, remote
 from tests.support.server import TRUSTED_PATHS, LiveServer, make_server
 from tests.support.spaces import wait_stage
 
-pytestmark = pytest.mark.xdist_group("live-secrets")
-
 ENV_APP = {
     "README.md": "---\ntitle: Env\nsdk: gradio\nstartup_duration_timeout: 2m\n---\n",
     # A plain HTTP server (no gradio import: fast) that prints its environment at startup and serves it.
@@ -48,7 +46,7 @@ RUNNING = {"RUNNING", "BUILD_ERROR", "RUNTIME_ERROR", "CONFIG_ERROR"}
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     srv = make_server(tmp_path_factory.mktemp("secrets"), SPACEPORT_PATH_APPS=TRUSTED_PATHS).start()
     yield srv
-    srv.stop()
+    srv.close()
 
 
 @pytest.fixture(scope="module")

@@ -25,4 +25,4 @@ def test_sigterm_to_serve_stops_its_embedded_worker(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert not any(procs.is_alive(pid, started) for pid, started in workers.items()), f"embedded worker outlived serve: {workers}"
     finally:
-        server.stop()
+        server.close()

@@ -39,7 +39,6 @@ from tests.support.gitrepo import git, make_repo, remote
 from tests.support.server import LiveServer, make_server
 from tests.support.spaces import wait_stage
 
-pytestmark = pytest.mark.xdist_group("security-abuse")
 STREAMS = 200  # the site's per-client cap here (default 20): all 200 come from 127.0.0.1
 STATIC = {"README.md": "---\nsdk: static\n---\n", "index.html": "<h1>hi</h1>"}
 BOMB = ("---\nsdk: static\na: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
@@ -52,7 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     srv = make_server(tmp_path_factory.mktemp("abuse"), SPACEPORT_STREAMS_PER_CLIENT=str(STREAMS),
                       SPACEPORT_STREAMS_PER_SPACE=str(STREAMS + 50)).start()
     yield srv
-    srv.stop()
+    srv.close()
 
 
 @pytest.fixture(scope="module")

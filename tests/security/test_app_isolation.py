@@ -26,7 +26,7 @@ from tests.support.server import LiveServer, make_server
 from tests.support.spaces import wait_stage
 
 # The module's fixture starts a server and deploys three spaces: a bound for a loaded 2-core machine.
-pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("app-isolation"), pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(1200)]
 PASSWORD = "correct-horse-1"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -116,7 +116,7 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
                 site.deploy(name, static_space(f"{name} contents"), tmp_path_factory.mktemp(name), private=True)
         yield site
     finally:
-        server.stop()
+        server.close()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from tests.support.gitrepo import commit_file, git, make_repo, push, remote
 from tests.support.server import LiveServer, make_server
 from tests.support.spaces import instance_dir, push_fixture, runtime, wait_stage
 
-pytestmark = pytest.mark.xdist_group("security-bad-input")
 BUILD_TIME_LIMIT = 90  # sandboxed builds copy the seeded gradio cache: 20 s is too tight on 2 cores
 FAILED = {"CONFIG_ERROR", "BUILD_ERROR", "RUNTIME_ERROR", "NO_APP_FILE"}
 SETTLED = FAILED | {"RUNNING"}
@@ -32,7 +31,7 @@ def python_app(body: str, extra_front_matter: str = "") -> dict[str, str]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     srv = make_server(tmp_path_factory.mktemp("bad"), SPACEPORT_BUILD_TIME_LIMIT=str(BUILD_TIME_LIMIT)).start()
     yield srv
-    srv.stop()
+    srv.close()
 
 
 @pytest.fixture(scope="module")

@@ -344,7 +344,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         missing(f"build sandbox unavailable: {status.reason}")
     srv = make_server(tmp_path_factory.mktemp("buildbox")).start(timeout=180)  # a loaded 2-core VM starts slowly
     yield srv
-    srv.stop()
+    srv.close()
 
 
 def build_log(server: LiveServer, space: str, token: str) -> str:

@@ -33,7 +33,6 @@ from controller.runtimes.local import LocalRuntime
 from controller.runtimes.sandbox import sandbox_status
 from tests.support.tiers import missing
 
-pytestmark = pytest.mark.xdist_group("security-egress")
 HARDWARE = HardwareSpec(cpu=1.0, memory_mb=256, pids=64, disk_mb=64)
 TARGET_NS = "sp18-egress-target"
 HOST_IF, TARGET_IF = "egt0h", "egt0c"

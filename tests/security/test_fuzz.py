@@ -27,7 +27,6 @@ from tests.security import (
 from tests.support.gitrepo import make_repo, push, remote
 from tests.support.server import LiveServer, make_server
 
-pytestmark = pytest.mark.xdist_group("security-fuzz")
 COMMIT_PATH = re.compile(r"^/api/spaces/[^/]+/[^/]+/(commit|preupload)/")
 MAX_EXAMPLES = 5  # per operation, caller and mode (positive / negative); bench/fuzz.py runs more
 
@@ -36,7 +35,7 @@ MAX_EXAMPLES = 5  # per operation, caller and mode (positive / negative); bench/
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     srv = make_server(tmp_path_factory.mktemp("fuzz")).start()
     yield srv
-    srv.stop()
+    srv.close()
 
 
 @pytest.fixture(scope="module")

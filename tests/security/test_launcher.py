@@ -25,7 +25,6 @@ from tests.security import Identity, create_space, host_get
 from tests.support.server import LiveServer, make_server
 from tests.support.spaces import push_fixture, wait_stage
 
-pytestmark = pytest.mark.xdist_group("security-launcher")
 HARDWARE = HardwareSpec(cpu=1.0, memory_mb=256, pids=64, disk_mb=64)
 TOOLS = ("prlimit", "bwrap", "nsenter", "sh", "setpriv")
 PEM = ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n"
@@ -167,7 +166,7 @@ async def test_secrets_printed_by_an_app_never_reach_app_log_on_disk(tmp_path: P
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     srv = make_server(tmp_path_factory.mktemp("launcher")).start()
     yield srv
-    srv.stop()
+    srv.close()
 
 
 @pytest.fixture(scope="module")

@@ -35,8 +35,6 @@ from tests.support.gitrepo import make_repo, push, remote
 from tests.support.server import LiveServer, make_server
 from tests.support.spaces import wait_stage
 
-pytestmark = pytest.mark.xdist_group("live-secret-leaks")
-
 TOKEN = f"sk-live-{uuid.uuid4().hex}"
 PEM_BODY = [base64.b64encode(secrets.token_bytes(48)).decode() for _ in range(4)]
 PEM = "\n".join(["-----BEGIN PRIVATE KEY-----", *PEM_BODY, "-----END PRIVATE KEY-----"])
@@ -118,7 +116,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     try:
         yield Stack(request.param, server, server.create_user("alice"))
     finally:
-        server.stop()
+        server.close()
 
 
 def api(stack: Stack, method: str, path: str, **kw: object) -> httpx.Response:

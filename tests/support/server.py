@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,10 +65,17 @@ class LiveServer:
         raise RuntimeError(f"server did not answer within {timeout}s:\n{self.logs()[-3000:]}")
 
     def stop(self, sig: int = signal.SIGTERM, *, remove_apps: bool = True) -> None:
-        """Stop the server (and its worker); unless told otherwise also remove the apps it started."""
+        """Stop the server (and its worker) as an admin would; unless told otherwise also remove its apps."""
         self._stop_server(sig)
         if remove_apps:
             self.cli("remove-all-instances", check=False)
+
+    def close(self) -> None:
+        """Teardown: kill serve and its worker at once (nothing after a teardown needs their graceful exit:
+        a Celery warm shutdown alone takes ~5 s), then remove the apps it started. tests/reliability/
+        test_shutdown.py proves the graceful path."""
+        self._stop_server(signal.SIGKILL)
+        self.cli("remove-all-instances", check=False)
 
     def _stop_server(self, sig: int) -> None:
         """Stop serve and its worker (same process group); apps live in their own sessions."""
@@ -91,8 +99,20 @@ class LiveServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([sys.executable, "-m", "controller.cli", *args], env=self.env, cwd=ROOT,
-                                capture_output=True, text=True, check=False)
+        """Run `spaceport ARGS` against this server's data dir: the real CLI (typer app), in this process.
+
+        A `python -m controller.cli` process costs ~5 s of imports on these machines, and the suite runs
+        dozens of admin commands; the process entry point itself is tested in test_settings_strict.py."""
+        from typer.testing import CliRunner
+
+        from controller.cli import app
+
+        unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("SPACEPORT_") and k not in self.env}
+        run = CliRunner().invoke(app, list(args), env={**unset, **self.env})
+        stderr = run.stderr
+        if run.exception is not None and not isinstance(run.exception, SystemExit):
+            stderr += "".join(traceback.format_exception(run.exception))
+        result = subprocess.CompletedProcess(["spaceport", *args], run.exit_code, run.stdout, stderr)
         if check and result.returncode != 0:
             raise RuntimeError(f"spaceport {' '.join(args)} failed: {result.stderr}")
         return result

@@ -79,4 +79,4 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     try:
         yield Site(server, tokens)
     finally:
-        server.stop()
+        server.close()

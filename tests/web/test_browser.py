@@ -12,7 +12,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from tests.support.spaces import wait_stage
 from tests.web.conftest import FIXTURES, PASSWORD, SCREENSHOTS, Site
 
-pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("web-browser")]
+pytestmark = pytest.mark.browser
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 FAILED = {"BUILD_ERROR", "CONFIG_ERROR", "RUNTIME_ERROR"}  # a fresh space is NO_APP_FILE until the push lands

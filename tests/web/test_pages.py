@@ -7,7 +7,6 @@ import pytest
 
 from tests.web.conftest import FIXTURES, PASSWORD, Site, csrf_of, post_form
 
-pytestmark = pytest.mark.xdist_group("web-pages")
 ROLES = (None, "alice", "bob", "root")
 
 
