@@ -18,14 +18,10 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, insert, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import insert, text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -35,6 +31,7 @@ from controller.config import Settings  # noqa: E402
 from controller.db.models import Account, Space, utcnow  # noqa: E402
 from controller.services import accounts  # noqa: E402
 from controller.services.platform import Platform  # noqa: E402
+from tests.support.databases import fresh_database  # noqa: E402
 
 USERS = 200
 SDKS = ("gradio", "streamlit", "static", "docker")
@@ -89,21 +86,6 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
-@contextmanager
-def pg_database(url: str) -> Iterator[str]:
-    base = make_url(url)
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def measure(backend: str, database_url: str, spaces: int, count: int) -> list[list[str]]:
     with tempfile.TemporaryDirectory(prefix="spaceport-apiscale-") as tmp:
         settings = Settings(data_dir=Path(tmp), database_url=database_url, reconcile_interval=3600)
@@ -144,7 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = measure("sqlite", "", args.spaces, args.requests)
     if args.pg:
-        with pg_database(args.pg) as url:
+        with fresh_database(args.pg) as url:
             rows += measure("postgres", url, args.spaces, args.requests)
     else:
         print("(PostgreSQL skipped: no --pg / SPACEPORT_TEST_PG_URL)")

@@ -34,8 +34,11 @@ from controller.runtimes.factory import make_runtime, untrusted_push_refusal
 from controller.runtimes.posture import security_posture
 from controller.services.access import SpaceAccess
 from controller.services.accounts import TOKEN_PREFIX
+from controller.services.bus import bus_for
+from controller.services.leases import lease_for
 from controller.services.platform import Platform
 from controller.services.reconciler import Reconciler
+from controller.services.replica import Replica
 from controller.services.throttle import LoginThrottle
 from controller.services.websession import SESSION_COOKIE
 from controller.tasks import make_celery
@@ -70,13 +73,15 @@ def create_app(settings: Settings, *, platform: Platform | None = None, runtime:
     log_posture(settings, runtime)
     routes, activity = RouteTable(), ThrottledActivity(interval=5.0)
     reconciler = Reconciler(platform, runtime, routes, activity, interval=settings.reconcile_interval)
-    platform.kick = reconciler.kick
+    replica = Replica(platform, reconciler, routes, activity, bus_for(settings), lease_for(platform, "leader"),
+                      interval=settings.reconcile_interval)
+    platform.kick = replica.kick
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         platform.migrate()
         ready = asyncio.Event()
-        task = asyncio.create_task(reconciler.run(ready.set))
+        task = asyncio.create_task(replica.run(ready.set))
         await asyncio.wait({task, asyncio.create_task(ready.wait())}, return_when=asyncio.FIRST_COMPLETED)
         yield
         task.cancel()
@@ -86,7 +91,7 @@ def create_app(settings: Settings, *, platform: Platform | None = None, runtime:
 
     app = FastAPI(title="Spaceport", version="0.1.0", lifespan=lifespan)
     app.state.platform, app.state.settings, app.state.runtime = platform, settings, runtime
-    app.state.reconciler, app.state.routes = reconciler, routes
+    app.state.reconciler, app.state.replica, app.state.routes = reconciler, replica, routes
     app.state.log_hub = LogHub()
     app.state.stream_limiter = StreamLimiter(settings.streams_per_client, settings.streams_per_space)
     app.state.login_throttle = LoginThrottle(settings.login_attempts, settings.login_window)
@@ -99,7 +104,7 @@ def create_app(settings: Settings, *, platform: Platform | None = None, runtime:
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+        return {"status": "ok", "role": replica.role}  # leader or follower (several replicas, issue 14)
 
     web.install(app)  # last: the UI's /OWNER pages match any single-segment path
     # inside the proxy (added before it): platform requests only, never an app's traffic or responses
@@ -107,7 +112,7 @@ def create_app(settings: Settings, *, platform: Platform | None = None, runtime:
     app.add_middleware(FrameGuard)
     app.add_middleware(
         ProxyMiddleware, apps_domain=settings.apps_domain or "localhost", routes=routes, activity=activity,
-        access=SpaceAccess(platform), activator=reconciler, path_mode=settings.path_apps,
+        access=SpaceAccess(platform), activator=replica, path_mode=settings.path_apps,
         public_url=settings.public_url, app_auth=app_auth, token_prefix=TOKEN_PREFIX,
         platform_cookies=(SESSION_COOKIE, CSRF_COOKIE),
     )

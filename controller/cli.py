@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -94,7 +95,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: DataDir = None,
         settings = Settings()
     Platform(settings).migrate()
     _log_to_stderr()
-    children = [_spawn_worker(settings, beat=True)] if worker else []
+    children = [_spawn_worker(settings, beat=True, port=port)] if worker else []
     err.print(f"Spaceport on [bold]{settings.public_url}[/bold], data in {settings.data_dir}")
     # uvicorn shuts down on SIGTERM, then restores the previous handler and raises the signal again: with
     # the default handler the process would die there, before `finally` stops the embedded worker.
@@ -127,25 +128,27 @@ def _log_to_stderr() -> None:
     root.propagate = False
 
 
-def _spawn_worker(settings: Settings, *, beat: bool) -> subprocess.Popen[bytes]:
+def _spawn_worker(settings: Settings, *, beat: bool, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SPACEPORT_DATA_DIR": str(settings.data_dir), "SPACEPORT_PUBLIC_URL": settings.public_url}
     cmd = [sys.executable, "-m", "controller.cli", "worker", "--concurrency", "2"]
-    if beat:
-        cmd.append("--beat")
+    if beat:  # replicas sharing a data dir keep their own schedule files (a shelve file has one writer)
+        cmd += ["--beat", "--schedule", str(settings.data_dir / f"celerybeat-schedule-{port}")]
     return subprocess.Popen(cmd, env=env)
 
 
 @app.command()
 def worker(concurrency: int = 2, beat: bool = typer.Option(False, "--beat", help="Embed the beat scheduler"),
+           schedule: Path | None = typer.Option(None, help="Beat's schedule file (default DATA_DIR/celerybeat-schedule)"),
            data_dir: DataDir = None) -> None:
     """Run a Celery worker for builds (and, with --beat, the idle sweep schedule)."""
     settings = settings_for(data_dir)
     Platform(settings).migrate()
     from controller.tasks import celery_app
 
-    argv = ["worker", "--loglevel=INFO", f"--concurrency={concurrency}", "-Q", "spaceport", "--without-gossip", "--without-mingle"]
+    argv = ["worker", "--loglevel=INFO", f"--concurrency={concurrency}", "-Q", "spaceport", "--without-gossip",
+            "--without-mingle", f"--hostname=spaceport-{os.getpid()}@%h"]  # several workers may share a host
     if beat:
-        argv += ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
+        argv += ["--beat", f"--schedule={schedule or settings.data_dir / 'celerybeat-schedule'}"]
     celery_app.worker_main(argv)
 
 

@@ -53,8 +53,12 @@ celery_app = make_celery(Settings())
 @cache
 def _platform() -> Platform:
     """One Platform per worker process (built from the environment, like the worker's settings)."""
+    from controller.services.bus import KICK, bus_for
+
     platform = Platform(Settings())
     platform.migrate()
+    bus = bus_for(platform.settings)
+    platform.kick = lambda: bus.publish(KICK)  # a finished build is deployed now, not at the next pass
     return platform
 
 
@@ -67,19 +71,26 @@ def build_task(build_id: int) -> str:
 
 @celery_app.task(name="spaceport.sweep", ignore_result=True)
 def sweep_task() -> int:
+    from controller.services.leases import exclusive
     from controller.services.sleep import sweep
 
-    return sweep(_platform())
+    with exclusive(_platform(), "sweep") as mine:  # every replica's beat may send it: one runs at a time
+        return sweep(_platform()) if mine else 0
 
 
 @celery_app.task(name="spaceport.recover", ignore_result=True)
 def recover_task() -> int:
     """Find builds no live task owns (lost worker, lost message) and run them again."""
     from controller.services.builds import queued_ids, recover_lost
+    from controller.services.leases import exclusive
 
     platform = _platform()
-    with platform.tx() as session:
-        ids = recover_lost(session, timedelta(seconds=platform.settings.build_stale_after)) + queued_ids(session)
+    with exclusive(platform, "recover") as mine:
+        if not mine:
+            return 0
+        with platform.tx() as session:
+            stale = timedelta(seconds=platform.settings.build_stale_after)  # a queued message may have died too
+            ids = recover_lost(session, stale) + queued_ids(session, older_than=stale)
     for build_id in sorted(set(ids)):
         build_task.delay(build_id)
     return len(ids)
@@ -89,8 +100,10 @@ def recover_task() -> int:
 def gc_task() -> int:
     """Collect build sources, venvs and images no space's current or running build uses (issue 19)."""
     from controller.services.artifact_gc import collect
+    from controller.services.leases import exclusive
 
-    return collect(_platform()).freed_bytes
+    with exclusive(_platform(), "gc") as mine:
+        return collect(_platform()).freed_bytes if mine else 0
 
 
 @celery_app.task(name="spaceport.ping")

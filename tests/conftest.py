@@ -7,17 +7,16 @@ so CI can never pass by skipping.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from controller.config import Settings
 from controller.services.platform import Platform
+from tests.support.databases import fresh_database
 from tests.support.tiers import missing
 
 
@@ -54,19 +53,11 @@ def chromium_path() -> str:
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_platform(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Platform]:
     """A migrated Platform on SQLite, and on a fresh PostgreSQL database (dropped afterwards)."""
-    url, admin, name = "", None, ""
-    if request.param == "postgres":
-        base = make_url(request.getfixturevalue("pg_url"))
-        name = f"t_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(base, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = base.set(database=name).render_as_string(hide_password=False)
-    platform = Platform(Settings(data_dir=tmp_path / "data", database_url=url))
-    platform.migrate()
-    yield platform
-    platform.dispose()
-    if admin is not None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with contextlib.ExitStack() as stack:
+        url = ""
+        if request.param == "postgres":
+            url = stack.enter_context(fresh_database(request.getfixturevalue("pg_url")))
+        platform = Platform(Settings(data_dir=tmp_path / "data", database_url=url))
+        platform.migrate()
+        yield platform
+        platform.dispose()

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import timedelta
 
 import aiohttp
@@ -22,18 +21,17 @@ from starlette.concurrency import run_in_threadpool
 from controller.db.models import utcnow
 from controller.domain.errors import SpaceportError
 from controller.domain.lifecycle import (
-    derive_stage,
     exited_message,
     last_traceback_line,
     start_problem,
     start_timeout_message,
 )
-from controller.domain.stages import Stage
 from controller.proxy.activity import ThrottledActivity
 from controller.proxy.routes import RouteTable
 from controller.proxy.types import Route
 from controller.runtimes.base import InstanceStatus, Runtime, RuntimeFailure, State
 from controller.services import instances as db
+from controller.services import routing
 from controller.services.diskquota import DiskWatch
 from controller.services.instances import SpaceSnapshot
 from controller.services.platform import Platform
@@ -50,9 +48,10 @@ class WakeFailed(Exception):
 
 class Reconciler:
     def __init__(self, platform: Platform, runtime: Runtime, routes: RouteTable, activity: ThrottledActivity,
-                 *, interval: float = 2.0) -> None:
+                 *, interval: float = 2.0, announce: Callable[[int, str], None] = lambda _pk, _space_id: None) -> None:
         self.platform, self.runtime, self.routes, self.activity = platform, runtime, routes, activity
         self.interval = interval
+        self.announce = announce  # tells other replicas a route changed (space pk, or 0 when it is gone)
         self._tasks: dict[str, asyncio.Task[bool]] = {}
         self._kicked = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -208,6 +207,11 @@ class Reconciler:
             task.add_done_callback(lambda _t: self._forget(name))
         return task
 
+    def cancel_starts(self) -> None:
+        """Stop the starts in flight (this process no longer leads: the new leader owns them now)."""
+        for task in list(self._tasks.values()):
+            task.cancel()
+
     def _forget(self, name: str) -> None:
         self._tasks.pop(name, None)
 
@@ -288,43 +292,25 @@ class Reconciler:
     # -- routes and stage ----------------------------------------------------------------------
     async def _publish(self, snap: SpaceSnapshot, batch: list[db.StageRow] | None = None) -> None:
         """Route the space and store its derived stage (now, or in the pass's batch)."""
-        serving = self._serving(snap)
-        stage, message = derive_stage(db.observed(snap, serving is not None))
-        hardware = snap.hardware if serving is not None else None
+        derived = routing.derive(snap, waking=snap.space_id in self._waking)
+        hardware = snap.hardware if derived.serving is not None else None
+        stage, message = derived.stage, derived.message
         if stage.value != snap.stage or message != snap.error_message or hardware != snap.current_hardware:
             row = db.StageRow(snap, stage.value, message, hardware)
             if batch is None:
                 await run_in_threadpool(db.write_stages, self.platform, [row])
             else:
                 batch.append(row)
-        self.routes.set(self._route(snap, serving, stage, message))
-
-    def _serving(self, snap: SpaceSnapshot) -> str | None:
-        ready = [r for r in snap.instances if r.state == "ready" and r.endpoint]
-        wanted = [r for r in ready if r.name == snap.wanted]
-        chosen = wanted or sorted(ready, key=lambda r: r.ready_at or utcnow(), reverse=True)
-        return chosen[0].endpoint if chosen else None
-
-    def _route(self, snap: SpaceSnapshot, target: str | None, stage: Stage, message: str | None) -> Route:
-        base = Route(space_id=snap.space_id, slug=snap.slug, target=target or "", private=snap.private,
-                     strip_base_path=snap.sdk != "streamlit")
-        if snap.desired == "paused":
-            return replace(base, state="paused", message="The owner paused this space.")
-        if snap.desired in ("sleeping", "frozen"):
-            return replace(base, state="asleep", message="Sleeping")
-        if not target and (snap.space_id in self._waking or stage is Stage.APP_STARTING):
-            # visitors wait for the start in progress (the activator joins it) instead of getting a 503;
-            # the message is what is wrong with it so far (an error answer), shown on the waking page
-            return replace(base, state="asleep", message=message or "")
-        if target:
-            return base
-        return replace(base, state="unavailable", message=f"{stage.value}: {message or _waiting(stage)}")
+        if self.routes.get(snap.space_id) != derived.route:
+            self.routes.set(derived.route)
+            self.announce(snap.pk, snap.space_id)
 
     def _drop_stale_routes(self, snaps: list[SpaceSnapshot]) -> None:
         live = {s.space_id for s in snaps}
         for route in self.routes.all():
             if route.space_id not in live:
                 self.routes.remove(route.space_id)
+                self.announce(0, route.space_id)
 
     # -- activator -----------------------------------------------------------------------------
     async def wake(self, route: Route) -> Route:
@@ -357,10 +343,3 @@ class Reconciler:
             raise WakeFailed(woken.message if woken else "The space is gone.")
         return woken
 
-
-def _waiting(stage: Stage) -> str:
-    return {
-        Stage.BUILDING: "the app is being built",
-        Stage.APP_STARTING: "the app is starting",
-        Stage.NO_APP_FILE: "nothing deployed yet",
-    }.get(stage, "not running")

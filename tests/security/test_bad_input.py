@@ -17,6 +17,7 @@ from tests.support.server import LiveServer, make_server
 from tests.support.spaces import instance_dir, push_fixture, runtime, wait_stage
 
 BUILD_TIME_LIMIT = 90  # sandboxed builds copy the seeded gradio cache: 20 s is too tight on 2 cores
+SHORT_BUILD_TIME_LIMIT = 15  # a static space's build: no SDK to install
 FAILED = {"CONFIG_ERROR", "BUILD_ERROR", "RUNTIME_ERROR", "NO_APP_FILE"}
 SETTLED = FAILED | {"RUNNING"}
 # A plain-Python "gradio" app: the sdk's runner only needs app.py to listen on $PORT (no gradio import: fast).
@@ -194,15 +195,21 @@ def test_app_that_fills_its_disk_fails_alone(server: LiveServer, alice: Identity
     assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
 
 
-@pytest.mark.slow
-def test_requirements_that_never_finish_hit_the_build_time_limit(server: LiveServer, alice: Identity, healthy: str,
-                                                                 tmp_path: Path) -> None:
-    setup = "import time\ntime.sleep(10**6)\nfrom setuptools import setup\nsetup(name='slowpkg', version='1.0')\n"
-    files = {**python_app(SERVE), "requirements.txt": "./slowpkg\n", "slowpkg/setup.py": setup}
-    push_files(server, tmp_path, alice, "slowreq", files)
-    state = wait_stage(server, "alice/slowreq", FAILED, timeout=BUILD_TIME_LIMIT + 180)
-    assert state["stage"] == "BUILD_ERROR", state
-    assert "time limit" in str(state["errorMessage"]), state
+def test_requirements_that_never_finish_hit_the_build_time_limit(tmp_path: Path) -> None:
+    """On a server of its own with a short limit (this module's server needs a long one for its gradio
+    builds): a static space's local requirement whose setup.py never returns."""
+    srv = make_server(tmp_path, SPACEPORT_BUILD_TIME_LIMIT=str(SHORT_BUILD_TIME_LIMIT)).start()
+    try:
+        owner = Identity("alice", srv.create_user("alice"))
+        setup = "import time\ntime.sleep(10**6)\nfrom setuptools import setup\nsetup(name='slowpkg', version='1.0')\n"
+        files = {"README.md": "---\nsdk: static\n---\n", "index.html": "ok", "requirements.txt": "./slowpkg\n",
+                 "slowpkg/setup.py": setup}
+        push_files(srv, tmp_path, owner, "slowreq", files)
+        state = wait_stage(srv, "alice/slowreq", FAILED, timeout=SHORT_BUILD_TIME_LIMIT + 180)
+        assert state["stage"] == "BUILD_ERROR", state
+        assert "time limit" in str(state["errorMessage"]), state
+    finally:
+        srv.close()
 
 
 def test_healthy_space_kept_answering(server: LiveServer, healthy: str) -> None:
