@@ -64,7 +64,7 @@ def test_gpu_overlay_override_is_a_valid_catalog_override() -> None:
 
 
 def test_every_overlay_is_checked() -> None:
-    assert {"base", "overlays/gpu"} <= set(DIRECTORIES)
+    assert {"base", "overlays/gpu", "overlays/ha"} <= set(DIRECTORIES)
 
 
 @pytest.mark.parametrize("directory", DIRECTORIES)
@@ -72,9 +72,9 @@ def test_manifests_render_and_validate(directory: str) -> None:
     docs = render(K8S / directory)
     for doc in docs:
         kubernetes_validate.validate(doc, VERSION, strict=True)
-    kinds = sorted({d["kind"] for d in docs})
-    assert kinds == sorted({"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap",
-                            "Service", "PersistentVolumeClaim", "Deployment", "StatefulSet", "Ingress"})
+    kinds = {d["kind"] for d in docs} - ({"PodDisruptionBudget"} if directory == "overlays/ha" else set())
+    assert kinds == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap",
+                     "Service", "PersistentVolumeClaim", "Deployment", "StatefulSet", "Ingress"}
     namespaced = [d for d in docs if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding")]
     assert {d["metadata"]["namespace"] for d in namespaced} == {"spaceport"}
     assert not by_kind(docs, "Secret"), "secrets are referenced, never embedded"
@@ -220,6 +220,23 @@ def test_deployments_that_must_be_single_are() -> None:
     deployments = {d["metadata"]["name"]: d for d in by_kind(render(K8S / "base"), "Deployment")}
     assert deployments["spaceport-beat"]["spec"]["replicas"] == 1, "two beats would send every task twice"
     assert deployments["spaceport-beat"]["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_the_ha_overlay_runs_several_controllers_on_shared_storage() -> None:
+    """Several replicas (one leads through the PostgreSQL lease, routes propagate over Redis) all read the git
+    repositories: the data volume must be ReadWriteMany, and a drain must leave one controller up."""
+    docs = render(K8S / "overlays" / "ha")
+    deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
+    controller = deployments["spaceport"]["spec"]
+    assert controller["replicas"] >= 2 and controller["strategy"]["type"] == "RollingUpdate"
+    assert controller["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    claim = next(c for c in by_kind(docs, "PersistentVolumeClaim") if c["metadata"]["name"] == "spaceport-data")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert "affinity" not in deployments["spaceport-worker"]["spec"]["template"]["spec"]  # workers anywhere
+    assert deployments["spaceport-beat"]["spec"]["replicas"] == 1
+    budget = by_kind(docs, "PodDisruptionBudget")[0]["spec"]
+    assert budget["minAvailable"] == 1
+    assert budget["selector"]["matchLabels"] == deployments["spaceport"]["spec"]["selector"]["matchLabels"]
 
 
 @pytest.mark.parametrize("directory", DIRECTORIES)
