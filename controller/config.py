@@ -186,6 +186,20 @@ class Settings(BaseSettings):
                                              "running app's disk use (0: every reconcile pass)")
     gc_interval: float = Field(default=3600.0, gt=0, description="How often beat collects build sources, venvs "
                                "and images no space's current or running build uses")
+    # Kubernetes runtime (SPACEPORT_RUNTIME=kubernetes): how this site's spaces run on the cluster.
+    kubernetes_namespace_prefix: str = Field(
+        default="spaceport-", pattern=r"^[a-z][a-z0-9-]{0,29}$",
+        description="Owner namespaces are PREFIX+OWNER; also names this installation on the cluster (label "
+                    "spaceport.site): it only lists and sweeps objects with its own label, so two installations "
+                    "on one cluster need different prefixes")
+    kubernetes_image_pull_secrets: str = Field(
+        default="", description="Secrets (comma separated) pods pull app images with; each must exist in "
+                                "every owner namespace (node-level registry credentials need none)")
+    kubernetes_runtime_class: str = Field(default="", description="runtimeClassName of app pods (e.g. gvisor, "
+                                          "kata, nvidia); empty: the cluster's default")
+    kubernetes_storage_class: str = Field(
+        default="", description="StorageClass of a per-pod ephemeral volume for the app's ~/.cache (model "
+                                "downloads), sized like the flavor's disk; empty: the node's own disk")
     gc_grace: float = Field(default=3600.0, ge=0, description="Seconds an unused build source, venv or image is "
                             "kept before it is collected")
 

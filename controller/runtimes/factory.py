@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.config import Settings
 from controller.runtimes.base import Runtime
 
+if TYPE_CHECKING:
+    from controller.runtimes.kubernetes.objects import SiteConfig
+
 log = logging.getLogger(__name__)
+# owner -> {accelerator type: limit}: the quotas the Kubernetes runtime mirrors into ResourceQuotas
+QuotaLookup = Callable[[str], Mapping[str, int]]
 
 
 def docker_client(docker_host: str = "") -> Any:
@@ -29,7 +35,21 @@ def protected_paths(settings: Settings) -> list[Path]:
             settings.repos_dir, settings.broker_dir, settings.logs_dir]
 
 
-def make_runtime(settings: Settings) -> Runtime:
+def kubernetes_site(settings: Settings) -> SiteConfig:
+    """The Kubernetes runtime's site options, from the KUBERNETES_* settings (README.md)."""
+    from controller.domain.hardware import load_catalog
+    from controller.runtimes.kubernetes.objects import SiteConfig
+
+    secrets = tuple(name.strip() for name in settings.kubernetes_image_pull_secrets.split(",") if name.strip())
+    return SiteConfig(catalog=load_catalog(settings.hardware_catalog),
+                      namespace_prefix=settings.kubernetes_namespace_prefix, image_pull_secrets=secrets,
+                      runtime_class_name=settings.kubernetes_runtime_class or None,
+                      storage_class=settings.kubernetes_storage_class or None)
+
+
+def make_runtime(settings: Settings, quotas: QuotaLookup | None = None) -> Runtime:
+    """The configured runtime. `quotas` (the caller reads them; runtimes never import services) is what
+    the Kubernetes runtime mirrors into each owner namespace's ResourceQuota; without it none is made."""
     if settings.runtime == "local":
         from controller.runtimes.local import LocalRuntime
 
@@ -40,11 +60,10 @@ def make_runtime(settings: Settings) -> Runtime:
 
         return DockerRuntime(settings.docker_host or None, site=site_id(settings.data_dir),
                              egress_allow=settings.egress_allow)
-    from controller.domain.hardware import load_catalog
     from controller.runtimes.kubernetes.client import KubeClient
-    from controller.runtimes.kubernetes.runtime import KubernetesRuntime, SiteConfig
+    from controller.runtimes.kubernetes.runtime import KubernetesRuntime
 
-    return KubernetesRuntime(KubeClient.from_environment(), SiteConfig(catalog=load_catalog(settings.hardware_catalog)))
+    return KubernetesRuntime(KubeClient.from_environment(), kubernetes_site(settings), quotas=quotas)
 
 
 def untrusted_push_refusal(settings: Settings, runtime: Runtime) -> str | None:

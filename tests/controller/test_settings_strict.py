@@ -60,7 +60,12 @@ def test_unknown_variable_is_an_error_naming_the_closest_setting(
 
 
 def test_a_name_like_no_setting_says_so() -> None:
-    with pytest.raises(UnknownSettingError, match="SPACEPORT_K8S_NAMESPACE_PREFIX: no setting has a similar name"):
+    with pytest.raises(UnknownSettingError, match="SPACEPORT_FROBNICATE_WIDGETS: no setting has a similar name"):
+        check_environment({"SPACEPORT_FROBNICATE_WIDGETS": "yes"})
+
+
+def test_a_k8s_spelling_points_at_the_kubernetes_setting() -> None:
+    with pytest.raises(UnknownSettingError, match="did you mean SPACEPORT_KUBERNETES_NAMESPACE_PREFIX"):
         check_environment({"SPACEPORT_K8S_NAMESPACE_PREFIX": "spaceport-"})
 
 

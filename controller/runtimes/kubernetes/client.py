@@ -44,7 +44,7 @@ class KubeApi(Protocol):
 
     def pod_logs(self, name: str, namespace: str, follow: bool, tail_lines: int | None = None) -> Iterator[str]: ...
 
-    def list_nodes(self) -> list[JSON]: ...
+    def read_namespace(self, name: str) -> JSON | None: ...
 
 
 class KubeClient:
@@ -131,8 +131,13 @@ class KubeClient:
         finally:
             response.release_conn()
 
-    def list_nodes(self) -> list[JSON]:
-        return [self._plain(item) for item in self.core.list_node().items]
+    def read_namespace(self, name: str) -> JSON | None:
+        try:
+            return self._plain(self.core.read_namespace(name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
 
 def _lines(chunks: Iterator[bytes]) -> Iterator[str]:

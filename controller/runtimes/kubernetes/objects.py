@@ -1,9 +1,11 @@
 """Pure builders of the Kubernetes objects that run a space (kubespawner `objects.py` style).
 
 Every function takes typed inputs and returns a plain dict ready for server-side apply. Layout:
-one namespace per owner (`spaceport-<owner>`) holding a ResourceQuota mirroring the owner's accelerator
-quota and a NetworkPolicy that isolates its pods; per instance a Deployment (replicas 1, or 0 asleep)
-and a ClusterIP Service named after the instance.
+one namespace per owner (`<prefix><owner>`, prefix SPACEPORT_KUBERNETES_NAMESPACE_PREFIX) holding a
+ResourceQuota mirroring the owner's accelerator quota and a NetworkPolicy that isolates its pods; per
+instance a Deployment (replicas 1, or 0 asleep) and a ClusterIP Service named after the instance.
+Every object carries the site label (`spaceport.site`, from the prefix), and every list the runtime
+makes selects on it, so two installations on one cluster never see or sweep each other's objects.
 """
 
 from __future__ import annotations
@@ -24,17 +26,23 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 INSTANCE_LABEL = "spaceport.instance"
 SPACE_LABEL = "spaceport.space"
 OWNER_LABEL = "spaceport.owner"
+SITE_LABEL = "spaceport.site"
 ACCELERATOR_LABEL = "spaceport.accelerator"
 SPACE_ID_ANNOTATION = "spaceport.space-id"
 NAME_ANNOTATION = "spaceport.instance-name"  # InstanceSpec.name as given (the k8s name is sanitized)
 LABELS_ANNOTATION = "spaceport.labels"
 PAUSED_ANNOTATION = "spaceport.paused"  # "" running, "stop" or "freeze" when scaled to zero
+STOP_REASON_ANNOTATION = "spaceport.stop-reason"  # why the runtime itself stopped it ("" otherwise)
 QUOTA_NAME = "spaceport-accelerators"
 POLICY_NAME = "spaceport-isolation"
 APP_CONTAINER = "app"
 APP_UID = 1000
 PRIVATE_V4 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10")
 PRIVATE_V6 = ("fc00::/7", "fe80::/10")
+CACHE_VOLUME = "cache"
+CACHE_PATH = "/home/user/.cache"  # HF_HOME's default parent: model downloads, the big writes
+# Namespaces an owner's name must never map to (the prefix alone cannot rule them all out).
+RESERVED_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
 
 JSON = dict[str, Any]
 
@@ -57,6 +65,14 @@ class SiteConfig:
     image_pull_policy: str = "IfNotPresent"
     image_pull_secrets: tuple[str, ...] = ()
     runtime_class_name: str | None = None
+    storage_class: str | None = None  # set: the app's ~/.cache is a generic ephemeral volume of this class
+    wake_timeout: float = 300.0  # how long thaw waits for the new pod to pass its health check
+    poll_interval: float = 0.5  # between checks while waiting (tests: 0)
+
+    @property
+    def site(self) -> str:
+        """This installation's label value: its namespace prefix, which two installations cannot share."""
+        return label_value(self.namespace_prefix) or "spaceport"
 
 
 # ---- names ---------------------------------------------------------------------------------------
@@ -76,7 +92,16 @@ def dns_label(value: str, max_len: int = 63) -> str:
 
 
 def namespace_name(owner: str, site: SiteConfig) -> str:
-    return site.namespace_prefix + dns_label(owner, 63 - len(site.namespace_prefix))
+    """The owner's namespace; never the controller's own or a system namespace (an owner named
+    `system` under prefix `spaceport-` would otherwise get `spaceport-system`, and its NetworkPolicy
+    and ResourceQuota would land on whatever runs there)."""
+    name = site.namespace_prefix + dns_label(owner, 63 - len(site.namespace_prefix))
+    if name == site.controller_namespace or name in RESERVED_NAMESPACES:
+        raise RuntimeFailure(
+            f"the owner {owner!r} maps to the namespace {name!r}, which is not an owner namespace; rename "
+            "the account, or set SPACEPORT_KUBERNETES_NAMESPACE_PREFIX so owner namespaces cannot collide"
+        )
+    return name
 
 
 def instance_name(spec_name: str) -> str:
@@ -101,13 +126,19 @@ def instance_selector(spec_name: str) -> JSON:
     return {INSTANCE_LABEL: instance_name(spec_name)}
 
 
-def common_labels() -> dict[str, str]:
-    return {MANAGED_BY: "spaceport", "app.kubernetes.io/part-of": "spaceport"}
+def common_labels(site: SiteConfig) -> dict[str, str]:
+    return {MANAGED_BY: "spaceport", "app.kubernetes.io/part-of": "spaceport", SITE_LABEL: site.site}
 
 
-def instance_labels(spec: InstanceSpec) -> dict[str, str]:
+def site_selector(site: SiteConfig, **labels: str) -> str:
+    """A label selector for this installation's objects (plus `labels`): every list uses one."""
+    wanted = {MANAGED_BY: "spaceport", SITE_LABEL: site.site, **labels}
+    return ",".join(f"{k}={v}" for k, v in wanted.items())
+
+
+def instance_labels(spec: InstanceSpec, site: SiteConfig) -> dict[str, str]:
     labels = {
-        **common_labels(),
+        **common_labels(site),
         "app.kubernetes.io/name": "space",
         "app.kubernetes.io/instance": instance_name(spec.name),
         INSTANCE_LABEL: instance_name(spec.name),
@@ -126,7 +157,7 @@ def instance_labels(spec: InstanceSpec) -> dict[str, str]:
 def namespace(owner: str, site: SiteConfig) -> JSON:
     """The owner's namespace; Pod Security `restricted` is enforced (our pods comply)."""
     labels = {
-        **common_labels(),
+        **common_labels(site),
         OWNER_LABEL: label_value(owner),
         "pod-security.kubernetes.io/enforce": "restricted",
         "pod-security.kubernetes.io/enforce-version": "latest",
@@ -148,7 +179,7 @@ def resource_quota(owner: str, quotas: Mapping[str, int], site: SiteConfig) -> J
     return {
         "apiVersion": "v1",
         "kind": "ResourceQuota",
-        "metadata": {"name": QUOTA_NAME, "namespace": namespace_name(owner, site), "labels": common_labels()},
+        "metadata": {"name": QUOTA_NAME, "namespace": namespace_name(owner, site), "labels": common_labels(site)},
         "spec": {"hard": dict(sorted(hard.items()))},
     }
 
@@ -174,7 +205,7 @@ def network_policy(owner: str, site: SiteConfig) -> JSON:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {"name": POLICY_NAME, "namespace": namespace_name(owner, site), "labels": common_labels()},
+        "metadata": {"name": POLICY_NAME, "namespace": namespace_name(owner, site), "labels": common_labels(site)},
         "spec": {
             "podSelector": {},
             "policyTypes": ["Ingress", "Egress"],
@@ -234,7 +265,7 @@ def env_list(spec: InstanceSpec, artifact: ImageArtifact) -> list[JSON]:
 
 def container(spec: InstanceSpec, site: SiteConfig) -> JSON:
     artifact = image_artifact(spec)
-    return {
+    body: JSON = {
         "name": APP_CONTAINER,
         "image": artifact.image,
         "imagePullPolicy": site.image_pull_policy,
@@ -255,6 +286,25 @@ def container(spec: InstanceSpec, site: SiteConfig) -> JSON:
             "timeoutSeconds": 2,
             "failureThreshold": 3,
         },
+    }
+    if site.storage_class:
+        body["volumeMounts"] = [{"name": CACHE_VOLUME, "mountPath": CACHE_PATH}]
+    return body
+
+
+def cache_volume(spec: InstanceSpec, site: SiteConfig) -> JSON:
+    """A generic ephemeral volume of the site's storage class for the app's ~/.cache (model downloads):
+    created with the pod, deleted with it, sized like the instance's disk."""
+    return {
+        "name": CACHE_VOLUME,
+        "ephemeral": {"volumeClaimTemplate": {
+            "metadata": {"labels": common_labels(site)},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": site.storage_class,
+                "resources": {"requests": {"storage": f"{spec.hardware.disk_mb}Mi"}},
+            },
+        }},
     }
 
 
@@ -280,6 +330,8 @@ def pod_spec(spec: InstanceSpec, site: SiteConfig) -> JSON:
         body["imagePullSecrets"] = [{"name": name} for name in site.image_pull_secrets]
     if site.runtime_class_name:
         body["runtimeClassName"] = site.runtime_class_name
+    if site.storage_class:
+        body["volumes"] = [cache_volume(spec, site)]
     return body
 
 
@@ -299,7 +351,7 @@ def deployment(spec: InstanceSpec, site: SiteConfig, replicas: int = 1) -> JSON:
 
     Strategy Recreate: a rolling update would need a second set of accelerators while both run.
     """
-    labels = instance_labels(spec)
+    labels = instance_labels(spec, site)
     annotations = {**instance_annotations(spec), PAUSED_ANNOTATION: ""}
     return {
         "apiVersion": "apps/v1",
@@ -331,7 +383,7 @@ def service(spec: InstanceSpec, site: SiteConfig) -> JSON:
         "metadata": {
             "name": instance_name(spec.name),
             "namespace": namespace_name(owner_of(spec.space_id), site),
-            "labels": instance_labels(spec),
+            "labels": instance_labels(spec, site),
             "annotations": {SPACE_ID_ANNOTATION: spec.space_id},
         },
         "spec": {

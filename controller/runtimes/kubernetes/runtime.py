@@ -1,24 +1,32 @@
 """KubernetesRuntime: the Runtime contract on a Kubernetes cluster.
 
-- start: applies the owner's Namespace, ResourceQuota (if a quota lookup is given) and NetworkPolicy,
-  then the instance's Deployment (replicas 1) and Service. Idempotent (server-side apply). The endpoint
-  is the Service's cluster DNS name and the app port.
+- start: applies the owner's Namespace (refused if it exists but is not this installation's),
+  ResourceQuota (if a quota lookup is given) and NetworkPolicy, then the instance's Deployment
+  (replicas 1) and Service. Idempotent (server-side apply). The endpoint is the Service's cluster DNS
+  name and the app port.
 - stop and freeze both scale the Deployment to zero: the pod goes away and its CPU, memory and devices
   (and quota) are freed; Kubernetes cannot pause a container's processes in place. An annotation
   remembers which one it was, so status() reports EXITED after stop and FROZEN after freeze.
-  thaw scales back to one (a fresh pod: in-memory state is lost).
+- thaw scales back to one: a fresh pod (in-memory state is lost), so thaw returns only once the pod
+  passed its readiness probe and the app answers through its Service (the reconciler routes visitors
+  to it as soon as thaw returns). If the pod fails, or is not healthy within the site's wake_timeout,
+  thaw scales it to zero again with the reason and raises RuntimeFailure: status() then reports it
+  EXITED with that reason, which the reconciler treats like a crash (restart with backoff).
 - status/list read Deployments and their pods; a pod waiting for a device or blocked by the owner's
-  ResourceQuota shows as RUNNING with a "pending: ..." message that says why.
+  ResourceQuota shows as RUNNING with a "Waiting ..." message that says why.
 - remove deletes the Deployment and Service; the owner's namespace, quota and policy stay.
-The official client is synchronous: every call runs in a worker thread.
+Every list selects on this installation's site label. The official client is synchronous: every
+call runs in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
+import aiohttp
 from kubernetes.client.exceptions import ApiException
 
 from controller.runtimes.base import Endpoint, InstanceSpec, InstanceStatus, RuntimeFailure, State
@@ -26,26 +34,42 @@ from controller.runtimes.kubernetes import objects
 from controller.runtimes.kubernetes.client import JSON, KubeApi
 from controller.runtimes.kubernetes.objects import (
     INSTANCE_LABEL,
-    MANAGED_BY,
     PAUSED_ANNOTATION,
+    SITE_LABEL,
+    STOP_REASON_ANNOTATION,
     SiteConfig,
     instance_name,
+    site_selector,
 )
-from controller.runtimes.kubernetes.status import instance_status, inventory_from_nodes
+from controller.runtimes.kubernetes.status import health_path, instance_status, is_ready
 
 T = TypeVar("T")
 QuotaLookup = Callable[[str], Mapping[str, int]]
-MANAGED_SELECTOR = f"{MANAGED_BY}=spaceport"
+Probe = Callable[[str], Awaitable[int | None]]
+LIVE = (State.RUNNING, State.FROZEN)
+
+
+async def http_probe(url: str) -> int | None:
+    """The HTTP status the app answers on url, None when nothing answers (as the reconciler probes)."""
+    try:
+        async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+                    session.get(url, allow_redirects=False) as response):
+            return response.status
+    except (aiohttp.ClientError, TimeoutError):
+        return None
 
 
 class KubernetesRuntime:
     name = "kubernetes"
 
-    def __init__(self, api: KubeApi, site: SiteConfig, quotas: QuotaLookup | None = None) -> None:
-        """`quotas(owner)` -> {accelerator type: limit}, mirrored into the owner's ResourceQuota."""
+    def __init__(self, api: KubeApi, site: SiteConfig, quotas: QuotaLookup | None = None,
+                 probe: Probe = http_probe) -> None:
+        """`quotas(owner)` -> {accelerator type: limit}, mirrored into the owner's ResourceQuota (it may
+        block: it runs in a worker thread). `probe(url)` -> HTTP status, how thaw health-checks."""
         self.api = api
         self.site = site
         self.quotas = quotas
+        self.probe = probe
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -56,13 +80,33 @@ class KubernetesRuntime:
     async def start(self, spec: InstanceSpec) -> Endpoint:
         owner = objects.owner_of(spec.space_id)
         artifact = objects.image_artifact(spec)
-        quotas = self.quotas(owner) if self.quotas is not None else None
-        for obj in objects.owner_objects(owner, quotas, self.site) + objects.instance_objects(spec, self.site):
+        owned = objects.owner_objects(owner, None, self.site)  # validates the names before any call
+        instance = objects.instance_objects(spec, self.site)
+        await self._check_namespace(owned[0]["metadata"]["name"])
+        if self.quotas is not None:
+            limits = await asyncio.to_thread(self.quotas, owner)
+            owned = objects.owner_objects(owner, limits, self.site)
+        for obj in owned + instance:
             await self._call(self.api.apply, obj)
         return Endpoint(objects.service_host(spec.name, owner, self.site), artifact.port)
 
+    async def _check_namespace(self, name: str) -> None:
+        """Refuse to take over a namespace someone else made (another installation, an admin)."""
+        found = await self._call(self.api.read_namespace, name)
+        if found is None:
+            return
+        site = ((found.get("metadata") or {}).get("labels") or {}).get(SITE_LABEL)
+        if site != self.site.site:
+            whose = f"Spaceport site {site!r}" if site else "something other than Spaceport"
+            raise RuntimeFailure(
+                f"the namespace {name!r} already exists and belongs to {whose}, not to this site "
+                f"({self.site.site!r}); Spaceport will not run apps in it. Delete or rename it, or set "
+                "SPACEPORT_KUBERNETES_NAMESPACE_PREFIX to a prefix no other installation uses"
+            )
+
     async def _find(self, name: str) -> JSON | None:
-        found = await self._call(self.api.list_deployments, f"{INSTANCE_LABEL}={instance_name(name)}")
+        selector = site_selector(self.site, **{INSTANCE_LABEL: instance_name(name)})
+        found = await self._call(self.api.list_deployments, selector)
         return found[0] if found else None
 
     async def _require(self, name: str) -> JSON:
@@ -71,9 +115,10 @@ class KubernetesRuntime:
             raise RuntimeFailure(f"no instance {name!r} on the cluster")
         return deployment
 
-    async def _scale(self, name: str, replicas: int, paused: str) -> None:
+    async def _scale(self, name: str, replicas: int, paused: str, reason: str = "") -> None:
         meta = (await self._require(name))["metadata"]
-        await self._call(self.api.scale, meta["name"], meta["namespace"], replicas, {PAUSED_ANNOTATION: paused})
+        annotations = {PAUSED_ANNOTATION: paused, STOP_REASON_ANNOTATION: reason}
+        await self._call(self.api.scale, meta["name"], meta["namespace"], replicas, annotations)
 
     async def stop(self, name: str) -> None:
         if await self._find(name) is not None:
@@ -83,7 +128,34 @@ class KubernetesRuntime:
         await self._scale(name, 0, "freeze")
 
     async def thaw(self, name: str) -> None:
+        """Scale back to one and return once the new pod is healthy (see the module docstring)."""
         await self._scale(name, 1, "")
+        try:
+            await self._wait_healthy(name)
+        except RuntimeFailure as exc:
+            await self._scale(name, 0, "stop", str(exc))
+            raise
+
+    async def _wait_healthy(self, name: str) -> None:
+        deadline = time.monotonic() + self.site.wake_timeout
+        waiting = ""
+        while True:
+            deployment = await self._require(name)
+            status = instance_status(deployment, await self._pods_of(deployment), self.site.cluster_domain)
+            if status.state not in LIVE:
+                raise RuntimeFailure(f"The app did not come back from light sleep: {status.message}")
+            waiting = status.message or waiting
+            if is_ready(deployment) and status.endpoint is not None:
+                answer = await self.probe(status.endpoint.url + health_path(deployment))
+                if answer is not None and answer < 500:
+                    return
+                waiting = (f"its pod is ready but the app answers HTTP {answer} through its Service" if answer
+                           else "its pod is ready but the app does not answer through its Service yet")
+            if time.monotonic() >= deadline:
+                why = f" ({waiting})" if waiting else ""
+                raise RuntimeFailure(
+                    f"The app did not come back from light sleep within {self.site.wake_timeout:.0f} s{why}.")
+            await asyncio.sleep(self.site.poll_interval)
 
     async def remove(self, name: str) -> None:
         deployment = await self._find(name)
@@ -95,7 +167,8 @@ class KubernetesRuntime:
 
     async def _pods_of(self, deployment: JSON) -> list[JSON]:
         meta = deployment["metadata"]
-        return await self._call(self.api.list_pods, f"{INSTANCE_LABEL}={meta['name']}", meta["namespace"])
+        selector = site_selector(self.site, **{INSTANCE_LABEL: meta["name"]})
+        return await self._call(self.api.list_pods, selector, meta["namespace"])
 
     async def status(self, name: str) -> InstanceStatus:
         deployment = await self._find(name)
@@ -104,8 +177,9 @@ class KubernetesRuntime:
         return instance_status(deployment, await self._pods_of(deployment), self.site.cluster_domain)
 
     async def list(self) -> list[InstanceStatus]:
-        deployments = await self._call(self.api.list_deployments, MANAGED_SELECTOR)
-        pods = await self._call(self.api.list_pods, MANAGED_SELECTOR, None)
+        """This installation's instances only (site label), across its owner namespaces."""
+        deployments = await self._call(self.api.list_deployments, site_selector(self.site))
+        pods = await self._call(self.api.list_pods, site_selector(self.site), None)
         by_instance: dict[tuple[str, str], list[JSON]] = {}
         for pod in pods:
             meta = pod["metadata"]
@@ -129,7 +203,3 @@ class KubernetesRuntime:
             if line is None:
                 return
             yield line
-
-    async def inventory(self) -> dict[str, int]:
-        """Allocatable devices per accelerator type on schedulable nodes (for the admin's inventory)."""
-        return inventory_from_nodes(await self._call(self.api.list_nodes), self.site.catalog)

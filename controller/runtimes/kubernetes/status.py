@@ -1,18 +1,18 @@
-"""Pure interpretation of what the cluster reports: Deployment + its pods -> InstanceStatus; nodes ->
-accelerator inventory."""
+"""Pure interpretation of what the cluster reports: Deployment + its pods -> InstanceStatus."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from controller.domain.hardware import Catalog
 from controller.runtimes.base import Endpoint, InstanceStatus, State
 from controller.runtimes.kubernetes.objects import (
     LABELS_ANNOTATION,
     NAME_ANNOTATION,
     PAUSED_ANNOTATION,
+    STOP_REASON_ANNOTATION,
 )
 
 JSON = dict[str, Any]
@@ -28,7 +28,8 @@ def instance_status(deployment: JSON, pods: Sequence[JSON], cluster_domain: str)
     if replicas == 0:
         if annotations.get(PAUSED_ANNOTATION) == "freeze":
             return InstanceStatus(name, State.FROZEN, labels=labels, message="frozen (scaled to zero)")
-        return InstanceStatus(name, State.EXITED, labels=labels, message="stopped (scaled to zero)")
+        reason = annotations.get(STOP_REASON_ANNOTATION) or "stopped (scaled to zero)"
+        return InstanceStatus(name, State.EXITED, labels=labels, message=reason)
     failed = _failed_container(pods)
     if failed is not None:
         code, message = failed
@@ -55,44 +56,67 @@ def _port(deployment: JSON) -> int:
     return int(containers[0]["ports"][0]["containerPort"])
 
 
+def health_path(deployment: JSON) -> str:
+    """The path the pod's readiness probe asks (the app's health path)."""
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return str(((container.get("readinessProbe") or {}).get("httpGet") or {}).get("path") or "/")
+
+
 def _condition(conditions: Sequence[JSON] | None, type_: str) -> JSON | None:
     return next((c for c in conditions or () if c.get("type") == type_), None)
 
 
+def is_ready(deployment: JSON) -> bool:
+    """The Deployment has a pod that passed its readiness probe (an HTTP GET of the health path)."""
+    return int((deployment.get("status") or {}).get("readyReplicas") or 0) >= 1
+
+
 def _progress_message(deployment: JSON, pods: Sequence[JSON]) -> str:
-    status = deployment.get("status") or {}
-    if int(status.get("readyReplicas") or 0) >= 1:
-        return "ready"
-    failure = _condition(status.get("conditions"), "ReplicaFailure")
+    """Why a wanted pod does not run yet, from the fields a real API server fills in ("" when ready or
+    just starting: like the other runtimes, a live instance only has a message when something is wrong).
+
+    A pod refused by the namespace's ResourceQuota is never created: the ReplicaSet controller records
+    the admission error as its ReplicaFailure condition (reason FailedCreate), which the Deployment
+    controller copies into the Deployment's status. A pod no node can take stays Pending with the
+    scheduler's PodScheduled=False condition (reason Unschedulable)."""
+    if is_ready(deployment):
+        return ""
+    failure = _condition((deployment.get("status") or {}).get("conditions"), "ReplicaFailure")
     if failure is not None and failure.get("status") == "True":
         return quota_or_failure_message(str(failure.get("message", "")))
     for pod in pods:
         scheduled = _condition((pod.get("status") or {}).get("conditions"), "PodScheduled")
-        if scheduled is not None and scheduled.get("status") == "False":
+        if scheduled is not None and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
             return scheduling_message(str(scheduled.get("message", "")))
-    return "starting: waiting for the app to answer its readiness probe" if pods else "starting"
+    return ""
+
+
+QUOTA_EXCEEDED = re.compile(r"exceeded quota: ([\w.-]+)", re.IGNORECASE)
+INSUFFICIENT = re.compile(r"Insufficient ([\w./-]*[\w/-])")
 
 
 def quota_or_failure_message(raw: str) -> str:
-    if "exceeded quota" in raw:
+    if QUOTA_EXCEEDED.search(raw):
         return (
-            "pending: the owner's accelerator quota on the cluster is used up "
-            f"({raw}). Free a device by pausing or sleeping another space, or ask an admin to raise "
-            "the quota (spaceport quota set OWNER TYPE N)"
+            "Waiting: the owner's accelerator quota on the cluster is used up "
+            f"({raw}). Free a device by pausing or sleeping another space of this owner, or ask an admin "
+            "to raise the quota (spaceport quota set OWNER TYPE N)."
         )
-    return f"pending: pods cannot be created: {raw}"
+    return f"Waiting: the cluster refuses to create the app's pod: {raw}"
 
 
 def scheduling_message(raw: str) -> str:
-    insufficient = sorted({part.split("Insufficient ", 1)[1].strip(" .,") for part in raw.split(",")
-                           if "Insufficient " in part})
+    """The scheduler's message names each reason with the number of nodes it ruled out, e.g.
+    "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available: ..."."""
+    summary = raw.split(" preemption:", 1)[0].strip()
+    insufficient = sorted(set(INSUFFICIENT.findall(summary)))
     if insufficient:
         wanted = ", ".join(insufficient)
         return (
-            f"pending: no node has a free {wanted} right now ({raw}). It starts when one is freed "
-            "or a node is added"
+            f"Waiting for a free {wanted}: no node of the cluster has one free right now ({summary}). The "
+            "space starts when one is freed or a node is added."
         )
-    return f"pending: waiting for a node ({raw})"
+    return f"Waiting for a node that can run the app ({summary})."
 
 
 def _failed_container(pods: Sequence[JSON]) -> tuple[int | None, str] | None:
@@ -119,28 +143,3 @@ def _container_failure(cs: JSON) -> tuple[int | None, str] | None:
         code = int(terminated.get("exitCode", 0))
         return code, f"the app exited with code {code} ({terminated.get('reason', '')})"
     return None
-
-
-# ---- nodes ---------------------------------------------------------------------------------------
-
-
-def inventory_from_nodes(nodes: Sequence[JSON], catalog: Catalog) -> dict[str, int]:
-    """Allocatable devices per accelerator type, counting schedulable nodes whose labels match the
-    type's node selector (T4 and A10G share `nvidia.com/gpu`; the GFD product label tells them apart)."""
-    counts = {name: 0 for name in catalog.accelerators}
-    for node in nodes:
-        if (node.get("spec") or {}).get("unschedulable"):
-            continue
-        labels = (node.get("metadata") or {}).get("labels") or {}
-        allocatable = (node.get("status") or {}).get("allocatable") or {}
-        for accel in catalog.accelerators.values():
-            if all(labels.get(k) == v for k, v in accel.node_selector.items()):
-                counts[accel.name] += _count(allocatable.get(accel.k8s_resource, 0))
-    return counts
-
-
-def _count(quantity: Any) -> int:
-    try:
-        return int(str(quantity))
-    except ValueError:
-        return 0

@@ -1,11 +1,13 @@
 """A fake cluster at the level of our `KubeApi` wrapper (no API server can run here).
 
-It stores applied objects in dicts and plays the parts of the controllers the runtime relies on:
-the ReplicaSet controller (creates a pod per replica, refused with the real "exceeded quota" message
-when the namespace's ResourceQuota would be exceeded), the scheduler (binds a pod to a node whose
-labels match its nodeSelector, whose taints it tolerates and that has enough of the extended resources
-left, else leaves it Pending/Unschedulable with the real "Insufficient nvidia.com/gpu" message) and the
-kubelet (a bound pod is Running and Ready at once).
+It stores what the runtime applies and plays only the mechanical parts of the controllers: a
+Deployment with N replicas gets N pods (a changed template replaces them, Recreate), and
+`status.readyReplicas` counts the pods whose Ready condition is True. It never makes up what a real
+cluster would say: every pod is Running and Ready unless the test hands in the statuses a real API
+server returns (`pod_statuses`, built from the official client's models, e.g. the scheduler's
+PodScheduled=False/Unschedulable condition), and pod creation fails only when the test hands in the
+ReplicaFailure condition the Deployment controller copies from its ReplicaSet (`replica_failures`).
+Reads are recorded (`calls`) with their label selectors, so tests can check every list is scoped.
 """
 
 from __future__ import annotations
@@ -13,20 +15,71 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
+
+from kubernetes import client as k8s
 
 JSON = dict[str, Any]
 INSTANCE = "spaceport.instance"
-STANDARD = {"cpu", "memory", "ephemeral-storage"}
+_SERIALIZER = k8s.ApiClient()
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def node(name: str, labels: dict[str, str] | None = None, allocatable: dict[str, Any] | None = None,
-         taints: list[JSON] | None = None, unschedulable: bool = False) -> JSON:
-    return {
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})}},
-        "spec": {"taints": taints or [], "unschedulable": unschedulable},
-        "status": {"allocatable": {"cpu": "64", "memory": "512Gi", **(allocatable or {})}},
-    }
+def plain(model: Any) -> JSON:
+    """A client model as the JSON an API server sends (what KubeClient hands the runtime)."""
+    return dict(_SERIALIZER.sanitize_for_serialization(model))
+
+
+def running_ready() -> JSON:
+    """What the kubelet reports for a started pod whose readiness probe passed."""
+    return plain(k8s.V1PodStatus(
+        phase="Running",
+        conditions=[k8s.V1PodCondition(type=t, status="True", last_transition_time=T0)
+                    for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
+        container_statuses=[k8s.V1ContainerStatus(
+            name="app", image="img", image_id="", ready=True, restart_count=0, started=True,
+            state=k8s.V1ContainerState(running=k8s.V1ContainerStateRunning(started_at=T0)))],
+    ))
+
+
+def running_not_ready() -> JSON:
+    """Started, but the readiness probe has not passed yet (the app is still loading)."""
+    return plain(k8s.V1PodStatus(
+        phase="Running",
+        conditions=[
+            k8s.V1PodCondition(type="PodScheduled", status="True"),
+            k8s.V1PodCondition(type="ContainersReady", status="False", reason="ContainersNotReady",
+                               message="containers with unready status: [app]"),
+            k8s.V1PodCondition(type="Ready", status="False", reason="ContainersNotReady",
+                               message="containers with unready status: [app]"),
+        ],
+        container_statuses=[k8s.V1ContainerStatus(
+            name="app", image="img", image_id="", ready=False, restart_count=0, started=True,
+            state=k8s.V1ContainerState(running=k8s.V1ContainerStateRunning(started_at=T0)))],
+    ))
+
+
+def unschedulable(message: str) -> JSON:
+    """A Pending pod as the scheduler leaves it when no node fits (`message` is the scheduler's text)."""
+    return plain(k8s.V1PodStatus(phase="Pending", qos_class="Guaranteed", conditions=[
+        k8s.V1PodCondition(type="PodScheduled", status="False", reason="Unschedulable", message=message,
+                           last_transition_time=T0)]))
+
+
+def crash_looping(exit_code: int) -> JSON:
+    return plain(k8s.V1PodStatus(phase="Running", container_statuses=[k8s.V1ContainerStatus(
+        name="app", image="img", image_id="", ready=False, restart_count=3,
+        state=k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(
+            reason="CrashLoopBackOff", message="back-off 40s restarting failed container=app")),
+        last_state=k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(
+            exit_code=exit_code, reason="Error")))]))
+
+
+def failed_create(message: str) -> JSON:
+    """The Deployment condition of pods the API refused to create (e.g. by a ResourceQuota)."""
+    return plain(k8s.V1DeploymentCondition(type="ReplicaFailure", status="True", reason="FailedCreate",
+                                           message=message, last_update_time=T0, last_transition_time=T0))
 
 
 def _matches(labels: dict[str, str] | None, selector: str) -> bool:
@@ -34,22 +87,22 @@ def _matches(labels: dict[str, str] | None, selector: str) -> bool:
     return all((labels or {}).get(k) == v for k, v in wanted.items())
 
 
-def _extended(pod: JSON) -> dict[str, int]:
-    requests: dict[str, int] = {}
-    for c in pod["spec"]["containers"]:
-        for res, qty in (c.get("resources", {}).get("requests") or {}).items():
-            if res not in STANDARD:
-                requests[res] = requests.get(res, 0) + int(qty)
-    return requests
+def _ready(pod: JSON) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in pod["status"].get("conditions") or [])
 
 
 class FakeKube:
-    def __init__(self, nodes: list[JSON] | None = None) -> None:
+    def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], JSON] = {}
         self.pods: dict[tuple[str, str], JSON] = {}
-        self.nodes = nodes if nodes is not None else [node("cpu-1")]
         self.logs: dict[str, list[str]] = {}
         self.calls: list[tuple[str, str]] = []
+        # instance name -> the statuses its pods report, one per Deployment read (the last one stays)
+        self.pod_statuses: dict[str, list[JSON]] = {}
+        # instance name -> the ReplicaFailure condition its Deployment reports (no pod is created)
+        self.replica_failures: dict[str, JSON] = {}
+        self._queues: dict[tuple[str, str], list[JSON]] = {}  # pod -> its next statuses
         self._seq = 0
 
     # ---- KubeApi ----
@@ -84,20 +137,25 @@ class FakeKube:
         found = self.objects.get(("Deployment", namespace, name))
         return copy.deepcopy(found) if found else None
 
+    def read_namespace(self, name: str) -> JSON | None:
+        self.calls.append(("read_namespace", name))
+        found = self.objects.get(("Namespace", "", name))
+        return copy.deepcopy(found) if found else None
+
     def list_deployments(self, label_selector: str) -> list[JSON]:
+        self.calls.append(("list_deployments", label_selector))
+        self._tick()
         return [copy.deepcopy(o) for (kind, _, _), o in sorted(self.objects.items())
                 if kind == "Deployment" and _matches(o["metadata"].get("labels"), label_selector)]
 
     def list_pods(self, label_selector: str, namespace: str | None = None) -> list[JSON]:
+        self.calls.append(("list_pods", label_selector))
         return [copy.deepcopy(p) for (ns, _), p in sorted(self.pods.items())
                 if (namespace is None or ns == namespace) and _matches(p["metadata"]["labels"], label_selector)]
 
     def pod_logs(self, name: str, namespace: str, follow: bool, tail_lines: int | None = None) -> Iterator[str]:
         assert (namespace, name) in self.pods, f"no pod {namespace}/{name}"
         yield from list(self.logs.get(name, [f"{name} started"]))
-
-    def list_nodes(self) -> list[JSON]:
-        return copy.deepcopy(self.nodes)
 
     # ---- helpers for tests ----
 
@@ -107,19 +165,35 @@ class FakeKube:
     def kinds(self) -> list[str]:
         return sorted(f"{k}/{ns}/{n}" for k, ns, n in self.objects)
 
+    def selectors(self) -> list[str]:
+        return [target for verb, target in self.calls if verb.startswith("list_")]
+
+    def put(self, obj: JSON) -> None:
+        """Store an object someone else made (another installation, an admin), bypassing apply."""
+        meta = obj["metadata"]
+        self.objects[(obj["kind"], meta.get("namespace", ""), meta["name"])] = {"status": {}, **copy.deepcopy(obj)}
+        self._reconcile()
+
     # ---- the simulated controllers ----
+
+    def _tick(self) -> None:
+        """Time passes between reads: pods move on to their next handed-in status."""
+        for key, pod in self.pods.items():
+            queue = self._queues.get(key)
+            if queue:
+                pod["status"] = queue.pop(0)
+        self._reconcile()
 
     def _reconcile(self) -> None:
         for (kind, ns, name), deployment in sorted(self.objects.items()):
             if kind == "Deployment":
                 self._replicaset(ns, name, deployment)
         self._drop_orphans()
-        self._schedule()
         for (kind, ns, name), deployment in self.objects.items():
             if kind == "Deployment":
-                ready = [p for p in self._pods_of(ns, name) if p["status"].get("phase") == "Running"]
-                deployment["status"]["readyReplicas"] = len(ready)
-                deployment["status"]["replicas"] = len(self._pods_of(ns, name))
+                pods = self._pods_of(ns, name)
+                deployment["status"]["readyReplicas"] = sum(1 for p in pods if _ready(p))
+                deployment["status"]["replicas"] = len(pods)
 
     def _pods_of(self, ns: str, name: str) -> list[JSON]:
         return [p for (pns, _), p in self.pods.items() if pns == ns and p["metadata"]["labels"].get(INSTANCE) == name]
@@ -132,90 +206,28 @@ class FakeKube:
     def _replicaset(self, ns: str, name: str, deployment: JSON) -> None:
         template = deployment["spec"]["template"]
         template_hash = str(hash(json.dumps(template, sort_keys=True)))
-        pods = self._pods_of(ns, name)
-        for pod in pods:  # Recreate: a changed template replaces the pod
+        for pod in self._pods_of(ns, name):  # Recreate: a changed template replaces the pod
             if pod["metadata"]["annotations"]["template-hash"] != template_hash:
                 del self.pods[(ns, pod["metadata"]["name"])]
         pods = self._pods_of(ns, name)
         want = int(deployment["spec"].get("replicas", 1))
         for pod in pods[want:]:
             del self.pods[(ns, pod["metadata"]["name"])]
-        conditions: list[JSON] = []
-        for _ in range(want - len(pods)):
-            refusal = self._quota_refusal(ns, name, template)
-            if refusal:
-                conditions = [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
-                               "message": refusal}]
-                break
-            self._create_pod(ns, name, template, template_hash)
-        deployment["status"]["conditions"] = conditions
-
-    def _quota_refusal(self, ns: str, name: str, template: JSON) -> str:
-        quota = next((o for (k, qns, _), o in self.objects.items() if k == "ResourceQuota" and qns == ns), None)
-        if quota is None:
-            return ""
-        wanted = _extended({"spec": template["spec"]})
-        for res, qty in wanted.items():
-            limit = quota["spec"]["hard"].get(f"requests.{res}")
-            if limit is None:
-                continue
-            used = sum(_extended(p).get(res, 0) for (pns, _), p in self.pods.items() if pns == ns)
-            if used + qty > int(limit):
-                q = quota["metadata"]["name"]
-                return (f'pods "{name}-{self._seq:05d}" is forbidden: exceeded quota: {q}, '
-                        f"requested: requests.{res}={qty}, used: requests.{res}={used}, "
-                        f"limited: requests.{res}={limit}")
-        return ""
+        failure = self.replica_failures.get(name)
+        deployment["status"]["conditions"] = [copy.deepcopy(failure)] if failure and want > len(pods) else []
+        if failure is None:
+            for _ in range(want - len(pods)):
+                self._create_pod(ns, name, template, template_hash)
 
     def _create_pod(self, ns: str, name: str, template: JSON, template_hash: str) -> None:
         self._seq += 1
         pod_name = f"{name}-{self._seq:05d}"
+        statuses = copy.deepcopy(self.pod_statuses.get(name) or [running_ready()])
         self.pods[(ns, pod_name)] = {
             "metadata": {"name": pod_name, "namespace": ns, "labels": dict(template["metadata"]["labels"]),
                          "annotations": {"template-hash": template_hash},
                          "creationTimestamp": f"2026-01-01T00:00:{self._seq:02d}Z"},
             "spec": copy.deepcopy(template["spec"]),
-            "status": {"phase": "Pending"},
+            "status": statuses[0],
         }
-
-    def _schedule(self) -> None:
-        for pod in sorted(self.pods.values(), key=lambda p: p["metadata"]["name"]):
-            if pod["spec"].get("nodeName"):
-                continue
-            reasons = [self._unfit(pod, n) for n in self.nodes]
-            fit = next((n for n, why in zip(self.nodes, reasons, strict=True) if not why), None)
-            if fit is None:
-                pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                                "message": self._unschedulable_message(reasons)}]
-                continue
-            pod["spec"]["nodeName"] = fit["metadata"]["name"]
-            pod["status"] = {
-                "phase": "Running",
-                "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
-                "containerStatuses": [{"name": "app", "ready": True, "state": {"running": {}}}],
-            }
-
-    def _unfit(self, pod: JSON, n: JSON) -> str:
-        if n["spec"].get("unschedulable"):
-            return "node(s) were unschedulable"
-        labels = n["metadata"]["labels"]
-        if any(labels.get(k) != v for k, v in (pod["spec"].get("nodeSelector") or {}).items()):
-            return "node(s) didn't match Pod's node affinity/selector"
-        tolerated = {t["key"] for t in pod["spec"].get("tolerations") or []}
-        untolerated = [t for t in n["spec"]["taints"] if t["key"] not in tolerated]
-        if untolerated:
-            t = untolerated[0]
-            return f"node(s) had untolerated taint {{{t['key']}: {t.get('value', '')}}}"
-        for res, qty in _extended(pod).items():
-            bound = [p for p in self.pods.values() if p["spec"].get("nodeName") == n["metadata"]["name"]]
-            used = sum(_extended(p).get(res, 0) for p in bound)
-            if used + qty > int(n["status"]["allocatable"].get(res, 0)):
-                return f"Insufficient {res}"
-        return ""
-
-    def _unschedulable_message(self, reasons: list[str]) -> str:
-        counts: dict[str, int] = {}
-        for why in reasons:
-            counts[why] = counts.get(why, 0) + 1
-        detail = ", ".join(f"{c} {why}" for why, c in sorted(counts.items()))
-        return f"0/{len(self.nodes)} nodes are available: {detail}."
+        self._queues[(ns, pod_name)] = statuses[1:]

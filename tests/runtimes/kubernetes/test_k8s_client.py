@@ -114,18 +114,18 @@ def test_reads_and_lists(stub: tuple[KubeClient, StubPool]) -> None:
         (200, {"kind": "DeploymentList", "apiVersion": "apps/v1", "metadata": {},
                "items": [deployment("a", "x")]}),
         (200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}),
-        (200, {"kind": "NodeList", "apiVersion": "v1", "metadata": {},
-               "items": [{"metadata": {"name": "t4-1"}, "status": {"allocatable": {"nvidia.com/gpu": "1"}}}]}),
+        (404, {"kind": "Status", "code": 404}),
+        (200, {"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": "x", "labels": {"spaceport.site": "s"}}}),
     ]
     assert kube.read_deployment("a", "x") is None
     assert kube.list_deployments("app.kubernetes.io/managed-by=spaceport")[0]["metadata"]["name"] == "a"
     assert kube.list_pods("spaceport.instance=a", "x") == []
-    nodes = kube.list_nodes()
-    assert nodes[0]["status"]["allocatable"] == {"nvidia.com/gpu": "1"}
+    assert kube.read_namespace("gone") is None
+    assert kube.read_namespace("x")["metadata"]["labels"] == {"spaceport.site": "s"}
     paths = [split(r["url"]) for r in pool.requests]
     assert paths[1] == ("/apis/apps/v1/deployments", {"labelSelector": ["app.kubernetes.io/managed-by=spaceport"]})
     assert paths[2] == ("/api/v1/namespaces/x/pods", {"labelSelector": ["spaceport.instance=a"]})
-    assert paths[3][0] == "/api/v1/nodes"
+    assert [p for p, _ in paths[3:]] == ["/api/v1/namespaces/gone", "/api/v1/namespaces/x"]
 
 
 def test_pod_logs_stream_lines(stub: tuple[KubeClient, StubPool]) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ def make_spec(flavor: str = "cpu-basic", accel: Accelerators | None = None, cpu:
 LABELS = {
     "app.kubernetes.io/managed-by": "spaceport",
     "app.kubernetes.io/part-of": "spaceport",
+    "spaceport.site": "spaceport",
     "app.kubernetes.io/name": "space",
     "app.kubernetes.io/instance": "alice-demo-b1",
     "spaceport.instance": "alice-demo-b1",
@@ -159,7 +161,7 @@ def test_t4_pod_spec(site: SiteConfig) -> None:
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     env_names = [e["name"] for e in pod["containers"][0]["env"]]
     assert "CUDA_VISIBLE_DEVICES" not in env_names  # the device plugin exposes the devices itself
-    assert objects.instance_labels(spec)["spaceport.accelerator"] == "nvidia-t4"
+    assert objects.instance_labels(spec, site)["spaceport.accelerator"] == "nvidia-t4"
 
 
 def test_a10g_x2_pod_spec(site: SiteConfig) -> None:
@@ -201,7 +203,8 @@ def test_resource_quota_sums_types_sharing_a_resource(site: SiteConfig) -> None:
         "apiVersion": "v1",
         "kind": "ResourceQuota",
         "metadata": {"name": "spaceport-accelerators", "namespace": "spaceport-acme",
-                     "labels": {"app.kubernetes.io/managed-by": "spaceport", "app.kubernetes.io/part-of": "spaceport"}},
+                     "labels": {"app.kubernetes.io/managed-by": "spaceport", "app.kubernetes.io/part-of": "spaceport",
+                                "spaceport.site": "spaceport"}},
         "spec": {"hard": {"requests.huawei.com/Ascend910": "0", "requests.nvidia.com/gpu": "3"}},
     }
 
@@ -252,6 +255,45 @@ def test_venv_artifact_is_refused(site: SiteConfig) -> None:
 def test_unknown_accelerator_is_a_runtime_failure(site: SiteConfig) -> None:
     with pytest.raises(RuntimeFailure, match="unknown accelerator type 'tpu-v5'"):
         objects.deployment(make_spec("x", Accelerators("tpu-v5", ("0",))), site)
+
+
+def test_site_options_reach_the_pod_spec(site: SiteConfig) -> None:
+    custom = replace(site, namespace_prefix="sp2-", image_pull_secrets=("regcred",), runtime_class_name="gvisor",
+                     storage_class="fast-nvme")
+    deployment = objects.deployment(make_spec(), custom)
+    assert deployment["metadata"]["namespace"] == "sp2-alice"
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}] and pod["runtimeClassName"] == "gvisor"
+    assert pod["volumes"] == [{"name": "cache", "ephemeral": {"volumeClaimTemplate": {
+        "metadata": {"labels": {"app.kubernetes.io/managed-by": "spaceport", "app.kubernetes.io/part-of": "spaceport",
+                                "spaceport.site": "sp2"}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast-nvme",
+                 "resources": {"requests": {"storage": "2048Mi"}}}}}}]
+    assert pod["containers"][0]["volumeMounts"] == [{"name": "cache", "mountPath": "/home/user/.cache"}]
+    for obj in objects.owner_objects("alice", {}, custom) + objects.instance_objects(make_spec(), custom):
+        assert obj["metadata"]["labels"]["spaceport.site"] == "sp2", obj["kind"]
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    plain = objects.deployment(make_spec(), site)["spec"]["template"]["spec"]
+    assert not {"imagePullSecrets", "runtimeClassName", "volumes"} & set(plain)
+    assert "volumeMounts" not in plain["containers"][0]
+
+
+@pytest.mark.parametrize(("prefix", "owner", "namespace"), [
+    ("spaceport-", "system", "spaceport-system"),  # controller_namespace set to spaceport-system below
+    ("kube-", "system", "kube-system"),
+    ("kube-", "public", "kube-public"),
+    ("de", "fault", "default"),
+])
+def test_an_owner_never_maps_to_the_controller_or_a_system_namespace(
+        site: SiteConfig, prefix: str, owner: str, namespace: str) -> None:
+    """Attacker: an account named so that its namespace is the controller's (or kube-system) would get
+    the owner NetworkPolicy and ResourceQuota applied there, and its app run next to the controller."""
+    hostile = replace(site, namespace_prefix=prefix, controller_namespace="spaceport-system")
+    with pytest.raises(RuntimeFailure, match=f"maps to the namespace '{namespace}'"):
+        objects.owner_objects(owner, {}, hostile)
+    spec = make_spec(space=f"{owner}/demo")
+    with pytest.raises(RuntimeFailure, match="not an owner namespace"):
+        objects.instance_objects(spec, hostile)
 
 
 def all_objects(site: SiteConfig) -> list[dict[str, Any]]:
