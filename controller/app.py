@@ -32,6 +32,7 @@ from controller.proxy.routes import RouteTable
 from controller.runtimes.base import Runtime
 from controller.runtimes.factory import make_runtime, untrusted_push_refusal
 from controller.runtimes.posture import security_posture
+from controller.services import quotas
 from controller.services.access import SpaceAccess
 from controller.services.accounts import TOKEN_PREFIX
 from controller.services.bus import bus_for
@@ -68,7 +69,7 @@ def create_app(settings: Settings, *, platform: Platform | None = None, runtime:
     platform = platform or Platform(settings)
     celery = make_celery(settings)
     platform.enqueue_build = lambda build_id: celery.send_task("spaceport.build", args=[build_id])
-    runtime = runtime or make_runtime(settings)
+    runtime = runtime or make_runtime(settings, quotas=lambda owner: quotas.owner_limits(platform, owner))
     platform.untrusted_push_refusal = untrusted_push_refusal(settings, runtime)
     log_posture(settings, runtime)
     routes, activity = RouteTable(), ThrottledActivity(interval=5.0)

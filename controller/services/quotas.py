@@ -63,6 +63,14 @@ def quota_table(session: Session) -> QuotaTable:
     return QuotaTable(limits=limits, defaults={k: int(v) for k, v in defaults.items()})
 
 
+def owner_limits(platform: Platform, owner: str) -> dict[str, int]:
+    """{accelerator type: limit} of one owner (explicit or default), for every type of the catalog: what
+    the Kubernetes runtime mirrors into the owner namespace's ResourceQuota at each start."""
+    with platform.tx() as session:
+        table = quota_table(session)
+    return {kind: table.limit(owner, kind) for kind in catalog(platform).accelerators}
+
+
 def _lock_type(session: Session, kind: str) -> None:
     session.execute(update(AcceleratorDevice).where(AcceleratorDevice.accelerator == kind)
                     .values(accelerator=AcceleratorDevice.accelerator))

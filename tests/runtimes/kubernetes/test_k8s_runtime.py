@@ -355,3 +355,29 @@ async def test_http_probe_reports_the_apps_answer_or_none(unused_tcp_port: int) 
     finally:
         await runner.cleanup()
     assert await http_probe(f"http://127.0.0.1:{unused_tcp_port}/healthz") is None  # nothing listens
+
+
+def test_the_app_mirrors_the_owners_quotas_from_the_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """create_app hands make_runtime the database's quotas (explicit, else the platform default)."""
+    from controller.app import create_app
+    from controller.config import Settings
+    from controller.db.models import PlatformSetting
+    from controller.runtimes.kubernetes.client import KubeClient
+    from controller.services import accounts, quotas
+    from controller.services.platform import Platform
+
+    monkeypatch.setattr(KubeClient, "from_environment", classmethod(lambda cls, kubeconfig=None: FakeKube()))
+    settings = Settings(data_dir=tmp_path, runtime="kubernetes")
+    platform = Platform(settings)
+    platform.migrate()
+    try:
+        with platform.tx() as session:
+            accounts.create_user(session, "alice")
+            quotas.set_quota(session, platform, "alice", "nvidia-t4", 2)
+            session.add(PlatformSetting(key="default_quotas", value={"ascend-910b": 1}))
+        runtime = create_app(settings, platform=platform).state.runtime
+        assert isinstance(runtime, KubernetesRuntime) and runtime.quotas is not None
+        assert runtime.quotas("alice") == {"nvidia-t4": 2, "nvidia-a10g": 0, "ascend-910b": 1}
+        assert runtime.quotas("bob") == {"nvidia-t4": 0, "nvidia-a10g": 0, "ascend-910b": 1}
+    finally:
+        platform.dispose()
