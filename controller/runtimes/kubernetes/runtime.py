@@ -138,13 +138,12 @@ class KubernetesRuntime:
 
     async def _wait_healthy(self, name: str) -> None:
         deadline = time.monotonic() + self.site.wake_timeout
-        waiting = ""
         while True:
             deployment = await self._require(name)
             status = instance_status(deployment, await self._pods_of(deployment), self.site.cluster_domain)
             if status.state not in LIVE:
                 raise RuntimeFailure(f"The app did not come back from light sleep: {status.message}")
-            waiting = status.message or waiting
+            waiting = status.message  # why it is not serving yet, as of this check
             if is_ready(deployment) and status.endpoint is not None:
                 answer = await self.probe(status.endpoint.url + health_path(deployment))
                 if answer is not None and answer < 500:
