@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
+from typing import Any
 
 import aiohttp
 from starlette.concurrency import run_in_threadpool
@@ -131,8 +132,7 @@ class Reconciler:
         if row is None or row.state in ("starting", "stopped"):
             self._launch(snap)
         elif row.state == "frozen" and status is not None and status.state is State.FROZEN:
-            await self.runtime.thaw(snap.wanted)
-            await run_in_threadpool(db.update_row, self.platform, snap.wanted, state="ready")
+            self._background(snap.wanted, self._thaw(snap.pk, snap.wanted))  # on Kubernetes a thaw waits for a pod
         elif row.state in ("ready", "frozen") and (status is None or status.state not in LIVE):
             await self._crashed(snap.wanted, status)
         elif row.state == "crashed" and row.next_restart_at is not None and row.next_restart_at <= utcnow():
@@ -199,13 +199,29 @@ class Reconciler:
     # -- starting ------------------------------------------------------------------------------
     def _launch(self, snap: SpaceSnapshot) -> asyncio.Task[bool]:
         assert snap.wanted is not None
-        task = self._tasks.get(snap.wanted)
+        return self._background(snap.wanted, self._start(snap))
+
+    def _background(self, name: str, work: Coroutine[Any, Any, bool]) -> asyncio.Task[bool]:
+        """Run a start or thaw of instance `name` outside the pass (one at a time per instance)."""
+        task = self._tasks.get(name)
         if task is None:
-            task = asyncio.create_task(self._start(snap))
-            self._tasks[snap.wanted] = task
-            name = snap.wanted
+            task = asyncio.create_task(work)
+            self._tasks[name] = task
             task.add_done_callback(lambda _t: self._forget(name))
+        else:
+            work.close()  # already in flight: join it
         return task
+
+    async def _thaw(self, pk: int, name: str) -> bool:
+        try:
+            await self.runtime.thaw(name)
+        except RuntimeFailure as exc:  # e.g. the new pod never became healthy: a crash, restarted with backoff
+            await run_in_threadpool(db.mark_crashed, self.platform, name, str(exc))
+            self.kick()
+            return False
+        await run_in_threadpool(db.update_row, self.platform, name, state="ready")
+        await self._publish_fresh(pk)
+        return True
 
     def cancel_starts(self) -> None:
         """Stop the starts in flight (this process no longer leads: the new leader owns them now)."""
@@ -266,7 +282,8 @@ class Reconciler:
             if status.state not in LIVE:
                 cause = await watch.read_cause(answer, force=True)
                 return "exited", exited_message(status.exit_code, cause, status.message, before_answering=True)
-            problem = start_problem(answer, snap.health_path, await watch.read_cause(answer))
+            # what the app answers or printed, else why the runtime has not run it yet (a Pending pod's reason)
+            problem = start_problem(answer, snap.health_path, await watch.read_cause(answer)) or status.message or None
             if problem != shown:
                 shown = problem
                 await run_in_threadpool(db.update_row, self.platform, watch.name, message=problem)

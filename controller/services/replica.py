@@ -81,9 +81,9 @@ class Replica:
     # -- what the rest of the process calls -----------------------------------------------------
     def kick(self) -> None:
         """Thread-safe: desired state changed; the leader reconciles soon, wherever it runs."""
-        if self.role == "leader":
+        if self.role != "follower":  # also while starting: the first pass is about to run here
             self.reconciler.kick()
-        else:
+        if self.role != "leader":
             self.bus.publish(KICK)
 
     async def wake(self, route: Route) -> Route:
@@ -129,10 +129,14 @@ class Replica:
             self.role, self._reloaded = "follower", 0.0
             log.info("another replica leads: this one follows")
         if time.monotonic() - self._reloaded >= self.interval:
-            await self._flush_activity()
-            await self.sync.load_all()
-            self._reloaded = time.monotonic()
-            ready()
+            try:
+                await self._flush_activity()
+                await self.sync.load_all()
+            except Exception:  # the database restarting: keep the routes we have, try again next period
+                log.exception("follower reload failed; retrying")
+            else:
+                self._reloaded = time.monotonic()
+                ready()
         await asyncio.sleep(LEASE_RETRY)
 
     async def _flush_activity(self) -> None:
@@ -151,7 +155,7 @@ class Replica:
             self._spawn(self.sync.load_all())
 
     def _spawn(self, reload: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(reload)
+        task = asyncio.create_task(_logged(reload))
         self._reloads.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._reloads.discard)
 
@@ -176,3 +180,10 @@ class Replica:
         if current is None:
             raise WakeFailed("The space is gone.")
         return current
+
+
+async def _logged(reload: Coroutine[Any, Any, None]) -> None:
+    try:
+        await reload
+    except Exception:  # a notice's reload is a shortcut: the periodic reload covers a failed one
+        log.exception("route reload failed")

@@ -221,7 +221,7 @@ def test_duplicate_as_another_user(world: Site) -> None:
 
 
 def test_ui_routes_leave_api_git_and_health_alone(world: Site) -> None:
-    assert httpx.get(f"{world.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{world.url}/healthz").json() == {"status": "ok", "role": "leader"}
     assert httpx.get(f"{world.url}/api/spaces").status_code == 200
     refs = httpx.get(f"{world.url}/spaces/alice/demo/info/refs?service=git-upload-pack")
     assert refs.status_code == 200 and "git-upload-pack" in refs.headers["content-type"]
