@@ -5,13 +5,24 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export SPACEPORT_DATA_DIR ?= $(CURDIR)/.spaceport
 
-.PHONY: serve test lint venv bench clean
+.PHONY: serve test lint venv bench clean lock
 
-$(STAMP): pyproject.toml
+UV_VERSION := 0.13.9
+LOCK_CMD := uv pip compile --universal --python-version 3.11 --extra dev pyproject.toml -o requirements.lock
+
+# Spaceport's own dependencies are locked (requirements.lock): the drift that breaks old Space repos would
+# break `make serve` too. `make lock` re-resolves them (the upgrade path); tests/controller/test_lock.py
+# fails when pyproject.toml and the lock disagree.
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install -q --upgrade uv
-	@$(BIN)/uv pip install -q --python $(BIN)/python -e '.[dev]'
+	@$(BIN)/python -m pip install -q uv==$(UV_VERSION)
+	@$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock
+	@$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	@touch $(STAMP)
+
+lock: $(STAMP)
+	$(BIN)/$(LOCK_CMD) --upgrade -q
+	@echo "requirements.lock re-resolved; run make test before committing it"
 
 venv: $(STAMP)
 
