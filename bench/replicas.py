@@ -25,7 +25,7 @@ from _live import fmt, log, median, print_table
 from tests.security import host_get, static_files
 from tests.support.databases import fresh_database
 from tests.support.gitrepo import make_repo, push, remote
-from tests.support.replicas import kill, redis_db, replica, wait_role
+from tests.support.replicas import redis_db, replica, wait_role
 from tests.support.server import LiveServer
 from tests.support.spaces import wait_stage
 
@@ -81,7 +81,7 @@ def run_once(servers: list[LiveServer], token: str, i: int) -> dict[str, float]:
     wait_role(leader, "leader", 30)
     paused, restarted = propagation(leader, follower, token)
     started = time.monotonic()
-    kill(leader)
+    leader.kill()
     wait_role(follower, "leader", 30)
     takeover = time.monotonic() - started
     served = float(host_get(follower, "bench-demo", timeout=10).status_code == 200)

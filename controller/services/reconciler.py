@@ -224,7 +224,7 @@ class Reconciler:
         return True
 
     def cancel_starts(self) -> None:
-        """Stop the starts in flight (this process no longer leads: the new leader owns them now)."""
+        """Stop the starts and thaws in flight (this process no longer leads: the new leader owns them now)."""
         for task in list(self._tasks.values()):
             task.cancel()
 

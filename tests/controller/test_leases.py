@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -62,11 +63,9 @@ def test_postgres_lease_is_released_when_the_holding_process_is_killed(pg_db: st
             holder.kill()
 
 
-def _eventually(check: object, tries: int = 50) -> bool:
-    import time
-
+def _eventually(check: Callable[[], bool], tries: int = 50) -> bool:
     for _ in range(tries):
-        if check():  # type: ignore[operator]
+        if check():
             return True
         time.sleep(0.1)
     return False
@@ -110,7 +109,10 @@ async def test_redis_bus_delivers_notices_to_every_listener(tmp_path: Path, redi
 
     def handler(seen: list[tuple[str, str]], resync: asyncio.Event) -> object:
         def on(topic: str, data: str) -> None:
-            (resync.set() if topic == RESYNC else seen.append((topic, data)))
+            if topic == RESYNC:
+                resync.set()
+            else:
+                seen.append((topic, data))
         return on
 
     listeners = [asyncio.create_task(bus_for(settings).listen(handler(got, ev)))  # type: ignore[arg-type]

@@ -3,8 +3,6 @@ replica tests and bench/replicas.py."""
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -45,9 +43,3 @@ def wait_role(server: LiveServer, wanted: str, timeout: float) -> float:
         time.sleep(0.05)
     raise AssertionError(f"{server.url} never became {wanted} (is {role(server)}):\n{server.logs()[-3000:]}")
 
-
-def kill(server: LiveServer) -> None:
-    """SIGKILL a replica and its embedded worker (its apps live on in their own sessions)."""
-    assert server.proc is not None
-    os.killpg(server.proc.pid, signal.SIGKILL)
-    server.proc.wait()

@@ -74,8 +74,12 @@ class LiveServer:
         """Teardown: kill serve and its worker at once (nothing after a teardown needs their graceful exit:
         a Celery warm shutdown alone takes ~5 s), then remove the apps it started. tests/reliability/
         test_shutdown.py proves the graceful path."""
-        self._stop_server(signal.SIGKILL)
+        self.kill()
         self.cli("remove-all-instances", check=False)
+
+    def kill(self) -> None:
+        """SIGKILL serve and its embedded worker (its apps live on in their own sessions)."""
+        self._stop_server(signal.SIGKILL)
 
     def _stop_server(self, sig: int) -> None:
         """Stop serve and its worker (same process group); apps live in their own sessions."""
