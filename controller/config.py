@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     secret_key: str = Field(default="", description="Signs sessions, encrypts secrets; default kept in data dir")
     docker_host: str = ""
     registry_mirror: str = ""
+    registry: str = Field(default="", description="Registry every container build is pushed to and every runtime "
+                          "pulls from, e.g. registry.local:5000/spaces (empty: images stay on the building engine)")
+    image_builder: Literal["docker", "buildah"] = Field(default="docker", description="How container builds run: "
+                                                        "the Docker engine, or daemonless buildah (needs REGISTRY)")
     base_image_aliases: str = Field(default="", description="UPSTREAM=LOCAL pairs, comma separated")
     extra_ca_dir: Path = Path("/usr/local/share/ca-certificates")
     hardware_catalog: Path | None = None
