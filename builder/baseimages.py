@@ -6,8 +6,10 @@ or a registry mirror rewrites it; otherwise the build fails naming the image and
 fix it. Stage references (`FROM builder` after `FROM x AS builder`) and `scratch` are left alone.
 
 Families the bootstrap can make from Debian packages (builder/bootstrap.py):
-* python:3.X[...] -> spaceport/base-python:3.X; a minor the site has no base for resolves to the nearest
-  one it has, with a build-log warning (Debian bookworm packages only Python 3.11);
+* python:3.X-slim[...] -> spaceport/base-python:3.X, and the full tags (python:3.X, python:3.X-bookworm,
+  python:latest, ...) -> spaceport/base-sdk:3.X, because the official full images carry build-essential,
+  git, headers, ... (a llama-cpp or C-extension build needs the compiler); a minor the site has no base for
+  resolves to the nearest one it has, with a build-log warning (Debian bookworm packages only Python 3.11);
 * node:<major>[-slim|-alpine|-bookworm|...] -> spaceport/base-node:18 (Debian's nodejs; other majors and
   alpine variants with a warning);
 * debian:bookworm[-slim] -> spaceport/base-debian:bookworm.
@@ -32,10 +34,11 @@ DEBIAN_NODE_MAJOR = "18"  # what bookworm's nodejs package provides
 _NODE_TAG = re.compile(r"^node(?::(?P<major>\d+|lts|current|latest)?(?:\.[\d.]+)?(?:-(?P<variant>[a-z][a-z0-9.-]*))?)?$")
 
 _DEBIAN_TAGS = ("bookworm", "bookworm-slim", "12", "12-slim", "stable", "stable-slim", "latest")
-_PY_SUFFIXES = ("", "-slim", "-bookworm", "-slim-bookworm")
+_PY_SLIM_SUFFIXES = ("-slim", "-slim-bookworm")
+_PY_FULL_SUFFIXES = ("", "-bookworm")
 _HUB_PREFIXES = ("docker.io/library/", "index.docker.io/library/", "registry-1.docker.io/library/",
                  "docker.io/", "index.docker.io/", "library/")
-_PY_CANON = re.compile(r"^python:(3\.\d+)(?:\.\d+)?(?:-slim)?(?:-(?:bookworm|bullseye|buster|trixie))?$")
+_PY_CANON = re.compile(r"^python:(3\.\d+)(?:\.\d+)?(?P<slim>-slim)?(?:-(?:bookworm|bullseye|buster|trixie))?$")
 _VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<op>[-+])(?P<word>[^}]*))?\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
 _ARG = re.compile(r"^\s*ARG\s+(?P<rest>.+)$", re.IGNORECASE)
 _FROM = re.compile(r"^(?P<indent>\s*)FROM\s+(?P<rest>.+)$", re.IGNORECASE)
@@ -71,16 +74,20 @@ def nearest_python(requested: str, available: Iterable[str]) -> str | None:
 
 
 def default_aliases(python_versions: Iterable[str] = SUPPORTED_PYTHONS) -> dict[str, str]:
-    """python:3.X[-slim][-bookworm] -> spaceport/base-python:3.X; debian:bookworm[-slim] -> base-debian."""
+    """python:3.X-slim[-bookworm] -> base-python:3.X; python:3.X[-bookworm] -> base-sdk:3.X; debian -> base-debian."""
     versions = list(python_versions)
     aliases: dict[str, str] = {}
     for version in versions:
-        for suffix in _PY_SUFFIXES:
+        for suffix in _PY_SLIM_SUFFIXES:
             aliases[f"python:{version}{suffix}"] = python_base(version)
+        for suffix in _PY_FULL_SUFFIXES:
+            aliases[f"python:{version}{suffix}"] = sdk_base(version)
     if versions:
         newest = max(versions, key=lambda v: tuple(int(p) for p in v.split(".")))
-        for tag in ("3", "3-slim", "latest", "slim"):
+        for tag in ("3-slim", "slim"):
             aliases[f"python:{tag}"] = python_base(newest)
+        for tag in ("3", "latest", "bookworm", "3-bookworm"):
+            aliases[f"python:{tag}"] = sdk_base(newest)
     for tag in _DEBIAN_TAGS:
         aliases[f"debian:{tag}"] = DEBIAN_BASE
     aliases["node"] = node_base()  # the family default; exact tags below need no warning
@@ -304,8 +311,7 @@ def fallback_alias(image: str, aliases: Mapping[str, str]) -> tuple[str, str] | 
     name = normalize_ref(split_digest(image)[0])
     canon = _PY_CANON.match(name)
     if canon is not None:
-        have = {key.split(":", 1)[1]: target for key, target in aliases.items()
-                if re.fullmatch(r"python:3\.\d+", key)}
+        have = _python_minors(aliases, slim=canon.group("slim") is not None)
         nearest = nearest_python(canon.group(1), have)
         if nearest is None:
             return None
@@ -330,6 +336,17 @@ def _node_fallback(name: str, aliases: Mapping[str, str]) -> tuple[str, str] | N
     return target, "; ".join(notes) or f"node base from Debian's nodejs {DEBIAN_NODE_MAJOR}"
 
 
+def _python_minors(aliases: Mapping[str, str], slim: bool) -> dict[str, str]:
+    """{'3.11': target} of the python:3.X[-slim] aliases; a slim tag falls back to the full minor's alias
+    (an admin's 'python:3.10=...' covers python:3.10-slim too)."""
+    full = {key.split(":", 1)[1]: target for key, target in aliases.items() if re.fullmatch(r"python:3\.\d+", key)}
+    if not slim:
+        return full
+    slims = {key.split(":", 1)[1].removesuffix("-slim"): target for key, target in aliases.items()
+             if re.fullmatch(r"python:3\.\d+-slim", key)}
+    return {**full, **slims}
+
+
 def lookup_alias(image: str, aliases: Mapping[str, str]) -> str | None:
     """The alias target for an image reference, trying exact, tagged and canonical python forms."""
     name = normalize_ref(split_digest(image)[0])
@@ -338,7 +355,7 @@ def lookup_alias(image: str, aliases: Mapping[str, str]) -> str | None:
             return aliases[key]
     canon = _PY_CANON.match(name)
     if canon is not None:
-        return aliases.get(f"python:{canon.group(1)}")
+        return _python_minors(aliases, slim=canon.group("slim") is not None).get(canon.group(1))
     return None
 
 

@@ -36,6 +36,40 @@ def test_python_slim_is_aliased() -> None:
     assert messages == ["base image python:3.11-slim -> spaceport/base-python:3.11 (alias, line 1)"]
 
 
+@pytest.mark.parametrize(
+    ("image", "base"),
+    [
+        ("python:latest", "spaceport/base-sdk:3.11"),
+        ("python:3", "spaceport/base-sdk:3.11"),
+        ("python:3.11", "spaceport/base-sdk:3.11"),
+        ("python:3.11-bookworm", "spaceport/base-sdk:3.11"),
+        ("python:3.11.8-bullseye", "spaceport/base-sdk:3.11"),
+        ("docker.io/library/python:3.10", "spaceport/base-sdk:3.11"),  # nearest minor, with a warning
+        ("python:3.10.13", "spaceport/base-sdk:3.11"),
+        ("python:3.11-slim", "spaceport/base-python:3.11"),
+        ("python:3.11.9-slim-bookworm", "spaceport/base-python:3.11"),
+        ("python:3.9-slim-bullseye", "spaceport/base-python:3.11"),
+        ("python:slim", "spaceport/base-python:3.11"),
+        ("python:3-slim", "spaceport/base-python:3.11"),
+    ],
+)
+def test_full_python_tags_get_the_sdk_base_and_slim_tags_the_slim_one(image: str, base: str) -> None:
+    """The official full images have build-essential, git and headers (a llama-cpp build needs a C++
+    compiler); -slim ones do not."""
+    text, messages = resolve_from_lines(f"FROM {image}\n", ALIASES, None, bootstrapped)
+    assert text == f"FROM {base}\n"
+    assert f"{image} -> {base}" in messages[0]
+
+
+def test_an_admins_minor_alias_covers_its_slim_tag_and_a_slim_alias_wins() -> None:
+    aliases = {**ALIASES, "python:3.10": "my/python:3.10"}
+    assert lookup_alias("python:3.10-slim", aliases) == "my/python:3.10"
+    assert lookup_alias("python:3.10.2", aliases) == "my/python:3.10"
+    aliases["python:3.10-slim"] = "my/python:3.10-slim"
+    assert lookup_alias("python:3.10-slim-bookworm", aliases) == "my/python:3.10-slim"
+    assert lookup_alias("python:3.10-bookworm", aliases) == "my/python:3.10"
+
+
 def test_locally_available_image_is_kept() -> None:
     original = "FROM python:3.11-slim\n"
     assert resolve_from_lines(original, ALIASES, None, lambda ref: ref == "python:3.11-slim") == (original, [])
@@ -49,7 +83,7 @@ def test_multi_stage_keeps_stage_references() -> None:
     )
     text, messages = resolve_from_lines(dockerfile, ALIASES, None, bootstrapped)
     assert text.splitlines() == [
-        "FROM spaceport/base-python:3.11 AS build",
+        "FROM spaceport/base-sdk:3.11 AS build",
         "RUN echo build",
         "FROM --platform=linux/amd64 spaceport/base-debian:bookworm as runtime",
         "COPY --from=build /x /x",
@@ -80,9 +114,9 @@ def test_build_arg_overrides_default_and_unresolvable_names_fix() -> None:
 
 def test_python_minor_the_site_lacks_resolves_to_the_nearest_with_a_warning() -> None:
     text, messages = resolve_from_lines("FROM python:3.10\nFROM python:3.12-slim-bookworm\n", ALIASES, None, bootstrapped)
-    assert text == "FROM spaceport/base-python:3.11\nFROM spaceport/base-python:3.11\n"
+    assert text == "FROM spaceport/base-sdk:3.11\nFROM spaceport/base-python:3.11\n"
     assert messages[0].startswith("warning: Python 3.10 is not available on this server")
-    assert "using the nearest, Python 3.11" in messages[0] and "python:3.10 -> spaceport/base-python:3.11" in messages[0]
+    assert "using the nearest, Python 3.11" in messages[0] and "python:3.10 -> spaceport/base-sdk:3.11" in messages[0]
     assert nearest_python("3.10", ("3.9", "3.11")) == "3.11" and nearest_python("3.8", ("3.9", "3.12")) == "3.9"
     assert nearest_python("3.10", ()) is None
 
@@ -160,7 +194,7 @@ def test_digests() -> None:
 
 def test_scratch_and_hub_spellings() -> None:
     assert resolve_from_lines("FROM scratch\n", ALIASES, None, bootstrapped) == ("FROM scratch\n", [])
-    assert lookup_alias("docker.io/library/python:3.11", ALIASES) == "spaceport/base-python:3.11"
+    assert lookup_alias("docker.io/library/python:3.11", ALIASES) == "spaceport/base-sdk:3.11"
     assert lookup_alias("python:3.11.9-slim-bookworm", ALIASES) == "spaceport/base-python:3.11"
     assert lookup_alias("python:3.12-slim", ALIASES) is None  # no exact alias: the nearest-minor fallback decides
     assert lookup_alias("debian", ALIASES) == "spaceport/base-debian:bookworm"
@@ -168,7 +202,7 @@ def test_scratch_and_hub_spellings() -> None:
 
 def test_continued_from_line_is_joined() -> None:
     text, _ = resolve_from_lines("FROM \\\n  python:3.11 AS base\nRUN true\n", ALIASES, None, bootstrapped)
-    assert text == "FROM spaceport/base-python:3.11 AS base\nRUN true\n"
+    assert text == "FROM spaceport/base-sdk:3.11 AS base\nRUN true\n"
 
 
 def test_parse_aliases() -> None:
