@@ -39,7 +39,7 @@ from builder.requirements import check_requirement_files, has_local_paths
 from builder.sandbox import BuildSandbox
 from builder.spaceconfig import DEFAULT_PYTHON, SpaceConfig
 
-ENV_FORMAT = 2  # bump to invalidate every cached environment (2: install plan, hosted default Python)
+ENV_FORMAT = 3  # bump to invalidate every cached environment (2: install plan, hosted default Python; 3: seeded pip)
 MARKER = ".spaceport-env.json"
 SANDBOX_PATH = "/usr/bin:/bin"
 REQUIREMENT_FILES = ("pre-requirements.txt", "requirements.txt")
@@ -243,6 +243,8 @@ def _steps(tmp: Path, job: _Job, constraints: Path) -> list[_Step]:
            "--python", str(tmp / "bin" / "python")]
     steps = [_Step(f"creating a Python {config.python} environment failed",
                    ["venv", "--no-config", "--relocatable", "--python", str(job.interpreter), str(tmp)])]
+    if config.sdk != "static":
+        steps.append(_Step("installing pip and setuptools into the environment failed", [*pip, *seed_packages(config.python)]))
     if not job.plan.steps:  # static: no SDK, the requirements as they are
         return steps + [_Step(f"installing {name} failed; fix {name}", [*pip, "-r", name])
                         for name in REQUIREMENT_FILES if (source / name).is_file()]
@@ -250,6 +252,15 @@ def _steps(tmp: Path, job: _Job, constraints: Path) -> list[_Step]:
         undated = [*pip, *step.without_date().uv_args(str(constraints))] if step.exclude_newer else None
         steps.append(_Step(_failure(step, config), [*pip, *step.uv_args(str(constraints))], undated, step.retry_note()))
     return steps
+
+
+def seed_packages(python: str) -> list[str]:
+    """What the hosted images' Python has besides the space's packages: pip (an app's own `pip install ...`
+    at start then runs the venv's pip, first on PATH, not a system pip that refuses), and below Python 3.12
+    setuptools with pkg_resources (the official images' ensurepip one; setuptools 81 removed it) and wheel."""
+    if tuple(int(part) for part in python.split(".")[:2] if part.isdigit()) >= (3, 12):
+        return ["pip"]
+    return ["pip", "setuptools<81", "wheel"]
 
 
 def _failure(step: sdkdeps.InstallStep, config: SpaceConfig) -> str:

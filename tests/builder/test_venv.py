@@ -231,7 +231,8 @@ def test_plan_becomes_one_uv_install_per_step_with_constraints_and_date(tmp_path
     plan = install_plan(config, {"requirements.txt"}, datetime(2024, 4, 16, tzinfo=UTC))
     steps = _steps(tmp_path / "venv", _job(tmp_path, plan, []), tmp_path / "c.txt")  # type: ignore[arg-type]
     assert steps[0].args[:4] == ["venv", "--no-config", "--relocatable", "--python"] and "/py/bin/python3.10" in steps[0].args
-    installs = steps[1:]
+    assert steps[1].args[-3:] == ["pip", "setuptools<81", "wheel"]  # as the hosted images' Python 3.10 has
+    installs = steps[2:]
     assert [s.args[s.args.index(str(tmp_path / "venv" / "bin" / "python")) + 1] for s in installs] == \
         ["datasets", "-r", "streamlit==1.34.0"]  # base packages, requirements.txt, the sdk pin last
     for step in installs:
@@ -240,6 +241,14 @@ def test_plan_becomes_one_uv_install_per_step_with_constraints_and_date(tmp_path
         assert step.undated is not None and "--exclude-newer" not in step.undated and "--constraint" in step.undated
     assert "fix requirements.txt (it must fit the constraints for streamlit 1.34.0: numpy<2)" in installs[1].failure
     assert "sdk_version in README.md" in installs[2].failure
+
+
+def test_seed_packages_follow_the_official_images() -> None:
+    from builder.venv import seed_packages
+
+    assert seed_packages("3.10") == ["pip", "setuptools<81", "wheel"]  # pkg_resources, as ensurepip's setuptools
+    assert seed_packages("3.11") == seed_packages("3.8")
+    assert seed_packages("3.12") == ["pip"] and seed_packages("3.13") == ["pip"]  # no setuptools since 3.12
 
 
 def test_a_failing_dated_step_is_retried_once_without_the_date(tmp_path: Path) -> None:
@@ -262,7 +271,7 @@ def test_a_failing_dated_step_is_retried_once_without_the_date(tmp_path: Path) -
         return Result(1, ["  x No solution found when resolving dependencies"]) if fails else Result(0)
 
     _run_steps(steps, run, job)  # type: ignore[arg-type]
-    assert [("-r" in a, "--exclude-newer" in a) for a in ran] == [(False, False), (False, True), (True, True), (True, False),
+    assert [("-r" in a, "--exclude-newer" in a) for a in ran] == [(False, False), (False, False), (False, True), (True, True), (True, False),
                                                                   (False, True)]
     assert any("requirements.txt cannot resolve as of 2024-04-17T00:00:00Z" in line and "retrying" in line for line in log)
     with pytest.raises(BuildFailure) as info:
