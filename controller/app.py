@@ -19,6 +19,7 @@ from controller.api import hub as hub_api
 from controller.api import logs as logs_api
 from controller.api import repos as repos_api
 from controller.api import spaces as spaces_api
+from controller.api import zerogpu as zerogpu_api
 from controller.api.framing import FrameGuard
 from controller.api.limits import RequestLimits, StreamLimiter
 from controller.api.logfeeds import LogHub
@@ -99,6 +100,7 @@ def create_app(settings: Settings, *, platform: Platform | None = None, runtime:
     app_auth = AppAuth(settings.key, cookie_max_age=settings.app_session_max_age)
     app.state.app_auth = app_auth
     app.add_exception_handler(SpaceportError, _error_response)
+    zerogpu_api.install(app, platform, runtime)  # ZeroGPU device API + quota (issue 15), before /api/spaces/{o}/{n}
     for router in (repos_api.router, hardware_api.router, spaces_api.router, logs_api.router, hub_api.router,
                    admin_api.router, git_http.router):
         app.include_router(router)
@@ -117,4 +119,5 @@ def create_app(settings: Settings, *, platform: Platform | None = None, runtime:
         public_url=settings.public_url, app_auth=app_auth, token_prefix=TOKEN_PREFIX,
         platform_cookies=(SESSION_COOKIE, CSRF_COOKIE),
     )
+    app.add_middleware(zerogpu_api.VisitorTokens, platform=platform, routes=routes, apps_domain=settings.apps_domain)
     return app

@@ -235,3 +235,48 @@ class PlatformSetting(Base):
     __tablename__ = "platform_settings"
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[Any] = mapped_column(JSON)
+
+
+# ---- ZeroGPU (issue 15): per-call GPU leases, GPU-second quotas -------------------------------------
+
+
+class ZeroGpuDevice(Base):
+    """A GPU of a ZeroGPU pool (shared per call), declared by the admin; never in accelerator_devices."""
+
+    __tablename__ = "zerogpu_devices"
+    __table_args__ = (UniqueConstraint("accelerator", "device_index"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    accelerator: Mapped[str] = mapped_column(String(32), index=True)
+    device_index: Mapped[int] = mapped_column(Integer)
+    uuid: Mapped[str] = mapped_column(String(100), unique=True)
+    node: Mapped[str] = mapped_column(String(100), default="local")
+
+
+class ZeroGpuQuota(Base):
+    """An admin's override: GPU seconds per day for a user, or for every member of an organization."""
+
+    __tablename__ = "zerogpu_quotas"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), unique=True)
+    seconds_per_day: Mapped[int] = mapped_column(Integer)
+
+
+class ZeroGpuLease(Base):
+    """One granted call: who paid, on which device, for how long it was asked and how long it was used."""
+
+    __tablename__ = "zerogpu_leases"
+    __table_args__ = (Index("ix_zerogpu_leases_subject_released", "subject", "released_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    space_id: Mapped[int | None] = mapped_column(ForeignKey("spaces.id", ondelete="SET NULL"), default=None, index=True)
+    instance: Mapped[str] = mapped_column(String(120))
+    device_uuid: Mapped[str] = mapped_column(String(100))
+    subject: Mapped[str] = mapped_column(String(200))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"), default=None)
+    duration: Mapped[int] = mapped_column(Integer)
+    granted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    allowed_at: Mapped[datetime | None] = mapped_column(default=None)
+    released_at: Mapped[datetime | None] = mapped_column(default=None)
+    pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    charged_seconds: Mapped[float] = mapped_column(default=0.0)
+    outcome: Mapped[str] = mapped_column(String(16), default="granted")  # granted|released|failed|expired|stopped

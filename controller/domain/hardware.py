@@ -43,6 +43,7 @@ class AcceleratorType:
     pretty_name: str = ""
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
+    cuda: Mapping[str, str] = field(default_factory=dict)  # ZeroGPU: what the `spaces` package fakes in the main process
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class HardwareFlavor:
     accelerator_count: int = 0
     pids: int = DEFAULT_PIDS
     disk_gb: float = DEFAULT_DISK_GB
+    zero_gpu: str | None = None  # ZeroGPU: runs on CPU, borrows a GPU of this type per decorated call
 
     @property
     def memory_mb(self) -> int:
@@ -220,6 +222,7 @@ def _parse_accelerator(name: str, entry: Mapping[str, Any]) -> AcceleratorType:
         pretty_name=str(entry.get("pretty_name") or name),
         node_selector={str(k): str(v) for k, v in (entry.get("node_selector") or {}).items()},
         tolerations=tuple(dict(t) for t in tolerations),
+        cuda={str(k): str(v) for k, v in (entry.get("cuda") or {}).items()},
     )
 
 
@@ -231,6 +234,10 @@ def _parse_flavor(name: str, entry: Mapping[str, Any], accels: Mapping[str, Acce
     count = int(entry.get("accelerator_count", 1 if accel else 0))
     if accel is not None and accel not in accels:
         raise CatalogError(f"{where}.accelerator {accel!r} is not one of: {', '.join(accels) or 'none'}")
+    zero = entry.get("zero_gpu")
+    if zero is not None and (accel is not None or zero not in accels):
+        raise CatalogError(f"{where}.zero_gpu {zero!r} must be one of: {', '.join(accels) or 'none'}, "
+                           "on a flavor without 'accelerator' (a ZeroGPU flavor runs on CPU and borrows a GPU per call)")
     if accel is not None and count < 1:
         raise CatalogError(f"{where}.accelerator_count must be at least 1 for accelerator {accel!r}")
     try:
@@ -243,6 +250,7 @@ def _parse_flavor(name: str, entry: Mapping[str, Any], accels: Mapping[str, Acce
             accelerator_count=count if accel is not None else 0,
             pids=int(entry.get("pids", DEFAULT_PIDS)),
             disk_gb=float(entry.get("disk_gb", DEFAULT_DISK_GB)),
+            zero_gpu=str(zero) if zero is not None else None,
         )
     except (TypeError, ValueError) as exc:
         raise CatalogError(f"{where}: {exc}") from exc

@@ -16,7 +16,7 @@ from controller.domain.hardware import hardware_spec
 from controller.domain.lifecycle import Observed, restart_backoff
 from controller.domain.naming import instance_name
 from controller.runtimes.base import Accelerators, HardwareSpec, InstanceSpec
-from controller.services import quotas
+from controller.services import quotas, zerogpu
 from controller.services.buildlogs import secret_masker
 from controller.services.lifecycle import release_accelerators
 from controller.services.platform import Platform
@@ -248,6 +248,7 @@ def instance_spec(platform: Platform, space_pk: int, name: str) -> InstanceSpec:
         hardware = HardwareSpec(flavor=res.flavor, cpu=res.cpu, memory_mb=res.memory_mb, pids=res.pids,
                                 disk_mb=res.disk_mb, accelerators=Accelerators(accel, devices) if accel else None)
         env = app_env(session, platform, space, hardware)
+        env = zerogpu.with_zero_env(platform, space.requested_hardware, name, env)  # ZeroGPU (issue 15)
         artifact: Artifact = artifact_from_dict(build.artifact)
         labels = {"spaceport.space": space.space_id, "spaceport.build": str(build.id)}
         return InstanceSpec(name=name, space_id=space.space_id, artifact=artifact, env=env, hardware=hardware, labels=labels,
