@@ -8,6 +8,8 @@ sandboxed build (test_sandboxed_hosted_defaults_sdk_pin_wins_over_requirements).
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import subprocess
 import threading
 from collections.abc import Callable
@@ -343,3 +345,39 @@ def test_sandboxed_hosted_defaults_sdk_pin_wins_over_requirements(tmp_path: Path
     assert any("constraints for streamlit 1.34.0: numpy<2" in line for line in log)
     assert any("requirements.txt cannot resolve as of 2024-05-03" in line for line in log)
     assert not any("base packages cannot resolve" in line for line in log)
+
+
+def _sealed_venv(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        path.chmod(0o755 if name.endswith(".so") else 0o644)
+    return root
+
+
+def test_sealed_venvs_share_identical_files_by_hardlinks_but_never_sources_or_unsealed_files(tmp_path: Path) -> None:
+    from builder.venv import prune_store, share_files
+
+    store = tmp_path / "store"
+    common = {"lib/site-packages/pkg/_core.so": b"ELF" * 5000, "lib/site-packages/pkg/static/app.js": b"js" * 3000,
+              "lib/site-packages/pkg/mod.py": b"x = 1\n", "lib/site-packages/pkg/__pycache__/mod.cpython-311.pyc": b"pyc"}
+    first = _sealed_venv(tmp_path / "a", common)
+    second = _sealed_venv(tmp_path / "b", {**common, "lib/site-packages/pkg/own.so": b"other"})
+    assert share_files(first, store).new == 2 and share_files(first, store).files == 0  # twice: nothing more
+    shared = share_files(second, store)
+    assert (shared.files, shared.new) == (2, 1)
+    for name in ("lib/site-packages/pkg/_core.so", "lib/site-packages/pkg/static/app.js"):
+        assert (first / name).stat().st_ino == (second / name).stat().st_ino
+        assert (second / name).read_bytes() == common[name]
+    assert stat.S_IMODE((second / "lib/site-packages/pkg/_core.so").stat().st_mode) == 0o755
+    for name in ("lib/site-packages/pkg/mod.py", "lib/site-packages/pkg/__pycache__/mod.cpython-311.pyc"):
+        assert (first / name).stat().st_ino != (second / name).stat().st_ino  # its mtime belongs to its .pyc
+    unsealed = _sealed_venv(tmp_path / "c", common)
+    os.chown(unsealed / "lib/site-packages/pkg/static/app.js", 100_123, 100_123)  # a build uid's file: never shared
+    share_files(unsealed, store)
+    assert (unsealed / "lib/site-packages/pkg/static/app.js").stat().st_nlink == 1
+    shutil.rmtree(first)
+    shutil.rmtree(second)
+    shutil.rmtree(unsealed)
+    assert prune_store(store) == 3 and not any(store.rglob("*-*"))
