@@ -155,10 +155,6 @@ class Settings(BaseSettings):
             "and links the host URL, and private apps there sign visitors in through /auth/app."
         ),
     )
-    data_plane: Literal["auto", "haproxy", "python"] = Field(
-        default="auto", description="What carries visitors' traffic to running public spaces under `spaceport serve`: "
-        "'haproxy' (/usr/sbin/haproxy in front, programmed at run time), 'python' (the built-in proxy only), "
-        "'auto' (haproxy when installed, else python with a warning)")
     app_session_max_age: int = Field(
         default=3600, ge=60,
         description="Seconds a private space's sign-in cookie on its host URL lasts before the visitor is "

@@ -26,6 +26,8 @@ EXPECTED = {
     "a10g-largex4": (48, 184, "nvidia-a10g", 4),
     "ascend-910b-x1": (24, 192, "ascend-910b", 1),
     "ascend-910b-x2": (48, 384, "ascend-910b", 2),
+    "zero-a10g": (2, 16, None, 0),  # ZeroGPU: CPU hardware, a GPU per call (zero_gpu below)
+    "zero-t4": (2, 16, None, 0),
 }
 
 
@@ -33,6 +35,20 @@ def test_default_catalog_has_the_hf_flavors() -> None:
     catalog = load_catalog()
     got = {f.name: (f.vcpu, f.memory_gb, f.accelerator, f.accelerator_count) for f in catalog.flavors.values()}
     assert got == EXPECTED
+
+
+def test_zero_flavors_borrow_a_gpu_type_and_must_not_also_hold_one(tmp_path: Path) -> None:
+    catalog = load_catalog()
+    assert (catalog.flavor("zero-a10g").zero_gpu, catalog.flavor("zero-t4").zero_gpu) == ("nvidia-a10g", "nvidia-t4")
+    assert catalog.flavor("t4-small").zero_gpu is None
+    assert catalog.accelerator("nvidia-t4").cuda["device_name"] == "Tesla T4"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("flavors:\n  zero-x: {vcpu: 1, memory_gb: 1, zero_gpu: nvidia-t4, accelerator: nvidia-t4}\n")
+    with pytest.raises(CatalogError, match="zero_gpu"):
+        load_catalog(bad)
+    bad.write_text("flavors:\n  zero-x: {vcpu: 1, memory_gb: 1, zero_gpu: h100}\n")
+    with pytest.raises(CatalogError, match="zero-x.zero_gpu 'h100'"):
+        load_catalog(bad)
 
 
 def test_accelerator_types_map_to_device_plugin_resources() -> None:

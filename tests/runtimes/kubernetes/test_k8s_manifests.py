@@ -60,7 +60,7 @@ def test_gpu_overlay_override_is_a_valid_catalog_override() -> None:
     catalog = load_catalog(K8S / "overlays" / "gpu" / "gpu-pool.yaml")
     assert dict(catalog.accelerator("nvidia-t4").node_selector) == {
         "cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
-    assert sorted(catalog.flavors) == ["cpu-basic", "cpu-upgrade", "t4-medium", "t4-small"]
+    assert sorted(catalog.flavors) == ["cpu-basic", "cpu-upgrade", "t4-medium", "t4-small", "zero-t4"]
 
 
 def test_every_overlay_is_checked() -> None:
