@@ -15,15 +15,17 @@ Without an owner (direct builder use, tests) uv's default cache is used, as befo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
+import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import uv
@@ -39,8 +41,9 @@ from builder.requirements import check_requirement_files, has_local_paths
 from builder.sandbox import BuildSandbox
 from builder.spaceconfig import DEFAULT_PYTHON, SpaceConfig
 
-ENV_FORMAT = 2  # bump to invalidate every cached environment (2: install plan, hosted default Python)
+ENV_FORMAT = 3  # bump to invalidate every cached environment (2: install plan, hosted default Python; 3: seeded pip)
 MARKER = ".spaceport-env.json"
+STORE = "venv-store"  # cache_dir/STORE: content-addressed inodes shared by sealed venvs (share_files)
 SANDBOX_PATH = "/usr/bin:/bin"
 REQUIREMENT_FILES = ("pre-requirements.txt", "requirements.txt")
 
@@ -223,6 +226,7 @@ def _create(final: Path, job: _Job) -> None:
                                   "exclude_newer": job.plan.exclude_newer, "constraints": list(job.plan.constraints)}))
         if job.sandbox is not None:
             job.sandbox.seal(tmp)  # before it becomes visible: no build identity can change it afterwards
+            _log_shared(job.log, share_files(tmp, job.cache_dir / STORE))
         try:
             tmp.rename(final)
         except OSError:
@@ -234,6 +238,89 @@ def _create(final: Path, job: _Job) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class Shared:
+    files: int = 0  # files now hardlinked to an identical one of an earlier sealed venv
+    bytes: int = 0  # the disk that saved
+    new: int = 0  # files whose content the store did not have yet
+
+
+def share_files(venv: Path, store: Path) -> Shared:
+    """Hardlink every file of a sealed venv to an identical (content and mode) file of earlier sealed venvs.
+
+    The sandboxed build's uv cannot hardlink from the owner's cache (separate mounts; and
+    fs.protected_hardlinks forbids the build uid to link the root-owned inodes of sealed venvs), so each
+    venv started as a full copy (about 1.1 GB for gradio). Here, as root, after `seal` (no build process is
+    left and every inode is root-owned and read-only to everyone else): `store` names each content once
+    (`<sha256>-<mode>`, root-only directories), so a file's bytes are on disk once across builds and
+    owners: content-addressed, as DESIGN's trust boundary allows caches to be shared. `.py` sources and
+    their `.pyc` are left alone: a shared source would carry another venv's mtime and make its timestamp
+    `.pyc` stale (recompiled in memory on every start, since apps cannot write the venv)."""
+    store.mkdir(mode=0o700, exist_ok=True)
+    prune_store(store)
+    files = size = new = 0
+    for path in _shareable(venv):
+        info = path.lstat()
+        with path.open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        entry = store / digest[:2] / f"{digest}-{stat.S_IMODE(info.st_mode):o}"
+        entry.parent.mkdir(mode=0o700, exist_ok=True)
+        try:
+            os.link(path, entry)
+            new += 1
+            continue
+        except FileExistsError:
+            pass
+        except OSError:
+            continue  # EMLINK (a popular file's link count is full) and the like: keep the copy
+        if _replace_by_link(path, entry, info):
+            files, size = files + 1, size + info.st_blocks * 512
+    return Shared(files, size, new)
+
+
+def prune_store(store: Path) -> int:
+    """Drop the store's names of contents no venv holds any more (link count 1); returns how many."""
+    pruned = 0
+    for bucket in store.iterdir():
+        for entry in bucket.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if entry.lstat().st_nlink == 1:
+                    entry.unlink()
+                    pruned += 1
+    return pruned
+
+
+def _shareable(venv: Path) -> Iterator[Path]:
+    for top, _dirs, names in os.walk(venv, followlinks=False):
+        for name in names:
+            path = Path(top) / name
+            if path.suffix in (".py", ".pyc") or name == MARKER:
+                continue
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode) and info.st_size > 0 and info.st_uid == 0 and info.st_nlink == 1:
+                yield path
+
+
+def _replace_by_link(path: Path, entry: Path, info: os.stat_result) -> bool:
+    """Swap the venv's copy for a link to the store's inode (same size, owner and mode), atomically."""
+    try:
+        known = entry.lstat()
+        if known.st_size != info.st_size or known.st_uid != 0 or known.st_ino == info.st_ino:
+            return False
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.share")
+        os.link(entry, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        return False  # pruned meanwhile, or the link count is full: keep the copy
+    return True
+
+
+def _log_shared(log: Log, shared: Shared) -> None:
+    if shared.files:
+        log(f"spaceport: {shared.files} files ({shared.bytes / 1e6:.0f} MB) shared with earlier environments "
+            f"by hardlinks; {shared.new} new")
+
+
 def _steps(tmp: Path, job: _Job, constraints: Path) -> list[_Step]:
     """uv venv, then one `uv pip install` per step of the install plan (requirements as they are without one)."""
     config, source = job.config, job.source
@@ -243,6 +330,8 @@ def _steps(tmp: Path, job: _Job, constraints: Path) -> list[_Step]:
            "--python", str(tmp / "bin" / "python")]
     steps = [_Step(f"creating a Python {config.python} environment failed",
                    ["venv", "--no-config", "--relocatable", "--python", str(job.interpreter), str(tmp)])]
+    if config.sdk != "static":
+        steps.append(_Step("installing pip and setuptools into the environment failed", [*pip, *seed_packages(config.python)]))
     if not job.plan.steps:  # static: no SDK, the requirements as they are
         return steps + [_Step(f"installing {name} failed; fix {name}", [*pip, "-r", name])
                         for name in REQUIREMENT_FILES if (source / name).is_file()]
@@ -250,6 +339,15 @@ def _steps(tmp: Path, job: _Job, constraints: Path) -> list[_Step]:
         undated = [*pip, *step.without_date().uv_args(str(constraints))] if step.exclude_newer else None
         steps.append(_Step(_failure(step, config), [*pip, *step.uv_args(str(constraints))], undated, step.retry_note()))
     return steps
+
+
+def seed_packages(python: str) -> list[str]:
+    """What the hosted images' Python has besides the space's packages: pip (an app's own `pip install ...`
+    at start then runs the venv's pip, first on PATH, not a system pip that refuses), and below Python 3.12
+    setuptools with pkg_resources (the official images' ensurepip one; setuptools 81 removed it) and wheel."""
+    if tuple(int(part) for part in python.split(".")[:2] if part.isdigit()) >= (3, 12):
+        return ["pip"]
+    return ["pip", "setuptools<81", "wheel"]
 
 
 def _failure(step: sdkdeps.InstallStep, config: SpaceConfig) -> str:

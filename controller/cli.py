@@ -31,6 +31,7 @@ app.add_typer(cli_admin.images_app, name="images")
 app.add_typer(cli_admin.quota_app, name="quota")
 app.add_typer(cli_admin.accel_app, name="accelerators")
 app.add_typer(cli_admin.zerogpu_app, name="zerogpu")
+app.add_typer(cli_admin.zerogpu_app, name="zerogpu")
 app.command()(cli_admin.logs)
 app.command("remove-all-instances")(cli_admin.remove_all_instances)
 app.command("gc")(cli_admin.gc)
@@ -90,6 +91,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: DataDir = None,
     import uvicorn
 
     from controller.app import create_app
+    from controller.dataplane import front
 
     if not settings.public_url:
         os.environ["SPACEPORT_PUBLIC_URL"] = f"http://{'localhost' if host in ('0.0.0.0', '127.0.0.1') else host}:{port}"
@@ -102,9 +104,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: DataDir = None,
     # the default handler the process would die there, before `finally` stops the embedded worker.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", loop="uvloop",
-                    http="httptools", ws="websockets", timeout_graceful_shutdown=5,
-                    server_header=False, date_header=False)  # the proxied app's own headers pass through
+        asgi = create_app(settings)
+        with front(settings, host, port, asgi) as (app_host, app_port):  # HAProxy on the port, when installed
+            uvicorn.run(asgi, host=app_host, port=app_port, log_level="info", loop="uvloop",
+                        http="httptools", ws="websockets", timeout_graceful_shutdown=5,
+                        server_header=False, date_header=False)  # the proxied app's own headers pass through
     finally:
         for child in children:
             child.send_signal(signal.SIGTERM)

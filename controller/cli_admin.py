@@ -225,3 +225,68 @@ def zerogpu_quota(account: str, seconds: int | None = typer.Argument(None, help=
     except SpaceportError as exc:
         _fail(exc.message)
     err.print(f"{account}: {'default' if seconds is None else f'{seconds} s'} of ZeroGPU per day")
+
+
+# ---- ZeroGPU (issue 15) ------------------------------------------------------------------------------
+
+zerogpu_app = typer.Typer(help="ZeroGPU: the shared GPU pool and GPU seconds per day.", no_args_is_help=True)
+
+
+@zerogpu_app.command("add-device")
+def zerogpu_add_device(accelerator: str, index: int = typer.Option(..., "--index", help="nvidia-smi's index"),
+                       uuid: str = typer.Option(..., "--uuid", help="nvidia-smi -L: GPU-..."), node: str = "local",
+                       data_dir: DataDir = None) -> None:
+    """Put one GPU of ACCELERATOR (nvidia-t4, nvidia-a10g) in the ZeroGPU pool of the zero-* flavors."""
+    from controller.services import zerogpu
+
+    platform = platform_for(data_dir)
+    try:
+        with platform.tx() as session:
+            zerogpu.add_device(session, quotas.catalog(platform), accelerator, index, uuid, node)
+    except SpaceportError as exc:
+        _fail(exc.message)
+    err.print(f"ZeroGPU pool: {accelerator} #{index} ({uuid})")
+
+
+@zerogpu_app.command("devices")
+def zerogpu_devices(data_dir: DataDir = None) -> None:
+    from controller.services import zerogpu
+
+    platform = platform_for(data_dir)
+    table = Table("accelerator", "index", "uuid")
+    with platform.sessions() as session:
+        for device in zerogpu.devices(session):
+            table.add_row(device.accelerator, str(device.index), device.uuid)
+    out.print(table)
+
+
+@zerogpu_app.command("defaults")
+def zerogpu_defaults(anonymous: int | None = typer.Option(None, help="GPU seconds per day of an anonymous visitor"),
+                     signed_in: int | None = typer.Option(None, help="GPU seconds per day of a signed-in user"),
+                     max_duration: int | None = typer.Option(None, help="Longest duration one call may ask for"),
+                     data_dir: DataDir = None) -> None:
+    """Show or set the default quotas (per UTC day) and the longest call."""
+    from controller.services import zerogpu
+
+    platform = platform_for(data_dir)
+    try:
+        with platform.tx() as session:
+            values = zerogpu.set_defaults(session, anonymous=anonymous, signed_in=signed_in, max_duration=max_duration)
+    except SpaceportError as exc:
+        _fail(exc.message)
+    out.print(json.dumps(values))
+
+
+@zerogpu_app.command("quota")
+def zerogpu_quota(account: str, seconds: int | None = typer.Argument(None, help="GPU seconds per day; omit to remove"),
+                  data_dir: DataDir = None) -> None:
+    """Give a user (or every member of an organization) SECONDS of GPU per day, over the default."""
+    from controller.services import zerogpu
+
+    platform = platform_for(data_dir)
+    try:
+        with platform.tx() as session:
+            zerogpu.set_quota(session, account, seconds)
+    except SpaceportError as exc:
+        _fail(exc.message)
+    err.print(f"{account}: {'default' if seconds is None else f'{seconds} s'} of ZeroGPU per day")

@@ -155,6 +155,10 @@ class Settings(BaseSettings):
             "and links the host URL, and private apps there sign visitors in through /auth/app."
         ),
     )
+    data_plane: Literal["auto", "haproxy", "python"] = Field(
+        default="auto", description="What carries visitors' traffic to running public spaces under `spaceport serve`: "
+        "'haproxy' (/usr/sbin/haproxy in front, programmed at run time), 'python' (the built-in proxy only), "
+        "'auto' (haproxy when installed, else python with a warning)")
     app_session_max_age: int = Field(
         default=3600, ge=60,
         description="Seconds a private space's sign-in cookie on its host URL lasts before the visitor is "
@@ -204,6 +208,11 @@ class Settings(BaseSettings):
     kubernetes_storage_class: str = Field(
         default="", description="StorageClass of a per-pod ephemeral volume for the app's ~/.cache (model "
                                 "downloads), sized like the flavor's disk; empty: the node's own disk")
+    zerogpu_device_api_url: str = Field(
+        default="", description="ZeroGPU: the URL apps reach this site's device API at (SPACES_ZERO_DEVICE_API_URL "
+                                "gets /zerogpu/<instance capability>/ appended); empty: PUBLIC_URL")
+    zerogpu_queue_timeout: float = Field(default=60.0, gt=0, description="ZeroGPU: seconds a call waits in the queue "
+                                         "for a free GPU before it fails (the `spaces` package says 'after 60s')")
     zerogpu_device_api_url: str = Field(
         default="", description="ZeroGPU: the URL apps reach this site's device API at (SPACES_ZERO_DEVICE_API_URL "
                                 "gets /zerogpu/<instance capability>/ appended); empty: PUBLIC_URL")

@@ -117,7 +117,10 @@ def upstream_headers(
         out.append((key.decode("latin-1"), value.decode("latin-1")))
     client = scope.get("client")
     client_ip = client[0] if client else ""
-    forwarded_for = f"{prior_for.decode('latin-1')}, {client_ip}" if prior_for else client_ip
+    prior = prior_for.decode("latin-1")
+    # a front proxy (the HAProxy data plane) already put the client last, and uvicorn took it from there
+    already = prior.rpartition(",")[2].strip() == client_ip
+    forwarded_for = prior if prior and already else f"{prior}, {client_ip}" if prior else client_ip
     scheme = scope.get("scheme", "http")
     out.append(("X-Forwarded-For", forwarded_for))
     out.append(("X-Forwarded-Host", host.decode("latin-1")))

@@ -187,6 +187,7 @@ class LocalRuntime:
             command[0] = str(artifact.venv / "bin" / command[0])
         if uid is not None:
             sandbox.prepare_app_dir(idir.home, idir.app_layer, uid)
+            sandbox.prepare_venv_layer(artifact.venv.resolve(), idir.venv_dirs, idir.venv_layer, uid)
             command = in_app_dir(command, artifact.source)
         procs_files = self._cgroup(spec) if self.cgroups.available else []
         env_fd = _memfd("spaceport-env", _env_script(env))
@@ -298,7 +299,8 @@ class LocalRuntime:
     def _plan(self, spec: InstanceSpec, idir: InstanceDir, uid: int) -> sandbox.SandboxPlan:
         artifact = spec.artifact
         assert isinstance(artifact, VenvArtifact)
-        ro = [artifact.venv.resolve()]
+        venv = artifact.venv.resolve()
+        ro = [venv]
         prefix = sandbox.interpreter_prefix(artifact.venv)
         if prefix is not None:
             ro.append(prefix)
@@ -308,6 +310,7 @@ class LocalRuntime:
             uid=uid, home=idir.home, etc_dir=idir.etc, ro_paths=tuple(dict.fromkeys(ro)), protected=self.protected,
             tmp_size_bytes=spec.hardware.disk_mb * 1024 * 1024, workdir=APP_DIR, devices=devices, extra_ro=driver,
             app_source=artifact.source.resolve(), app_layer=idir.app_layer,
+            venv=venv, venv_dirs=idir.venv_dirs, venv_layer=idir.venv_layer,
         )  # fmt: skip
 
     def _rotate(self, idir: InstanceDir) -> None:
@@ -397,6 +400,7 @@ class LocalRuntime:
                 time.sleep(0.05)
         self._kill_all(record)
         sandbox.discard_app_writes(idir.app_layer)
+        sandbox.discard_app_writes(idir.venv_layer)
         record.stopped, record.frozen = True, False
         idir.write(record)
 
@@ -442,6 +446,7 @@ class LocalRuntime:
                     else:
                         child.unlink(missing_ok=True)
         sandbox.discard_app_writes(idir.app_layer)
+        sandbox.discard_app_writes(idir.venv_layer)
 
     async def _logs(self, name: str, follow: bool) -> AsyncIterator[str]:
         idir = self._dir(name)

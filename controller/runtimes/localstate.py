@@ -8,8 +8,11 @@ Layout under the runtime's state dir (mode 0700, never visible to apps):
     instances/<name>/tmp/         its TMPDIR when not sandboxed
     instances/<name>/etc/         generated passwd/group for the sandbox
     instances/<name>/app-layer/   upper/work dirs of the app's /home/user/app overlay (emptied every start)
+    instances/<name>/venv-layer/  upper/work dirs of the overlay making its venv writable (emptied every start)
+    instances/<name>/venv-dirs/   that overlay's directory skeleton of the sealed venv, made once per instance
 
-What an app writes to disk is `InstanceDir.writable` (home, app-layer, tmp), measured by `disk_usage`.
+What an app writes to disk is `InstanceDir.writable` (home, app-layer, venv-layer, tmp), measured by
+`disk_usage`.
 """
 
 from __future__ import annotations
@@ -84,9 +87,20 @@ class InstanceDir:
         return self.path / "app-layer"
 
     @property
+    def venv_layer(self) -> Path:
+        """Upper and work directories of the overlay that makes the app's venv writable (never visible)."""
+        return self.path / "venv-layer"
+
+    @property
+    def venv_dirs(self) -> Path:
+        """The venv's directory skeleton owned by the app's uid (platform-made; the venv never changes for
+        one instance: a new artifact is a new spec, which replaces the instance and this directory)."""
+        return self.path / "venv-dirs"
+
+    @property
     def writable(self) -> tuple[Path, ...]:
         """Everything the app itself can write to on the host's disk (its logs are capped separately)."""
-        return (self.home, self.app_layer, self.tmp)
+        return (self.home, self.app_layer, self.venv_layer, self.tmp)
 
     def read(self) -> LocalRecord | None:
         try:

@@ -8,7 +8,13 @@ What an app sees (see `bwrap_argv`):
   the app and its working directory, as on the hosted platform: an overlay (see APP_SETUP) whose lower
   layer is the shared read-only source snapshot and whose upper layer is the instance's own directory,
   emptied on every start (the hosted disk is ephemeral too), so no write ever reaches the snapshot
-  other instances, duplicates and rebuilds run from. Nothing else: not the data dir, not other spaces,
+  other instances, duplicates and rebuilds run from. Its venv is writable too (apps `pip install` or
+  write into their own site-packages at start, as the hosted images allow): an overlay at the venv's
+  path whose lowers are the instance's directory skeleton of the venv (every directory, owned by the
+  app's uid, made once per instance: no chown of files on any wake) over the sealed shared venv, and
+  whose upper is the instance's own, emptied on every start. New files, new directories, replacing or
+  deleting files work; writing an existing file in place is refused (its inode stays root-owned).
+  Nothing else: not the data dir, not other spaces,
   not the controller's code. `protected_paths` that would fall inside a bound directory are masked.
 * identity: its own unprivileged uid/gid (100000 + a per-space number, never root, never the
   controller's uid), set with setpriv *inside* the sandbox after bwrap (running as root) has built the
@@ -28,6 +34,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,12 +47,21 @@ from controller.runtimes.appenv import APP_DIR, APP_HOME
 UID_BASE = 100_000
 UID_MAX = 165_535
 APP_STAGING = "/run/spaceport-app"  # lower (the snapshot) and layer (upper + work) until the overlay is up
+VENV_STAGING = "/run/spaceport-venv"  # lower (the sealed venv), dirs (its skeleton) and layer, likewise
 # Runs as root inside the sandbox, before setpriv, with fixed argv and no owner input but the file tree:
 # the overlay with metacopy=on makes `chown -R` copy up metadata only (no file data is copied until the
 # app writes it); without metacopy the chown copies the data; without overlayfs the code is copied.
 # Then the staging mounts go away (the overlay keeps its own references), and the app starts in its dir.
 APP_SETUP = r"""
-uid=$1; shift
+uid=$1; venv=$2; app=$3; shift 3
+if [ -n "$venv" ]; then
+  v=@VSTAGING@
+  mount -t overlay -o "lowerdir=$v/dirs:$v/lower,upperdir=$v/layer/upper,workdir=$v/layer/work" spaceport-venv "$venv" \
+   || echo "spaceport: overlayfs unavailable: the app's venv stays read-only" >&2
+  umount "$v/dirs" && umount "$v/lower" && umount -l "$v/layer" || exit 125
+  rmdir "$v/dirs" "$v/lower" "$v/layer" "$v" 2>/dev/null
+fi
+[ -n "$app" ] || exec "$@"
 s=@STAGING@; l=$s/lower; u=$s/layer/upper; w=$s/layer/work; a=@APP@
 mount -t overlay -o "lowerdir=$l,upperdir=$u,workdir=$w,metacopy=on" spaceport-app "$a" 2>/dev/null \
  || mount -t overlay -o "lowerdir=$l,upperdir=$u,workdir=$w" spaceport-app "$a" \
@@ -56,7 +72,7 @@ chown -Rh "$uid:$uid" "$a" && umount "$l" && umount -l "$s/layer" || exit 125
 rmdir "$l" "$s/layer" "$s" 2>/dev/null
 cd "$a" || exit 125
 exec "$@"
-""".replace("@STAGING@", APP_STAGING).replace("@APP@", APP_DIR)
+""".replace("@STAGING@", APP_STAGING).replace("@APP@", APP_DIR).replace("@VSTAGING@", VENV_STAGING)
 ETC_FILES = (
     "resolv.conf", "hosts", "nsswitch.conf", "host.conf", "gai.conf", "ld.so.cache", "ld.so.conf",
     "ld.so.conf.d", "ssl", "ca-certificates", "ca-certificates.conf", "mime.types", "localtime",
@@ -91,6 +107,9 @@ class SandboxPlan:
     extra_ro: tuple[str, ...] = ()
     app_source: Path | None = None  # shown writable at APP_DIR (and made the working directory)
     app_layer: Path | None = None  # holds upper/ and work/ of that overlay (emptied by the caller)
+    venv: Path | None = None  # made writable at its path (one of ro_paths) by an overlay:
+    venv_dirs: Path | None = None  # its directory skeleton owned by the app (prepare_venv_layer)
+    venv_layer: Path | None = None  # upper/ and work/ of that overlay (emptied by the caller)
 
 
 def _bwrap_works() -> str:
@@ -257,6 +276,12 @@ def check_plan(plan: SandboxPlan) -> None:
         for path in plan.protected:
             if ro == Path("/") or ro.is_relative_to(path):
                 raise RuntimeError(f"{ro} cannot be exposed to an app: it is protected ({path})")
+    if plan.venv is not None:
+        if plan.venv_dirs is None or plan.venv_layer is None or plan.venv not in plan.ro_paths:
+            raise RuntimeError("a writable venv needs its skeleton and layer directories and a read-only bind")
+        for path in plan.protected:
+            if path.is_relative_to(plan.venv):
+                raise RuntimeError(f"{plan.venv} cannot be the app's writable venv: it holds a protected path ({path})")
     if plan.app_source is not None:  # an overlay's lower layer cannot be masked: nothing protected inside
         if plan.app_layer is None:
             raise RuntimeError("an app directory needs a layer directory for its writes")
@@ -282,11 +307,18 @@ def bwrap_argv(plan: SandboxPlan, command: list[str], exists: Callable[[str], bo
     args += _mask_args(plan.protected, [Path("/usr"), Path("/etc"), *plan.ro_paths])
     args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", plan.hostname]
     setup: list[str] = []
+    venv = app = ""
+    if plan.venv is not None and plan.venv_dirs is not None and plan.venv_layer is not None:
+        args += ["--ro-bind", str(plan.venv), f"{VENV_STAGING}/lower", "--ro-bind", str(plan.venv_dirs),
+                 f"{VENV_STAGING}/dirs", "--bind", str(plan.venv_layer), f"{VENV_STAGING}/layer"]  # fmt: skip
+        venv = str(plan.venv)
     if plan.app_source is not None and plan.app_layer is not None:
         args += ["--ro-bind", str(plan.app_source), f"{APP_STAGING}/lower", "--bind", str(plan.app_layer),
                  f"{APP_STAGING}/layer"]  # fmt: skip
-        setup = ["/bin/sh", "-c", APP_SETUP, "spaceport-appdir", str(plan.uid)]
-    args += ["--chdir", "/" if setup else plan.workdir, "--"]  # APP_SETUP enters the app dir once it is mounted
+        app = APP_DIR
+    if venv or app:
+        setup = ["/bin/sh", "-c", APP_SETUP, "spaceport-appdir", str(plan.uid), venv, app]
+    args += ["--chdir", "/" if app else plan.workdir, "--"]  # APP_SETUP enters the app dir once it is mounted
     drop = ["/usr/bin/setpriv", f"--reuid={plan.uid}", f"--regid={plan.uid}", "--clear-groups",
             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]  # fmt: skip
     return args + setup + drop + command
@@ -306,6 +338,32 @@ def prepare_app_dir(home: Path, layer: Path, uid: int) -> None:
     target.mkdir(exist_ok=True)
     os.lchown(target, uid, uid)
     os.chmod(target, 0o755)
+
+
+def prepare_venv_layer(venv: Path, dirs: Path, layer: Path, uid: int) -> None:
+    """Host side, before a sandboxed start: an empty upper layer for the venv overlay (writes of the last run
+    are discarded), its root the app's; and, once per instance, `dirs`: every directory of the sealed venv
+    (same modes, symlinks skipped so a linked directory stays a link), owned by the app's uid, as the
+    overlay's upper lower layer. Merged directories take their owner from it, so the app may create,
+    replace and delete entries anywhere in its venv while every file inode stays the sealed one."""
+    shutil.rmtree(layer, ignore_errors=True)
+    for part in ("upper", "work"):
+        (layer / part).mkdir(parents=True, mode=0o700)
+    os.chmod(layer, 0o700)
+    os.chown(layer / "upper", uid, uid)
+    os.chmod(layer / "upper", stat.S_IMODE(venv.stat().st_mode))
+    if dirs.is_dir():
+        return
+    tmp = dirs.with_name(f".{dirs.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for top, names, _files in os.walk(venv, followlinks=False):
+        relative = os.path.relpath(top, venv)
+        target = tmp if relative == "." else tmp / relative
+        target.mkdir(mode=0o700)
+        os.chown(target, uid, uid)
+        os.chmod(target, stat.S_IMODE(os.lstat(top).st_mode) & 0o755)
+        names[:] = [name for name in names if not os.path.islink(os.path.join(top, name))]
+    tmp.rename(dirs)
 
 
 def discard_app_writes(layer: Path) -> None:

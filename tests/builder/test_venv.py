@@ -8,6 +8,8 @@ sandboxed build (test_sandboxed_hosted_defaults_sdk_pin_wins_over_requirements).
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import subprocess
 import threading
 from collections.abc import Callable
@@ -231,7 +233,8 @@ def test_plan_becomes_one_uv_install_per_step_with_constraints_and_date(tmp_path
     plan = install_plan(config, {"requirements.txt"}, datetime(2024, 4, 16, tzinfo=UTC))
     steps = _steps(tmp_path / "venv", _job(tmp_path, plan, []), tmp_path / "c.txt")  # type: ignore[arg-type]
     assert steps[0].args[:4] == ["venv", "--no-config", "--relocatable", "--python"] and "/py/bin/python3.10" in steps[0].args
-    installs = steps[1:]
+    assert steps[1].args[-3:] == ["pip", "setuptools<81", "wheel"]  # as the hosted images' Python 3.10 has
+    installs = steps[2:]
     assert [s.args[s.args.index(str(tmp_path / "venv" / "bin" / "python")) + 1] for s in installs] == \
         ["datasets", "-r", "streamlit==1.34.0"]  # base packages, requirements.txt, the sdk pin last
     for step in installs:
@@ -240,6 +243,14 @@ def test_plan_becomes_one_uv_install_per_step_with_constraints_and_date(tmp_path
         assert step.undated is not None and "--exclude-newer" not in step.undated and "--constraint" in step.undated
     assert "fix requirements.txt (it must fit the constraints for streamlit 1.34.0: numpy<2)" in installs[1].failure
     assert "sdk_version in README.md" in installs[2].failure
+
+
+def test_seed_packages_follow_the_official_images() -> None:
+    from builder.venv import seed_packages
+
+    assert seed_packages("3.10") == ["pip", "setuptools<81", "wheel"]  # pkg_resources, as ensurepip's setuptools
+    assert seed_packages("3.11") == seed_packages("3.8")
+    assert seed_packages("3.12") == ["pip"] and seed_packages("3.13") == ["pip"]  # no setuptools since 3.12
 
 
 def test_a_failing_dated_step_is_retried_once_without_the_date(tmp_path: Path) -> None:
@@ -262,7 +273,7 @@ def test_a_failing_dated_step_is_retried_once_without_the_date(tmp_path: Path) -
         return Result(1, ["  x No solution found when resolving dependencies"]) if fails else Result(0)
 
     _run_steps(steps, run, job)  # type: ignore[arg-type]
-    assert [("-r" in a, "--exclude-newer" in a) for a in ran] == [(False, False), (False, True), (True, True), (True, False),
+    assert [("-r" in a, "--exclude-newer" in a) for a in ran] == [(False, False), (False, False), (False, True), (True, True), (True, False),
                                                                   (False, True)]
     assert any("requirements.txt cannot resolve as of 2024-04-17T00:00:00Z" in line and "retrying" in line for line in log)
     with pytest.raises(BuildFailure) as info:
@@ -334,3 +345,39 @@ def test_sandboxed_hosted_defaults_sdk_pin_wins_over_requirements(tmp_path: Path
     assert any("constraints for streamlit 1.34.0: numpy<2" in line for line in log)
     assert any("requirements.txt cannot resolve as of 2024-05-03" in line for line in log)
     assert not any("base packages cannot resolve" in line for line in log)
+
+
+def _sealed_venv(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        path.chmod(0o755 if name.endswith(".so") else 0o644)
+    return root
+
+
+def test_sealed_venvs_share_identical_files_by_hardlinks_but_never_sources_or_unsealed_files(tmp_path: Path) -> None:
+    from builder.venv import prune_store, share_files
+
+    store = tmp_path / "store"
+    common = {"lib/site-packages/pkg/_core.so": b"ELF" * 5000, "lib/site-packages/pkg/static/app.js": b"js" * 3000,
+              "lib/site-packages/pkg/mod.py": b"x = 1\n", "lib/site-packages/pkg/__pycache__/mod.cpython-311.pyc": b"pyc"}
+    first = _sealed_venv(tmp_path / "a", common)
+    second = _sealed_venv(tmp_path / "b", {**common, "lib/site-packages/pkg/own.so": b"other"})
+    assert share_files(first, store).new == 2 and share_files(first, store).files == 0  # twice: nothing more
+    shared = share_files(second, store)
+    assert (shared.files, shared.new) == (2, 1)
+    for name in ("lib/site-packages/pkg/_core.so", "lib/site-packages/pkg/static/app.js"):
+        assert (first / name).stat().st_ino == (second / name).stat().st_ino
+        assert (second / name).read_bytes() == common[name]
+    assert stat.S_IMODE((second / "lib/site-packages/pkg/_core.so").stat().st_mode) == 0o755
+    for name in ("lib/site-packages/pkg/mod.py", "lib/site-packages/pkg/__pycache__/mod.cpython-311.pyc"):
+        assert (first / name).stat().st_ino != (second / name).stat().st_ino  # its mtime belongs to its .pyc
+    unsealed = _sealed_venv(tmp_path / "c", common)
+    os.chown(unsealed / "lib/site-packages/pkg/static/app.js", 100_123, 100_123)  # a build uid's file: never shared
+    share_files(unsealed, store)
+    assert (unsealed / "lib/site-packages/pkg/static/app.js").stat().st_nlink == 1
+    shutil.rmtree(first)
+    shutil.rmtree(second)
+    shutil.rmtree(unsealed)
+    assert prune_store(store) == 3 and not any(store.rglob("*-*"))

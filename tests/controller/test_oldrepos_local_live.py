@@ -64,9 +64,9 @@ def test_old_gradio_space_runs_sandboxed_with_the_libraries_of_its_time(
     system, home, uid, writable, gradio = found.groups()
     assert (system, home, writable, gradio) == ("spaces", "/home/user", "True", version)  # the sdk pin won
     assert int(uid) >= 100_000  # the space's own unprivileged uid, never root
-    probe = "import huggingface_hub; print(huggingface_hub.__version__)"
-    if version.startswith("3."):  # gradio 3 imports pkg_resources: setuptools < 81 is part of its plan
-        probe = "import huggingface_hub, setuptools; print(huggingface_hub.__version__, setuptools.__version__)"
+    # pip and setuptools with pkg_resources, as the hosted images' Python 3.10 has (gradio 3 imports
+    # pkg_resources; an app's `pip install` at start needs the venv's pip)
+    probe = "import huggingface_hub, pip, pkg_resources, setuptools; print(huggingface_hub.__version__, setuptools.__version__)"
     done = subprocess.run([venv_python(server, log), "-c", probe], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     out = done.stdout.split()

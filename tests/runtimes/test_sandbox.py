@@ -91,6 +91,7 @@ async def test_hostile_app_is_contained(
         assert "ATTEMPT fork_bomb: BLOCKED" in logs and "ATTEMPT read_protected_1: BLOCKED" in logs
         uid = int(re.search(r"hostile app starting as uid (\d+)", logs).group(1))  # type: ignore[union-attr]
         assert uid >= 100000 and uid != os.getuid()  # its own uid in the 100000 range, never root
+        assert not (system_venv / "bin" / "hostile-was-here").exists()  # its venv writes stay in its own layer
         assert (await fetch(victim_ep))[0] == 200  # the other instance keeps serving
         assert (await runtime.status("victim")).state == State.RUNNING
     finally:
@@ -138,12 +139,52 @@ def test_app_code_is_an_overlay_at_home_user_app_never_its_host_path(tmp_path: P
     assert (str(tmp_path / "layer"), f"{sandbox.APP_STAGING}/layer") in pairs
     assert str(tmp_path / "src") not in {dest for _, dest in pairs}
     setup = argv.index(sandbox.APP_SETUP)
-    assert argv[setup - 2:setup + 3] == ["/bin/sh", "-c", sandbox.APP_SETUP, "spaceport-appdir", "100007"]
+    assert argv[setup - 2:setup + 5] == ["/bin/sh", "-c", sandbox.APP_SETUP, "spaceport-appdir", "100007", "", APP_DIR]
     assert setup < argv.index("/usr/bin/setpriv")  # mounted as root, then the app's uid
     assert f'a={APP_DIR}' in sandbox.APP_SETUP and "metacopy=on" in sandbox.APP_SETUP
     for protected in (tmp_path / "src" / "secret", tmp_path):  # an overlay's lower layer cannot be masked
         with pytest.raises(RuntimeError):
             sandbox.bwrap_argv(dataclasses.replace(plan, protected=(protected,)), ["true"])
+
+
+def test_venv_is_an_overlay_over_its_sealed_self_when_a_layer_is_given(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    plan = dataclasses.replace(_plan(tmp_path), venv=venv, venv_dirs=tmp_path / "vdirs", venv_layer=tmp_path / "vlayer")
+    argv = sandbox.bwrap_argv(plan, ["python", "app.py"])
+    pairs = [(argv[i], argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a in ("--bind", "--ro-bind")]
+    assert ("--ro-bind", str(venv), str(venv)) in pairs  # the mount point (and what stays if overlayfs fails)
+    assert ("--ro-bind", str(venv), f"{sandbox.VENV_STAGING}/lower") in pairs  # the sealed venv: read-only
+    assert ("--ro-bind", str(tmp_path / "vdirs"), f"{sandbox.VENV_STAGING}/dirs") in pairs
+    assert ("--bind", str(tmp_path / "vlayer"), f"{sandbox.VENV_STAGING}/layer") in pairs
+    setup = argv.index(sandbox.APP_SETUP)
+    assert argv[setup + 1:setup + 5] == ["spaceport-appdir", "100007", str(venv), ""]
+    assert setup < argv.index("/usr/bin/setpriv")
+    assert "lowerdir=$v/dirs:$v/lower" in sandbox.APP_SETUP
+    with pytest.raises(RuntimeError, match="protected"):
+        sandbox.bwrap_argv(dataclasses.replace(plan, protected=(venv / "lib" / "secret",)), ["true"])
+    with pytest.raises(RuntimeError, match="read-only bind"):
+        sandbox.bwrap_argv(dataclasses.replace(plan, ro_paths=(tmp_path / "src",)), ["true"])
+
+
+def test_prepare_venv_layer_mirrors_directories_only_never_files_or_links(tmp_path: Path) -> None:
+    venv, dirs, layer = tmp_path / "venv", tmp_path / "vdirs", tmp_path / "vlayer"
+    (venv / "lib" / "site-packages" / "pkg").mkdir(parents=True)
+    (venv / "lib" / "site-packages" / "pkg" / "mod.py").write_text("x = 1\n")
+    (venv / "lib64").symlink_to("lib")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (venv / "lib" / "site-packages" / "linked").symlink_to(outside)
+    (layer / "upper").mkdir(parents=True)
+    (layer / "upper" / "written-last-run").write_text("x")
+    sandbox.prepare_venv_layer(venv, dirs, layer, 100_007)
+    made = sorted(str(p.relative_to(dirs)) for p in dirs.rglob("*"))
+    assert made == ["lib", "lib/site-packages", "lib/site-packages/pkg"]  # no files, no links, nothing followed
+    assert all(p.stat().st_uid == 100_007 for p in [dirs, *dirs.rglob("*")])
+    assert (venv / "lib" / "site-packages" / "pkg").stat().st_uid == os.getuid() and outside.stat().st_uid == os.getuid()
+    assert list((layer / "upper").iterdir()) == [] and (layer / "upper").stat().st_uid == 100_007
+    (venv / "lib" / "new").mkdir()
+    sandbox.prepare_venv_layer(venv, dirs, layer, 100_007)  # made once per instance (the venv is sealed)
+    assert not (dirs / "lib" / "new").exists()
 
 
 def test_prepare_app_dir_empties_the_layer_and_never_follows_what_the_app_left(tmp_path: Path) -> None:
@@ -204,6 +245,91 @@ async def test_gradio_app_runs_under_the_sandbox(sandbox_ok: None, tmp_path: Pat
     finally:
         with contextlib.suppress(Exception):
             await runtime.remove("gradio")
+
+
+VENV_WRITER = r"""
+import http.server, json, os, sysconfig
+sp = sysconfig.get_paths()["purelib"]
+pkg = os.path.join(sp, "sealedpkg")
+seen = {"data": open(os.path.join(pkg, "data.txt")).read(), "cache": os.path.exists(os.path.join(pkg, "cache"))}
+results = {}
+def attempt(name, action):
+    try:
+        action()
+        results[name] = "ok"
+    except OSError as exc:
+        results[name] = type(exc).__name__
+def cache():
+    os.makedirs(os.path.join(pkg, "cache"))
+    open(os.path.join(pkg, "cache", "entry.json"), "w").write("{}")
+def replace():
+    open(os.path.join(pkg, "data.tmp"), "w").write("replaced by the app")
+    os.replace(os.path.join(pkg, "data.tmp"), os.path.join(pkg, "data.txt"))
+attempt("cache", cache)
+attempt("new_script", lambda: open(os.path.join(os.path.dirname(sp), "..", "..", "bin", "tool"), "w").write("x"))
+attempt("append_in_place", lambda: open(os.path.join(pkg, "other.txt"), "a").write("tampered"))
+attempt("replace", replace)
+attempt("unlink", lambda: os.unlink(os.path.join(pkg, "other.txt")))
+attempt("chmod_sealed", lambda: os.chmod(os.path.join(pkg, "__init__.py"), 0o777))
+seen_after = open(os.path.join(pkg, "data.txt")).read()
+body = json.dumps({"seen": seen, "results": results, "after": seen_after}).encode()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(body)
+http.server.HTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
+"""
+
+
+async def test_app_writes_its_venv_in_its_own_layer_never_the_sealed_venv(sandbox_ok: None, tmp_path: Path) -> None:
+    """Apps write into their own site-packages (a cache dir in a package, `pip install` at start): allowed
+    as on the hosted images, but only in the instance's layer: the sealed venv another space (or the next
+    start) runs from never changes, and what exists can be replaced, never written in place."""
+    venv = tmp_path / "venvs" / "sealed"
+    subprocess.run([uv.find_uv_bin(), "venv", "-q", "--python", "/usr/bin/python3", str(venv)], check=True)
+    purelib = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    pkg = Path(purelib) / "sealedpkg"
+    pkg.mkdir()
+    for name, text in (("__init__.py", ""), ("data.txt", "sealed"), ("other.txt", "sealed too")):
+        (pkg / name).write_text(text)
+    for path in [venv, *venv.rglob("*")]:  # sealed as the build sandbox leaves it: root's, read-only to apps
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() or path.stat().st_mode & 0o100 else 0o644)
+    venv.parent.chmod(0o755)
+    before = {str(p): (p.read_bytes() if p.is_file() and not p.is_symlink() else b"") for p in venv.rglob("*")}
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "app.py").write_text(VENV_WRITER)
+    copy_app_perms(source)
+    runtime = LocalRuntime(tmp_path / "state", sandbox="bwrap", stop_timeout=5)
+    artifact = VenvArtifact(venv, source, ("python", "app.py"), 7860)
+    first = InstanceSpec(name="writer", space_id="mallory/writer", hardware=HARDWARE, artifact=artifact)
+    other = InstanceSpec(name="other", space_id="mallory/other", hardware=HARDWARE, artifact=artifact)
+    try:
+        report = await _report(runtime, first)
+        assert report["seen"] == {"data": "sealed", "cache": False}
+        assert report["results"] == {"cache": "ok", "new_script": "ok", "append_in_place": "PermissionError",
+                                     "replace": "ok", "unlink": "ok", "chmod_sealed": "PermissionError"}
+        assert report["after"] == "replaced by the app"
+        assert (await _report(runtime, other))["seen"] == {"data": "sealed", "cache": False}  # another space
+        await runtime.stop("writer")
+        assert (await _report(runtime, first))["seen"] == {"data": "sealed", "cache": False}  # the next start
+        after = {str(p): (p.read_bytes() if p.is_file() and not p.is_symlink() else b"") for p in venv.rglob("*")}
+        assert after == before  # the sealed venv itself never changed
+        assert all(p.lstat().st_uid == 0 for p in [venv, *venv.rglob("*")])
+    finally:
+        for name in ("writer", "other"):
+            with contextlib.suppress(Exception):
+                await runtime.remove(name)
+
+
+async def _report(runtime: LocalRuntime, spec: InstanceSpec) -> dict[str, object]:
+    endpoint = await runtime.start(spec)
+    assert await wait_healthy(endpoint, timeout=60), (await runtime.status(spec.name)).message
+    status, body = await fetch(endpoint)
+    assert status == 200, body
+    report: dict[str, object] = json.loads(body)
+    return report
 
 
 def copy_app_perms(source: Path) -> None:

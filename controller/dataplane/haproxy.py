@@ -1,0 +1,296 @@
+"""HAProxy as Spaceport's data plane: the config it starts with, the child process, its runtime API.
+
+The config never changes while HAProxy runs. Routes live in a map file (`hosts.map`: app hostname ->
+`SLOT|MODE|BASE|ORIGIN`) that the runtime API edits, and in a fixed pool of slot backends (`s1`..`sN`)
+whose servers are added and removed at run time (`add server`, `set server ... state`, `del server`).
+Everything the map does not name (the platform, unknown, sleeping, starting, failing and private
+spaces) goes to the default backend: Spaceport's own ASGI app, which stays the activator.
+
+What the Python proxy does to app traffic, the config does too (see forward.py / isolation.py):
+X-Forwarded-For/Host/Proto; the platform's cookies and a platform token in Authorization or
+X-HF-Authorization never reach an app; an app never sets the platform's cookies; a Location at the
+app's internal origin becomes a path; host URLs under the app's base path are stripped (Gradio) or
+get it prepended (Streamlit). Nothing is buffered (WebSocket and SSE pass as they come).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HAPROXY = "/usr/sbin/haproxy"
+PYTHON_BACKEND = "spaceport"
+SLOT_PREFIX = "s"
+_SAFE_PATH = re.compile(r"^[^\"'\n\r\\$,() ]+$")  # paths go inside quotes and converter arguments
+_COOKIE = re.compile(r"^[A-Za-z0-9_-]+$")
+_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+_HOST = re.compile(r"^[A-Za-z0-9.:\[\]-]+$")
+
+
+class DataPlaneError(Exception):
+    """HAProxy could not be started or refused a runtime command; the message says what happened."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where HAProxy listens, where the Python app listens, and the files of this one process."""
+
+    bind_host: str
+    bind_port: int
+    python_port: int
+    run_dir: Path  # config, map and stats socket
+    apps_domain: str
+    platform_cookies: tuple[str, ...]
+    token_prefix: str
+    slots: int = 256
+    threads: int = 0  # 0: one per core
+
+    @property
+    def config(self) -> Path:
+        return self.run_dir / "haproxy.cfg"
+
+    @property
+    def hosts_map(self) -> Path:
+        return self.run_dir / "hosts.map"
+
+    @property
+    def socket(self) -> Path:
+        return self.run_dir / "admin.sock"
+
+
+def _check(layout: Layout) -> None:
+    for path in (layout.config, layout.hosts_map, layout.socket):
+        if not _SAFE_PATH.match(str(path)):
+            raise DataPlaneError(f"HAProxy cannot use the path {path!r}: choose a data dir without quotes")
+    if len(str(layout.socket)) > 100:
+        raise DataPlaneError(f"the stats socket path {layout.socket} is too long for a unix socket")
+    if not _DOMAIN.match(layout.apps_domain):
+        raise DataPlaneError(f"APPS_DOMAIN {layout.apps_domain!r} is not a plain host name")
+    if not all(_COOKIE.match(c) for c in layout.platform_cookies) or not _COOKIE.match(layout.token_prefix):
+        raise DataPlaneError("platform cookie names and the token prefix must be letters, digits, _ or -")
+    if not _HOST.match(layout.bind_host) or not 0 < layout.bind_port < 65536 or layout.slots < 1:
+        raise DataPlaneError(f"cannot listen on {layout.bind_host!r}:{layout.bind_port}")
+
+
+def render_config(layout: Layout) -> str:
+    """The whole haproxy.cfg (see the module docstring); values are validated first."""
+    _check(layout)
+    return "\n".join([*_global(layout), *_frontend(layout), *_backends(layout)]) + "\n"
+
+
+def _global(layout: Layout) -> list[str]:
+    threads = [f"    nbthread {layout.threads}"] if layout.threads else []
+    return [
+        "global",
+        f'    stats socket "{layout.socket}" mode 600 level admin',
+        "    stats timeout 30s",
+        "    hard-stop-after 5s",
+        "    noreuseport",  # a taken port fails the start instead of sharing it
+        *threads,
+        "defaults",
+        "    mode http",
+        "    option http-keep-alive",  # never http-server-close: keep-alive both ways
+        "    http-reuse safe",
+        "    timeout connect 10s",
+        "    timeout http-request 60s",
+        "    timeout http-keep-alive 60s",
+        "    timeout client 1h",  # an SSE stream may be quiet this long; Python has no read timeout
+        "    timeout server 1h",
+        "    timeout tunnel 24h",  # WebSocket once upgraded
+        "    timeout client-fin 10s",
+        "    retries 3",
+        "    retry-on conn-failure empty-response",
+        "",
+    ]
+
+
+def _frontend(layout: Layout) -> list[str]:
+    cookies = "|".join(layout.platform_cookies)  # letters, digits, _ and - only: literal in a regex
+    prefix = layout.token_prefix
+    host = f"""'req.hdr(host),lower,regsub(":[0-9]+$",),map_str("{layout.hosts_map}")'"""
+    return [
+        "frontend site",
+        f"    bind {layout.bind_host}:{layout.bind_port}",
+        "    http-request deny deny_status 400 if { req.hdr_cnt(host) gt 1 }",
+        # X-Forwarded-For: the client's chain plus the peer, as forward.py; Proto as uvicorn trusts it
+        "    http-request set-header X-Forwarded-For '%[req.fhdr(x-forwarded-for)], %[src]'"
+        " if { req.fhdr(x-forwarded-for) -m found }",
+        "    http-request set-header X-Forwarded-For %[src] unless { req.fhdr(x-forwarded-for) -m found }",
+        "    http-request set-header X-Forwarded-Proto http"
+        " unless { src 127.0.0.1 } { req.hdr(x-forwarded-proto) -m str http https }",
+        # the route: host -> SLOT|MODE|BASE|ORIGIN; the platform's own paths on an app host stay in Python
+        f"    http-request set-var(txn.route) {host}",
+        "    http-request unset-var(txn.route) if { path /__spaceport__/status /__spaceport__/auth }",
+        "    acl app var(txn.route) -m found",
+        "    http-request set-var(txn.slot) var(txn.route),field(1,|) if app",
+        "    http-request set-var(txn.mode) var(txn.route),field(2,|) if app",
+        "    http-request set-var(txn.base) var(txn.route),field(3,|) if app",
+        "    http-request set-var(txn.origin) var(txn.route),field(4,|) if app",
+        "    http-request set-header X-Forwarded-Host %[req.hdr(host)] if app",
+        # the platform's credentials never reach an app (forward.upstream_headers)
+        *_strip_cookies(cookies),
+        *_strip_tokens("authorization", prefix),
+        *_strip_tokens("x-hf-authorization", prefix),
+        # host URL under the base path: strip it (Gradio) / prepend it otherwise (Streamlit)
+        """    http-request set-var(txn.head) 'path,regsub("^(/[^/]*/[^/]*/[^/]*).*$","\\1")' if app""",
+        "    acl under_base var(txn.head),strcmp(txn.base) eq 0",
+        """    http-request set-path '%[path,regsub("^/[^/]*/[^/]*/[^/]*/?","/")]' if app under_base"""
+        " { var(txn.mode) -m str strip }",
+        "    http-request set-path %[var(txn.base)]%[path] if app !under_base { var(txn.mode) -m str keep }",
+        # responses: no platform cookie set by an app; the app's internal origin never leaks in Location
+        f"    http-response replace-header Set-Cookie '(?i)^\\s*(__host-|__secure-)?({cookies})\\s*(=|;|$).*'"
+        " 'spaceport_refused=; Max-Age=0' if { var(txn.route) -m found }",
+        """    http-response set-var(txn.lorigin) 'res.hdr(location),regsub("^(https?://[^/?#]*).*$","\\1")'"""
+        " if { var(txn.route) -m found } { res.hdr(location) -m found }",
+        "    http-response replace-header Location '^https?://[^/?#]*/?(.*)$' '/\\1'"
+        " if { var(txn.route) -m found } { var(txn.lorigin),strcmp(txn.origin) eq 0 }",
+        "    use_backend %[var(txn.slot)] if app",
+        f"    default_backend {PYTHON_BACKEND}",
+        "",
+    ]
+
+
+def _strip_cookies(names: str) -> list[str]:
+    """Drop each platform cookie from Cookie (a few passes, then refuse what is left: fail closed)."""
+    one = f"'^(.*?)(^|;)\\s*({names})=[^;]*(.*)$' '\\1\\4'"
+    has = f"{{ req.fhdr(cookie) -m reg '(^|;)\\s*({names})=' }}"
+    return [
+        *[f"    http-request replace-header Cookie {one} if app {has}"] * 4,
+        "    http-request replace-header Cookie '^[;\\s]*(.*?)[;\\s]*$' '\\1' if app",
+        "    http-request del-header Cookie if app { req.fhdr(cookie) -m reg '^[;\\s]*$' }",
+        f"    http-request deny deny_status 400 if app {has}",
+    ]
+
+
+def _strip_tokens(header: str, prefix: str) -> list[str]:
+    """forward.is_platform_credential: Bearer PREFIX..., Basic base64(user:PREFIX...), PREFIX in any other."""
+    value = f"req.fhdr({header})"
+    basic = f"""'{value},regsub("^\\s*[Bb][Aa][Ss][Ii][Cc]\\s+",),b64dec'"""
+    return [
+        f"    http-request del-header {header} if app {{ req.hdr_cnt({header}) gt 1 }}",
+        f"    http-request del-header {header} if app {{ {value} -m reg -i '^\\s*bearer\\s+{prefix}' }}",
+        f"    http-request del-header {header} if app {{ {basic} -m reg '^[^:]*:{prefix}' }}",
+        f"    http-request del-header {header} if app !{{ {value} -m reg -i '^\\s*(bearer|basic)\\s' }}"
+        f" {{ {value} -m sub {prefix} }}",
+    ]
+
+
+def _backends(layout: Layout) -> list[str]:
+    lines = [
+        f"backend {PYTHON_BACKEND}",
+        f"    server app 127.0.0.1:{layout.python_port}",
+        "",
+    ]
+    for n in range(1, layout.slots + 1):
+        lines += [f"backend {SLOT_PREFIX}{n}", "    balance roundrobin", ""]
+    return lines
+
+
+# ---- the runtime API ------------------------------------------------------------------------------
+class RuntimeAPI:
+    """One command per connection on the admin socket (each answer is read to its end)."""
+
+    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+        self.path, self.timeout = path, timeout
+
+    def command(self, line: str) -> str:
+        if "\n" in line or "\r" in line or ";" in line:
+            raise DataPlaneError(f"refusing a runtime command with a separator in it: {line!r}")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(self.timeout)
+            sock.connect(str(self.path))
+            sock.sendall(line.encode() + b"\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", "replace")
+
+    def expect(self, line: str, ok: tuple[str, ...] = ("",)) -> str:
+        """Run `line`; raise unless its answer (stripped) starts with one of `ok` ("" = empty answer)."""
+        answer = self.command(line).strip()
+        if not any(answer.startswith(o) if o else not answer for o in ok):
+            raise DataPlaneError(f"HAProxy refused {line!r}: {answer}")
+        return answer
+
+    def map_id(self, path: Path) -> str:
+        """The `#ID` of a loaded map file (paths may hold spaces; IDs never do)."""
+        for line in self.command("show map").splitlines():
+            ident, _, rest = line.partition(" ")
+            if rest.startswith(f"({path})") and ident.isdigit():
+                return f"#{ident}"
+        raise DataPlaneError(f"HAProxy has not loaded the map {path}")
+
+    def server_stats(self) -> list[dict[str, str]]:
+        """`show stat` for servers only: one dict per server (pxname, svname, scur, stot, bin, bout, ...)."""
+        text = self.command("show stat -1 4 -1")
+        lines = [line for line in text.splitlines() if line.strip()]
+        if not lines or not lines[0].startswith("# "):
+            return []
+        header = lines[0][2:].split(",")
+        return [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+# ---- the process ------------------------------------------------------------------------------------
+class HAProxyProcess:
+    """HAProxy in the foreground as a child of this process, with its config in `layout.run_dir`."""
+
+    def __init__(self, layout: Layout, binary: str = HAPROXY) -> None:
+        self.layout, self.binary = layout, binary
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.api = RuntimeAPI(layout.socket)
+
+    def write_files(self) -> None:
+        self.layout.run_dir.mkdir(parents=True, exist_ok=True)
+        self.layout.run_dir.chmod(0o700)
+        self.layout.config.write_text(render_config(self.layout))
+        self.layout.hosts_map.write_text("")  # routes are added at run time
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.write_files()
+        with contextlib.suppress(FileNotFoundError):
+            self.layout.socket.unlink()
+        check = subprocess.run([self.binary, "-c", "-f", str(self.layout.config)],
+                               capture_output=True, text=True, check=False)
+        if check.returncode != 0:
+            raise DataPlaneError(f"HAProxy rejected its config: {check.stderr.strip() or check.stdout.strip()}")
+        # in serve's process group (a killpg ends it too) and told to stop if serve dies (PDEATHSIG)
+        self.proc = subprocess.Popen([self.binary, "-db", "-f", str(self.layout.config)],
+                                     stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise DataPlaneError(f"HAProxy exited at start (code {self.proc.returncode}); is the port taken?")
+            with contextlib.suppress(OSError):
+                self.api.command("show info")
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise DataPlaneError("HAProxy did not open its stats socket in time")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,340 @@
+"""The HAProxy data plane against a real haproxy process and real aiohttp upstreams on loopback.
+
+Upstreams echo what they received (path, headers) and serve SSE and WebSocket; the default backend is
+an upstream tagged "python" standing for Spaceport's own app (the activator)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType, web
+
+from controller.dataplane.haproxy import DataPlaneError, HAProxyProcess, Layout, RuntimeAPI, render_config
+from controller.dataplane.plane import DataPlane, mapping_of
+from controller.proxy.routes import RouteTable
+from controller.proxy.types import Route
+
+pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+DOMAIN = "apps.localhost"
+COOKIES = ("spaceport_session", "spaceport_csrf", "spaceport_app_session")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Upstream:
+    """An aiohttp app on its own loop thread: /sse streams until released, /ws echoes, the rest echoes."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag, self.port = tag, free_port()
+        self.release = threading.Event()
+        self.loop = asyncio.new_event_loop()
+        app = web.Application()
+        app.router.add_get("/sse", self._sse)
+        app.router.add_get("/ws", self._ws)
+        app.router.add_route("*", "/{tail:.*}", self._echo)
+        self.runner = web.AppRunner(app)
+        self.loop.run_until_complete(self.runner.setup())
+        self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+    @property
+    def target(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _echo(self, request: web.Request) -> web.Response:
+        headers = [("Set-Cookie", c) for c in ("spaceport_session=forged; Domain=localhost", " SPACEPORT_CSRF =x",
+                                                "__Host-spaceport_app_session=x; Secure", "theme=dark")]
+        if request.path == "/redirect":
+            headers.append(("Location", f"{self.target}/next?x=1"))
+        body = {"tag": self.tag, "path": request.raw_path, "headers": [list(h) for h in request.headers.items()]}
+        return web.json_response(body, status=302 if request.path == "/redirect" else 200, headers=headers)
+
+    async def _sse(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(f"data: first from {self.tag}\n\n".encode())
+        await asyncio.get_running_loop().run_in_executor(None, self.release.wait, 30)
+        await resp.write(b"data: last\n\n")
+        return resp
+
+    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                await ws.send_str(f"{self.tag}:{msg.data}")
+        return ws
+
+    def close(self) -> None:
+        self.release.set()
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+@dataclass
+class Stack:
+    haproxy: HAProxyProcess
+    plane: DataPlane
+    python: Upstream
+    seen: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.haproxy.layout.bind_port}"
+
+
+@pytest.fixture
+def upstreams() -> Iterator[dict[str, Upstream]]:
+    made = {tag: Upstream(tag) for tag in ("python", "a1", "a2", "b1")}
+    yield made
+    for upstream in made.values():
+        upstream.close()
+
+
+@pytest.fixture
+def stack(tmp_path: Path, upstreams: dict[str, Upstream]) -> Iterator[Stack]:
+    layout = Layout("127.0.0.1", free_port(), upstreams["python"].port, tmp_path / "hap", DOMAIN, COOKIES, "sp_",
+                    slots=4)
+    haproxy = HAProxyProcess(layout)
+    haproxy.start()
+    seen: list[str] = []
+    plane = DataPlane(haproxy, DOMAIN, lambda space, _now: seen.append(space), clock=lambda: 1000.0)
+    try:
+        yield Stack(haproxy, plane, upstreams["python"], seen)
+    finally:
+        haproxy.stop()
+
+
+def route(space: str, target: str, **kw: Any) -> Route:
+    return Route(space_id=space, slug=space.replace("/", "-"), target=target, **kw)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+async def get(client: aiohttp.ClientSession, stack: Stack, host: str, path: str = "/",
+              headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], aiohttp.ClientResponse]:
+    async with client.get(f"{stack.url}{path}", headers={"Host": host, **(headers or {})},
+                          allow_redirects=False) as resp:
+        body = await resp.json(content_type=None) if resp.status < 400 else {}
+        return resp.status, body, resp
+
+
+async def raw(stack: Stack, request: str) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.haproxy.layout.bind_port)
+    writer.write(request.encode())
+    answer = (await asyncio.wait_for(reader.read(65536), 10)).decode("latin-1")
+    writer.close()
+    return answer
+
+
+# ---- config and runtime API ---------------------------------------------------------------------
+def test_rendered_config_is_valid_for_haproxy(tmp_path: Path) -> None:
+    layout = Layout("127.0.0.1", 8000, 8001, tmp_path, DOMAIN, COOKIES, "sp_", slots=3)
+    HAProxyProcess(layout).write_files()
+    checked = __import__("subprocess").run(["haproxy", "-c", "-f", str(layout.config)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    text = render_config(layout)
+    assert "http-server-close" not in text and "timeout tunnel 24h" in text
+    assert [line for line in text.splitlines() if line.startswith("backend ")] == [
+        "backend spaceport", "backend s1", "backend s2", "backend s3"]
+
+
+@pytest.mark.parametrize("bad", [
+    {"apps_domain": "apps.localhost\n    bind :1"}, {"apps_domain": "a b"}, {"platform_cookies": ("x;y",)},
+    {"token_prefix": "sp_' }"}, {"bind_host": "127.0.0.1:1\nbind"}, {"run_dir": Path("/tmp/has space")},
+])
+def test_config_refuses_values_that_could_inject_directives(tmp_path: Path, bad: dict[str, Any]) -> None:
+    values: dict[str, Any] = {"bind_host": "127.0.0.1", "bind_port": 8000, "python_port": 8001, "run_dir": tmp_path,
+                              "apps_domain": DOMAIN, "platform_cookies": COOKIES, "token_prefix": "sp_", **bad}
+    with pytest.raises(DataPlaneError):
+        render_config(Layout(**values))
+
+
+def test_runtime_api_refuses_command_separators(stack: Stack) -> None:
+    api = RuntimeAPI(stack.haproxy.layout.socket)
+    for line in ("show info; shutdown frontend site", "show info\nshutdown frontend site", "x\r\ny"):
+        with pytest.raises(DataPlaneError):
+            api.command(line)
+    assert "Name: HAProxy" in api.command("show info")
+
+
+@pytest.mark.parametrize("space, slug", [
+    ("alice/demo;del map #0 x", "alice-demo"), ("alice/demo", "alice-demo\nset map"), ("alice/de mo", "alice-de"),
+    ("alice/demo|s9", "alice-demo"), ("alice/demo", "alice-demo.other"), ("alice/demo", "a b"),
+])
+def test_names_that_could_inject_into_the_map_are_never_mapped(space: str, slug: str) -> None:
+    assert mapping_of(Route(space_id=space, slug=slug, target="http://127.0.0.1:1"), DOMAIN) is None
+
+
+@pytest.mark.parametrize("target", ["http://localhost:80", "https://127.0.0.1:1", "http://127.0.0.1",
+                                    "http://127.0.0.1:1/x", "http://u@127.0.0.1:1", "http://127.0.0.1:1 2"])
+def test_only_plain_ip_targets_are_mapped(target: str) -> None:
+    assert mapping_of(Route(space_id="a/b", slug="a-b", target=target), DOMAIN) is None
+
+
+def test_private_and_not_ready_routes_stay_on_python() -> None:
+    target = "http://127.0.0.1:1"
+    assert mapping_of(Route(space_id="a/b", slug="a-b", target=target), DOMAIN) is not None
+    for state in ("asleep", "paused", "unavailable"):
+        assert mapping_of(Route(space_id="a/b", slug="a-b", target=target, state=state), DOMAIN) is None  # type: ignore[arg-type]
+    assert mapping_of(Route(space_id="a/b", slug="a-b", target=target, private=True), DOMAIN) is None
+
+
+# ---- traffic ----------------------------------------------------------------------------------
+async def test_public_route_headers_paths_and_responses(stack: Stack, upstreams: dict[str, Upstream],
+                                                        client: aiohttp.ClientSession) -> None:
+    stack.plane.apply("alice/demo", route("alice/demo", upstreams["a1"].target))
+    host = f"alice-demo.{DOMAIN}:8000"
+    basic = base64.b64encode(b"alice:sp_secret").decode()
+    status, body, resp = await get(client, stack, host, "/apps/alice/demo/x?q=1", {
+        "Cookie": "spaceport_session=S; theme=dark; spaceport_csrf=C; other=1; spaceport_app_session=A",
+        "Authorization": "Bearer sp_secret", "X-HF-Authorization": f"Basic {basic}", "X-Forwarded-For": "10.0.0.1"})
+    assert status == 200 and body["tag"] == "a1"
+    assert body["path"] == "/x?q=1"  # under the base path on the host URL: stripped (Gradio)
+    got = {k.lower(): v for k, v in body["headers"]}
+    assert got["cookie"] == "theme=dark; other=1"
+    assert "authorization" not in got and "x-hf-authorization" not in got
+    assert got["x-forwarded-for"] == "10.0.0.1, 127.0.0.1" and got["x-forwarded-proto"] == "http"
+    assert got["x-forwarded-host"] == host and got["host"] == host
+    assert resp.headers.getall("Set-Cookie")[-1] == "theme=dark"
+    assert not [c for c in resp.headers.getall("Set-Cookie") if "forged" in c or "=x" in c]
+    _status, body, _ = await get(client, stack, host, "/", {"Authorization": "Bearer app-key", "Cookie": "spaceport_session=S"})
+    got = {k.lower(): v for k, v in body["headers"]}
+    assert got["authorization"] == "Bearer app-key" and "cookie" not in got
+    status, _, resp = await get(client, stack, host, "/redirect")
+    assert status == 302 and resp.headers["Location"] == "/next?x=1"  # the internal origin never leaks
+
+
+async def test_streamlit_routes_get_the_base_path_prepended(stack: Stack, upstreams: dict[str, Upstream],
+                                                            client: aiohttp.ClientSession) -> None:
+    stack.plane.apply("bob/st", route("bob/st", upstreams["b1"].target, strip_base_path=False))
+    _, body, _ = await get(client, stack, f"bob-st.{DOMAIN}", "/_stcore/health")
+    assert body["path"] == "/apps/bob/st/_stcore/health"
+    _, body, _ = await get(client, stack, f"bob-st.{DOMAIN}", "/apps/bob/st/x")
+    assert body["path"] == "/apps/bob/st/x"
+
+
+async def test_everything_unmapped_goes_to_python(stack: Stack, upstreams: dict[str, Upstream],
+                                                  client: aiohttp.ClientSession) -> None:
+    stack.plane.apply("alice/demo", route("alice/demo", upstreams["a1"].target))
+    stack.plane.apply("alice/secret", route("alice/secret", upstreams["a2"].target, private=True))
+    stack.plane.apply("alice/sleepy", route("alice/sleepy", upstreams["a2"].target, state="asleep"))
+    for host, path in [(DOMAIN, "/"), (f"alice-secret.{DOMAIN}", "/"), (f"alice-sleepy.{DOMAIN}", "/"),
+                       (f"nobody-here.{DOMAIN}", "/"), (f"alice-demo.{DOMAIN}", "/__spaceport__/status"),
+                       (f"alice-demo.{DOMAIN}", "/__spaceport__/auth"), ("localhost", "/apps/alice/demo/")]:
+        status, body, _ = await get(client, stack, host, path, {"Cookie": "spaceport_session=S"})
+        assert (status, body["tag"]) == (200, "python"), (host, path)
+        assert {k.lower(): v for k, v in body["headers"]}["cookie"] == "spaceport_session=S"  # the platform's own
+
+
+async def test_crafted_hosts_never_reach_another_spaces_backend(stack: Stack, upstreams: dict[str, Upstream],
+                                                               client: aiohttp.ClientSession) -> None:
+    stack.plane.apply("alice/demo", route("alice/demo", upstreams["a1"].target))
+    stack.plane.apply("alice/secret", route("alice/secret", upstreams["a2"].target, private=True))
+    for host in (f"x.alice-demo.{DOMAIN}", f"alice-demo.{DOMAIN}.evil", f"alice-demo.{DOMAIN}.", "alice-demo",
+                 f"alice-secret.{DOMAIN}", f"ALICE-SECRET.{DOMAIN}:1"):
+        _status, body, _ = await get(client, stack, host)
+        assert body.get("tag") == "python", host
+    two_hosts = f"GET / HTTP/1.1\r\nHost: alice-demo.{DOMAIN}\r\nHost: alice-secret.{DOMAIN}\r\n\r\n"
+    assert (await raw(stack, two_hosts)).startswith("HTTP/1.1 400")
+    head = await raw(stack, f"GET http://alice-demo.{DOMAIN}/ HTTP/1.1\r\nHost: alice-secret.{DOMAIN}\r\n\r\n")
+    assert '"tag": "a2"' not in head  # never the private space's backend, whatever the authority says
+
+
+async def test_websocket_and_sse_pass_unbuffered(stack: Stack, upstreams: dict[str, Upstream],
+                                                 client: aiohttp.ClientSession) -> None:
+    stack.plane.apply("alice/demo", route("alice/demo", upstreams["a1"].target))
+    host = f"alice-demo.{DOMAIN}"
+    async with client.ws_connect(f"{stack.url}/ws", headers={"Host": host}) as ws:
+        await ws.send_str("hi")
+        assert await ws.receive_str() == "a1:hi"
+    async with client.get(f"{stack.url}/sse", headers={"Host": host}) as resp:
+        first = await asyncio.wait_for(resp.content.readline(), 10)  # while the upstream holds the stream open
+        assert first == b"data: first from a1\n"
+        upstreams["a1"].release.set()
+        assert b"data: last" in await resp.content.read()
+
+
+async def test_swap_keeps_open_websockets_of_both_spaces(stack: Stack, upstreams: dict[str, Upstream],
+                                                         client: aiohttp.ClientSession) -> None:
+    stack.plane.apply("alice/demo", route("alice/demo", upstreams["a1"].target))
+    stack.plane.apply("bob/other", route("bob/other", upstreams["b1"].target))
+    async with (client.ws_connect(f"{stack.url}/ws", headers={"Host": f"bob-other.{DOMAIN}"}) as other,
+                client.ws_connect(f"{stack.url}/ws", headers={"Host": f"alice-demo.{DOMAIN}"}) as old):
+        stack.plane.apply("alice/demo", route("alice/demo", upstreams["a2"].target))  # redeploy
+        _, body, _ = await get(client, stack, f"alice-demo.{DOMAIN}")
+        assert body["tag"] == "a2"
+        for ws, expect in ((other, "b1:still"), (old, "a1:still")):
+            await ws.send_str("still")
+            assert await ws.receive_str() == expect
+        stack.plane.poll()
+        assert len(stack.plane._slots["alice/demo"].draining) == 1  # the old server waits for its socket
+    for _ in range(50):  # its connection is gone once the client closed it: the next polls delete it
+        stack.plane.poll()
+        if not stack.plane._slots["alice/demo"].draining:
+            break
+        await asyncio.sleep(0.1)
+    assert not stack.plane._slots["alice/demo"].draining
+
+
+async def test_removed_route_goes_to_python_at_once_and_frees_its_slot(stack: Stack, upstreams: dict[str, Upstream],
+                                                                       client: aiohttp.ClientSession) -> None:
+    table = RouteTable()
+    table.listen(lambda space: stack.plane.apply(space, table.get(space)))
+    table.set(route("alice/demo", upstreams["a1"].target))
+    assert (await get(client, stack, f"alice-demo.{DOMAIN}"))[1]["tag"] == "a1"
+    table.set(route("alice/demo", upstreams["a1"].target, state="asleep"))  # sleep
+    assert (await get(client, stack, f"alice-demo.{DOMAIN}"))[1]["tag"] == "python"
+    table.replace_all([route("bob/other", upstreams["b1"].target)])  # a follower's full reload
+    assert (await get(client, stack, f"bob-other.{DOMAIN}"))[1]["tag"] == "b1"
+    table.remove("bob/other")
+    assert (await get(client, stack, f"bob-other.{DOMAIN}"))[1]["tag"] == "python"
+    for _ in range(50):
+        stack.plane.poll()
+        if not stack.plane._slots:
+            break
+        await asyncio.sleep(0.1)
+    assert not stack.plane._slots and len(stack.plane._free) == 4
+
+
+async def test_activity_comes_from_haproxy_stats(stack: Stack, upstreams: dict[str, Upstream],
+                                                 client: aiohttp.ClientSession) -> None:
+    stack.plane.apply("alice/demo", route("alice/demo", upstreams["a1"].target))
+    stack.plane.apply("bob/idle", route("bob/idle", upstreams["b1"].target))
+    stack.plane.poll()
+    assert stack.seen == []
+    await get(client, stack, f"alice-demo.{DOMAIN}")
+    stack.plane.poll()
+    assert stack.seen == ["alice/demo"]
+    stack.plane.poll()  # nothing moved since
+    assert stack.seen == ["alice/demo"]
+    async with client.ws_connect(f"{stack.url}/ws", headers={"Host": f"alice-demo.{DOMAIN}"}) as ws:
+        stack.plane.poll()
+        await ws.send_str("x")
+        await ws.receive_str()
+        stack.plane.poll()  # frames on an open WebSocket count, as in the Python proxy
+    assert stack.seen.count("alice/demo") >= 2 and "bob/idle" not in stack.seen
+
+
+def test_exhausted_slots_leave_the_space_on_python(stack: Stack, upstreams: dict[str, Upstream]) -> None:
+    for n in range(5):
+        stack.plane.apply(f"o/s{n}", route(f"o/s{n}", upstreams["a1"].target))
+    assert len(stack.plane.mapped()) == 4 and "o/s4" not in stack.plane.mapped()
