@@ -213,11 +213,6 @@ class Settings(BaseSettings):
                                 "gets /zerogpu/<instance capability>/ appended); empty: PUBLIC_URL")
     zerogpu_queue_timeout: float = Field(default=60.0, gt=0, description="ZeroGPU: seconds a call waits in the queue "
                                          "for a free GPU before it fails (the `spaces` package says 'after 60s')")
-    zerogpu_device_api_url: str = Field(
-        default="", description="ZeroGPU: the URL apps reach this site's device API at (SPACES_ZERO_DEVICE_API_URL "
-                                "gets /zerogpu/<instance capability>/ appended); empty: PUBLIC_URL")
-    zerogpu_queue_timeout: float = Field(default=60.0, gt=0, description="ZeroGPU: seconds a call waits in the queue "
-                                         "for a free GPU before it fails (the `spaces` package says 'after 60s')")
     gc_grace: float = Field(default=3600.0, ge=0, description="Seconds an unused build source, venv or image is "
                             "kept before it is collected")
 
