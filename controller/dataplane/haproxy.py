@@ -35,6 +35,42 @@ _DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
 _HOST = re.compile(r"^[A-Za-z0-9.:\[\]-]+$")
 
 
+# Exact header work that HAProxy's rules cannot express, run only when a rule saw it is needed:
+# drop the headers a request's Connection header names (hop-by-hop, as forward.upstream_headers), and
+# drop the Set-Cookie lines that would set one of the platform's cookies (as isolation.response_filter).
+LUA = """
+local keep = { ["keep-alive"] = true, ["close"] = true, ["upgrade"] = true, ["host"] = true, ["connection"] = true }
+
+core.register_action("spaceport_hop", { "http-req" }, function(txn)
+  local conn = txn.http:req_get_headers()["connection"]
+  if conn == nil then return end
+  for _, value in pairs(conn) do
+    for token in string.gmatch(value, "[^,%s]+") do
+      if not keep[string.lower(token)] then txn.http:req_del_header(token) end
+    end
+  end
+end, 0)
+
+core.register_action("spaceport_cookies", { "http-res" }, function(txn, names)
+  local cookies = txn.http:res_get_headers()["set-cookie"]
+  if cookies == nil then return end
+  local platform = {}
+  for name in string.gmatch(names, "[^|]+") do platform[name] = true end
+  local kept = {}
+  for i = 0, #cookies do
+    local value = cookies[i]
+    if value ~= nil then
+      local name = string.lower(string.match(value, "^[^;=]*") or ""):gsub("^%s+", ""):gsub("%s+$", "")
+      name = name:gsub("^__host%-", ""):gsub("^__secure%-", "")
+      if not platform[name] then kept[#kept + 1] = value end
+    end
+  end
+  txn.http:res_del_header("set-cookie")
+  for _, value in ipairs(kept) do txn.http:res_add_header("set-cookie", value) end
+end, 1)
+"""
+
+
 class DataPlaneError(Exception):
     """HAProxy could not be started or refused a runtime command; the message says what happened."""
 
@@ -62,12 +98,16 @@ class Layout:
         return self.run_dir / "hosts.map"
 
     @property
+    def lua(self) -> Path:
+        return self.run_dir / "spaceport.lua"
+
+    @property
     def socket(self) -> Path:
         return self.run_dir / "admin.sock"
 
 
 def _check(layout: Layout) -> None:
-    for path in (layout.config, layout.hosts_map, layout.socket):
+    for path in (layout.config, layout.hosts_map, layout.socket, layout.lua):
         if not _SAFE_PATH.match(str(path)):
             raise DataPlaneError(f"HAProxy cannot use the path {path!r}: choose a data dir without quotes")
     if len(str(layout.socket)) > 100:
@@ -92,6 +132,7 @@ def _global(layout: Layout) -> list[str]:
         "global",
         f'    stats socket "{layout.socket}" mode 600 level admin',
         "    stats timeout 30s",
+        f'    lua-load "{layout.lua}"',
         "    hard-stop-after 5s",
         "    noreuseport",  # a taken port fails the start instead of sharing it
         *threads,
@@ -135,6 +176,9 @@ def _frontend(layout: Layout) -> list[str]:
         "    http-request set-var(txn.base) var(txn.route),field(3,|) if app",
         "    http-request set-var(txn.origin) var(txn.route),field(4,|) if app",
         "    http-request set-header X-Forwarded-Host %[req.hdr(host)] if app",
+        "    http-request lua.spaceport_hop if app"
+        " { req.fhdr(connection) -m reg -i '(^|,)\\s*(?!(keep-alive|close|upgrade)\\s*(,|$))[^,\\s]' }",
+        "    http-request del-header X-IP-Token if app",  # ZeroGPU's visitor token: only Python signs it
         # the platform's credentials never reach an app (forward.upstream_headers)
         *_strip_cookies(cookies),
         *_strip_tokens("authorization", prefix),
@@ -146,8 +190,8 @@ def _frontend(layout: Layout) -> list[str]:
         " { var(txn.mode) -m str strip }",
         "    http-request set-path %[var(txn.base)]%[path] if app !under_base { var(txn.mode) -m str keep }",
         # responses: no platform cookie set by an app; the app's internal origin never leaks in Location
-        f"    http-response replace-header Set-Cookie '(?i)^\\s*(__host-|__secure-)?({cookies})\\s*(=|;|$).*'"
-        " 'spaceport_refused=; Max-Age=0' if { var(txn.route) -m found }",
+        f"    http-response lua.spaceport_cookies {cookies} if {{ var(txn.route) -m found }}"
+        f" {{ res.hdr(set-cookie) -m reg -i '^\\s*(__host-|__secure-)?({cookies})\\s*(=|;|$)' }}",
         """    http-response set-var(txn.lorigin) 'res.hdr(location),regsub("^(https?://[^/?#]*).*$","\\1")'"""
         " if { var(txn.route) -m found } { res.hdr(location) -m found }",
         "    http-response replace-header Location '^https?://[^/?#]*/?(.*)$' '/\\1'"
@@ -257,6 +301,7 @@ class HAProxyProcess:
         self.layout.run_dir.chmod(0o700)
         self.layout.config.write_text(render_config(self.layout))
         self.layout.hosts_map.write_text("")  # routes are added at run time
+        self.layout.lua.write_text(LUA)
 
     def start(self, timeout: float = 10.0) -> None:
         self.write_files()

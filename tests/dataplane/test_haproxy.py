@@ -56,7 +56,7 @@ class Upstream:
         return f"http://127.0.0.1:{self.port}"
 
     async def _echo(self, request: web.Request) -> web.Response:
-        headers = [("Set-Cookie", c) for c in ("spaceport_session=forged; Domain=localhost", " SPACEPORT_CSRF =x",
+        headers = [("Set-Cookie", c) for c in ("spaceport_session=forged; Domain=localhost", " Spaceport_Csrf =x",
                                                 "__Host-spaceport_app_session=x; Secure", "theme=dark")]
         if request.path == "/redirect":
             headers.append(("Location", f"{self.target}/next?x=1"))

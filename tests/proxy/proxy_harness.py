@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,6 +33,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route as StarletteRoute
 
+from controller.dataplane.haproxy import HAProxyProcess, Layout
+from controller.dataplane.plane import DataPlane
 from controller.proxy import ProxyMiddleware, Route, RouteTable, ThrottledActivity
 from controller.proxy.appauth import AppAuth
 
@@ -258,6 +261,13 @@ class Stack:
     proxy_port: int
     middleware: ProxyMiddleware
     counter: Iterator[int]
+    plane: str = "python"  # or "haproxy": HAProxy in front, carrying ready public host-based routes
+    dataplane: DataPlane | None = None
+
+    def poll(self) -> None:
+        """HAProxy's activity reaches the recorder when the data plane reads its stats (every 2 s in serve)."""
+        if self.dataplane is not None:
+            self.dataplane.poll()
 
     @property
     def url(self) -> str:
@@ -284,8 +294,38 @@ async def _start_upstream(state: UpstreamState) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+@contextlib.contextmanager
+def data_plane(plane: str, table: RouteTable, activity: ThrottledActivity, python_port: int,
+               run_dir: Path) -> Iterator[tuple[int, DataPlane | None]]:
+    """The port visitors use: uvicorn's own ("python"), or HAProxy's in front of it, fed by the table."""
+    if plane == "python":
+        yield python_port, None
+        return
+    layout = Layout("127.0.0.1", free_port(), python_port, run_dir, APPS_DOMAIN,
+                    ("spaceport_session", "spaceport_csrf", "spaceport_app_session"), "sp_", slots=64)
+    haproxy = HAProxyProcess(layout)
+    haproxy.start()
+    dp = DataPlane(haproxy, APPS_DOMAIN, activity.record)
+    table.listen(lambda space_id: dp.apply(space_id, table.get(space_id)))
+    dp.sync(table.all())
+    try:
+        yield layout.bind_port, dp
+    finally:
+        haproxy.stop()
+
+
+PLANES = ["python", pytest.param("haproxy", marks=pytest.mark.skipif(shutil.which("haproxy") is None,
+                                                                     reason="haproxy is not installed"))]
+
+
+@pytest.fixture(scope="module", params=PLANES)
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with _stack(request.param, tmp_path_factory.mktemp("hap")) as made:
+        yield made
+
+
+@contextlib.contextmanager
+def _stack(plane: str, run_dir: Path) -> Iterator[Stack]:
     loop = LoopThread()
     state = UpstreamState()
     runner, upstream = loop.call(_start_upstream(state))
@@ -314,18 +354,9 @@ def stack() -> Iterator[Stack]:
     loop.call(_wait_started(server))
     counter = iter(range(1, 10**9))
     try:
-        yield Stack(
-            loop,
-            table,
-            activity,
-            activator,
-            health,
-            upstream,
-            state,
-            sock.getsockname()[1],
-            middleware,
-            counter,
-        )
+        with data_plane(plane, table, activity, sock.getsockname()[1], run_dir) as (port, dp):
+            yield Stack(loop, table, activity, activator, health, upstream, state, port, middleware, counter,
+                        plane, dp)
     finally:
         server.should_exit = True
         serving.result(15)
