@@ -39,6 +39,7 @@ def build(
     container_limits: Mapping[str, int] | None = None,
     uv_seed: Path | None = None,
     venv_policy: VenvPolicy | None = None,
+    push: bool = False,
 ) -> Artifact:
     """Build `source` (a snapshot of one commit). Raises BuildFailure(stage, message) on any failure.
 
@@ -51,6 +52,7 @@ def build(
     Requirement lines pointing outside the repository are refused first (CONFIG_ERROR). `uv_seed`: a
     trusted (root-owned) uv cache that a new per-owner cache starts from (read-only to builds).
     `venv_policy`: the site's default Python, base packages and Python source for venvs (default: hosted).
+    `push`: push the built image `tag` (then REGISTRY/SLUG:SHA12) to its registry (builder/registry.py).
     """
     config = load_space_config(source)
     log(f"space sdk: {config.sdk}" + (f" {config.sdk_version}" if config.sdk_version else "") + f", app: {config.app_file}")
@@ -66,11 +68,16 @@ def build(
             raise ValueError("kind='image' needs a docker client and a tag")
         from builder.image import build_image
 
-        return build_image(
+        image = build_image(
             source, config, client=client, tag=tag, build_args=build_args, aliases=aliases, mirror=mirror,
             ca_dir=ca_dir, log=log, no_cache=no_cache, time_limit=time_limit, cancel=cancel,
             network=network, container_limits=container_limits,
         )
+        if push:
+            from builder.registry import push_image
+
+            push_image(client, image.image, log=log, cancel=cancel)
+        return image
     raise ValueError(f"unknown build kind {kind!r}")
 
 

@@ -69,5 +69,49 @@ def instance_name(owner: str, name: str, build_id: int, generation: int) -> str:
     return f"sp-{base_slug(owner, name)[:40]}-{build_id}-{generation}"
 
 
+LOCAL_REPOSITORY = "spaceport"
+_COMMIT = re.compile(r"^[0-9a-f]{12,64}$")
+_HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:]+\])"
+_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REGISTRY = re.compile(rf"^{_HOST}(?::[0-9]{{1,5}})?(?:/{_PATH})*$")
+
+
 def image_tag(owner: str, name: str, commit_sha: str) -> str:
-    return f"spaceport/{base_slug(owner, name)}:{commit_sha[:12]}"
+    """The local tag of a build: spaceport/SLUG:SHA12."""
+    return image_ref(owner, name, commit_sha)
+
+
+def image_ref(owner: str, name: str, commit_sha: str, registry: str = "") -> str:
+    """The one image reference a build of (owner, name, commit) is tagged, pushed, stored and run as:
+    `spaceport/SLUG:SHA12` without a registry, `REGISTRY/SLUG:SHA12` with SPACEPORT_REGISTRY
+    (e.g. registry.local:5000/spaces/alice-demo:abc123def456). The owner's part is only the slug
+    ([a-z0-9-]) and the commit's hex prefix, so no name can reach outside the registry's prefix."""
+    if not _COMMIT.match(commit_sha):
+        raise ValueError(f"not a commit id: {commit_sha!r}")
+    prefix = registry_prefix(registry) if registry else LOCAL_REPOSITORY
+    return f"{prefix}/{base_slug(owner, name)}:{commit_sha[:12]}"
+
+
+def registry_prefix(registry: str) -> str:
+    """SPACEPORT_REGISTRY checked: HOST[:PORT][/PATH], no scheme, no trailing '/', lowercase path."""
+    value = registry.strip().rstrip("/")
+    if not _REGISTRY.match(value):
+        raise ValueError(f"SPACEPORT_REGISTRY={registry!r} is not a registry address: use HOST[:PORT][/PATH] "
+                         "without a scheme (lowercase path), e.g. registry.local:5000/spaces")
+    host = registry_host(value)
+    if not (host == "localhost" or "." in host or ":" in host):
+        raise ValueError(f"SPACEPORT_REGISTRY={registry!r}: {host!r} is not a registry host (Docker would read it as "
+                         "a Docker Hub namespace); write HOST:PORT or a dotted name, e.g. registry.local:5000/spaces")
+    return value
+
+
+def registry_host(ref: str) -> str:
+    """The registry part of an image reference or SPACEPORT_REGISTRY: everything before the first '/'."""
+    return ref.split("/", 1)[0]
+
+
+def in_registry(ref: str, registry: str) -> bool:
+    """Whether `ref` lives under SPACEPORT_REGISTRY (and so may be pulled from, or deleted in, it)."""
+    if not registry:
+        return False
+    return ref.startswith(registry_prefix(registry) + "/")

@@ -10,6 +10,10 @@ read back after every start. Instances are found by the `spaceport.instance` lab
 `spaceport.site` label (and a name prefix) so several sites or test servers can share one engine without
 listing, adopting or removing each other's containers.
 
+With a registry (SPACEPORT_REGISTRY), an image that is not on this engine is pulled from it before the
+container is created (images are built and pushed on another engine, a worker's); a reference outside
+the registry is never pulled (no Docker Hub lookup of `spaceport/...`).
+
 stop() keeps the container (a later start() of the same spec is a plain `container.start()`, a fast
 deep wake); remove() deletes it. start() of a spec that differs (artifact, env, hardware) from the
 existing container's replaces the container.
@@ -31,6 +35,8 @@ from docker.errors import APIError, NotFound
 from docker.models.containers import Container
 
 from builder.artifact import ImageArtifact
+from builder.registry import registry_hint, split_ref
+from controller.domain.naming import in_registry, registry_host
 from controller.runtimes import netns
 from controller.runtimes.appenv import LABEL_INSTANCE, LABEL_SPEC, app_env, instance_labels, spec_hash
 from controller.runtimes.base import Endpoint, InstanceSpec, InstanceStatus, RuntimeFailure, State
@@ -99,6 +105,11 @@ def build_create_kwargs(spec: InstanceSpec, *, network: str = NETWORK, bind_addr
     }
 
 
+def _pull_failure(image: str, registry: str, error: str) -> str:
+    return (f"cannot pull the image {image} from the registry {registry}: {error.strip()}. The site's admin must fix "
+            f"it ({registry_hint(error)}); or push again / factory-rebuild the space if the image was deleted")
+
+
 def _endpoint(container: Container, bind_address: str) -> Endpoint | None:
     for bindings in (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).values():
         for binding in bindings or []:
@@ -111,8 +122,10 @@ class DockerRuntime:
     name = "docker"
 
     def __init__(self, docker_host: str | None = None, *, network: str = NETWORK, bind_address: str = "127.0.0.1",
-                 stop_timeout: int = 10, site: str = "", egress_allow: tuple[str, ...] | str = ()) -> None:  # fmt: skip
+                 stop_timeout: int = 10, site: str = "", egress_allow: tuple[str, ...] | str = (),
+                 registry: str = "") -> None:  # fmt: skip
         self.site = site
+        self.registry = registry
         try:
             self.egress_allow = netns.parse_allow(egress_allow)
         except ValueError as exc:
@@ -229,6 +242,7 @@ class DockerRuntime:
             container = None
         try:
             if container is None:
+                self.ensure_image(spec)
                 self.ensure_network()
                 container = self.client.containers.create(**build_create_kwargs(
                     spec, network=self.network, bind_address=self.bind_address, site=self.site))  # fmt: skip
@@ -243,6 +257,43 @@ class DockerRuntime:
         if endpoint is None:
             raise RuntimeFailure(f"{spec.name} started but published no port (state {container.status})")
         return endpoint
+
+    def ensure_image(self, spec: InstanceSpec) -> None:
+        """The spec's image on this engine: already there, or pulled from SPACEPORT_REGISTRY (blocking)."""
+        artifact = spec.artifact
+        if not isinstance(artifact, ImageArtifact):
+            raise RuntimeFailure(f"the docker runtime runs images, not {artifact.ref}")
+        image = artifact.image
+        try:
+            self.client.images.get(image)
+            return
+        except NotFound:
+            pass
+        try:
+            pullable = in_registry(image, self.registry)
+        except ValueError as exc:  # a malformed SPACEPORT_REGISTRY
+            raise RuntimeFailure(str(exc)) from None
+        if not pullable:
+            where = f"under SPACEPORT_REGISTRY={self.registry}" if self.registry else "in a registry (SPACEPORT_REGISTRY is not set)"
+            raise RuntimeFailure(f"the image {image} of {spec.space_id} is not on this Docker engine and not {where}, "
+                                 "so it cannot be pulled: push again or factory-rebuild the space")
+        self._pull(image)
+
+    def _pull(self, image: str) -> None:
+        repository, tag = split_ref(image)
+        registry = registry_host(image)
+        log.info("docker runtime: pulling %s from the registry %s", image, registry)
+        try:
+            for chunk in self.client.api.pull(repository, tag=tag, stream=True, decode=True):
+                error = chunk.get("error") or (chunk.get("errorDetail") or {}).get("message")
+                if error:
+                    raise RuntimeFailure(_pull_failure(image, registry, str(error)))
+        except APIError as exc:
+            raise RuntimeFailure(_pull_failure(image, registry, str(exc.explanation or exc))) from exc
+        try:
+            self.client.images.get(image)
+        except NotFound:
+            raise RuntimeFailure(_pull_failure(image, registry, "the pull ended without the image")) from None
 
     def _status(self, name: str) -> InstanceStatus:
         container = self._get(name)

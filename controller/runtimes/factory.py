@@ -59,7 +59,7 @@ def make_runtime(settings: Settings, quotas: QuotaLookup | None = None) -> Runti
         from controller.runtimes.docker import DockerRuntime, site_id
 
         return DockerRuntime(settings.docker_host or None, site=site_id(settings.data_dir),
-                             egress_allow=settings.egress_allow)
+                             egress_allow=settings.egress_allow, registry=settings.registry)
     from controller.runtimes.kubernetes.client import KubeClient
     from controller.runtimes.kubernetes.runtime import KubernetesRuntime
 

@@ -13,6 +13,13 @@ trash directory first, then looks again: a build of that owner that started mean
 (renamed in place); a build starting after the second look finds them gone and makes them again. Only
 then is the trash deleted. Candidates found on disk are collected once older than the grace period.
 
+With SPACEPORT_REGISTRY, an image is REGISTRY/SLUG:SHA12 (naming.image_ref): collecting it removes the
+engine's local copy (docker runtime) and deletes its manifest in the registry through the registry's
+HTTP API (`DELETE /v2/NAME/manifests/DIGEST`; needs `storage: delete: enabled: true`; reclaiming the
+blobs is the registry's own `garbage-collect`). A manifest another kept tag of the same repository
+points at (an identical rebuild) is left alone. Registries that need credentials are not supported here:
+their manifests stay (logged).
+
 Deleting a space (`release_space`) moves its exported sources away at once and collects its venvs right
 away (grace 0) when no other space uses them; its images are remembered (PlatformSetting
 "gc_pending_images") until its containers are gone and the next collection removes them. Its
@@ -32,14 +39,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import httpx
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from controller.config import Settings
 from controller.db.models import Account, Build, Instance, PlatformSetting, Space, utcnow
+from controller.domain.naming import in_registry, registry_host
 from controller.runtimes.localstate import disk_usage, recorded_artifacts
 from controller.services.platform import Platform
+
+if TYPE_CHECKING:
+    from controller.runtimes.docker import DockerRuntime
 
 log = logging.getLogger(__name__)
 ACTIVE = ("running",)
@@ -219,7 +232,7 @@ def collect(platform: Platform, *, grace: float | None = None, dry_run: bool = F
         return report
     files = [c for c in chosen if c.kind != "image"]
     _remove_files(platform, settings, files, report)
-    _remove_images(platform, settings, [c for c in chosen if c.kind == "image"], report)
+    _remove_images(platform, settings, [c for c in chosen if c.kind == "image"], report, keep)
     if report.removed or report.images_in_use:
         log.info("garbage collection: %s", report.summary())
     return report
@@ -261,27 +274,94 @@ def _prune_empty(sources: Path) -> None:
             owner_dir.rmdir()
 
 
-def _remove_images(platform: Platform, settings: Settings, chosen: list[Candidate], report: Report) -> None:
-    if not chosen or settings.runtime != "docker":
+def _remove_images(platform: Platform, settings: Settings, chosen: list[Candidate], report: Report,
+                   keep: Keep) -> None:
+    if not chosen or (settings.runtime != "docker" and not settings.registry):
         return
-    from controller.runtimes.docker import DockerRuntime, site_id
-
-    runtime = DockerRuntime(settings.docker_host or None, site=site_id(settings.data_dir))
     still: list[tuple[str, str]] = []
+    runtime = _docker_runtime(settings)
     try:
         for c in chosen:
-            outcome = runtime.remove_image(c.ref)
+            outcome = runtime.remove_image(c.ref) if runtime is not None else "missing"
             if outcome == "in use":
                 report.images_in_use.append(c.ref)
                 still.append((c.ref, c.owner))
-            elif outcome == "removed":
+                continue
+            if in_registry(c.ref, settings.registry) and delete_from_registry(c.ref, keep.images) == "deleted":
+                outcome = "removed"
+            if outcome == "removed":
                 report.removed.append(c)
                 log.info("garbage collection: removed image %s (owner %s)", c.ref, c.owner)
     finally:
-        runtime.close()
+        if runtime is not None:
+            runtime.close()
     with platform.tx() as session:
         pending = [p for p in _pending(session) if p in still or p[0] not in {c.ref for c in chosen}]
         session.merge(PlatformSetting(key=PENDING_IMAGES, value=[list(p) for p in pending]))
+
+
+def _docker_runtime(settings: Settings) -> DockerRuntime | None:
+    """The docker runtime (for the engine's local copies; the caller closes it), None on other runtimes."""
+    if settings.runtime != "docker":
+        return None
+    from controller.runtimes.docker import DockerRuntime, site_id
+
+    return DockerRuntime(settings.docker_host or None, site=site_id(settings.data_dir))
+
+
+# ----------------------------------------------------------------------------- the registry's copy
+MANIFEST_TYPES = ", ".join((
+    "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json", "application/vnd.oci.image.index.v1+json",
+))
+
+
+def delete_from_registry(ref: str, kept: set[str], timeout: float = 10.0) -> str:
+    """Delete `ref`'s manifest in its registry: "deleted", "missing", "shared" (a kept tag of the same
+    repository has the same digest) or "failed" (logged: unreachable, deletion disabled, credentials)."""
+    repository, _, tag = ref.rpartition(":")
+    name = repository.split("/", 1)[1]
+    try:
+        with httpx.Client(timeout=timeout, headers={"Accept": MANIFEST_TYPES}) as client:
+            base = _registry_base(client, registry_host(ref))
+            digest = _digest(client, f"{base}/v2/{name}/manifests/{tag}")
+            if digest is None:
+                return "missing"
+            siblings = {k.rpartition(":")[2] for k in kept if k.rpartition(":")[0] == repository and k != ref}
+            if any(_digest(client, f"{base}/v2/{name}/manifests/{t}") == digest for t in siblings):
+                return "shared"
+            answer = client.delete(f"{base}/v2/{name}/manifests/{digest}")
+    except httpx.HTTPError as exc:
+        log.warning("garbage collection: cannot reach the registry for %s: %s", ref, exc)
+        return "failed"
+    if answer.status_code in (200, 202):
+        return "deleted"
+    if answer.status_code == 404:
+        return "missing"
+    log.warning("garbage collection: the registry refused to delete %s (HTTP %s%s): %s", ref, answer.status_code,
+                ", enable storage.delete in its config" if answer.status_code == 405 else "", answer.text[:200])
+    return "failed"
+
+
+def _registry_base(client: httpx.Client, host: str) -> str:
+    """https://HOST, or http://HOST for a plain-HTTP registry (as Docker's insecure registries)."""
+    if host.rsplit(":", 1)[0] in ("localhost", "[::1]") or host.startswith("127."):
+        return f"http://{host}"  # loopback: plain HTTP, as Docker treats 127.0.0.0/8
+    try:
+        client.get(f"https://{host}/v2/")
+    except httpx.ConnectError as exc:
+        if "ssl" not in str(exc).lower():
+            raise
+        return f"http://{host}"
+    return f"https://{host}"
+
+
+def _digest(client: httpx.Client, url: str) -> str | None:
+    answer = client.head(url)
+    if answer.status_code == 404:
+        return None
+    answer.raise_for_status()
+    return answer.headers.get("Docker-Content-Digest")
 
 
 # ----------------------------------------------------------------------------- deleting a space

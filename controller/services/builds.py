@@ -25,7 +25,7 @@ from builder.spaceconfig import parse_front_matter
 from builder.venv import VenvPolicy
 from controller.config import Settings
 from controller.db.models import Build, Space, utcnow
-from controller.domain.naming import image_tag
+from controller.domain.naming import image_ref
 from controller.domain.stages import SERVING, Stage
 from controller.git import storage
 from controller.runtimes.buildbox import build_isolation
@@ -213,12 +213,13 @@ def _execute(platform: Platform, build_id: int, owner: str, name: str, sha: str,
         # Owner code (build backends, RUN steps) runs only inside the sandbox / the build network.
         with build_isolation(settings, owner, writer, kind, client) as isolation:
             artifact = builder.build(
-                source, kind=kind, cache_dir=settings.artifacts_dir, log=writer, tag=image_tag(owner, name, sha),
+                source, kind=kind, cache_dir=settings.artifacts_dir, log=writer, tag=image_ref(owner, name, sha, settings.registry),
                 client=client, build_args=build_args, aliases=parse_aliases(settings.base_image_aliases) or None,
                 mirror=settings.registry_mirror or None, ca_dir=settings.extra_ca_dir, no_cache=no_cache,
                 time_limit=settings.build_time_limit, cancel=cancel, owner=owner, sandbox=isolation.sandbox,
                 network=isolation.network, container_limits=isolation.container_limits,
                 uv_seed=settings.build_uv_seed, venv_policy=venv_policy(settings),
+                push=bool(settings.registry),
             )
     except BuildFailure as failure:
         stage, message = Stage(failure.stage), writer.mask(failure.message)  # stored and shown: secrets masked

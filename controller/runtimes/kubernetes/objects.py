@@ -19,6 +19,7 @@ from typing import Any
 
 from builder.artifact import ImageArtifact
 from controller.domain.hardware import AcceleratorType, Catalog
+from controller.domain.naming import registry_host
 from controller.runtimes.appenv import app_env
 from controller.runtimes.base import InstanceSpec, RuntimeFailure
 
@@ -263,12 +264,21 @@ def env_list(spec: InstanceSpec, artifact: ImageArtifact) -> list[JSON]:
     return [{"name": name, "value": value} for name, value in env.items()]
 
 
+def pull_policy(image: str, policy: str) -> str:
+    """The site's policy (IfNotPresent: a REGISTRY/SLUG:SHA12 tag names one commit's build, so a node's copy
+    is the right one) for an image in a registry; Never for a registry-less `spaceport/SLUG:SHA12`, which
+    exists only on the engine that built it: the kubelet must not look it up on Docker Hub instead."""
+    host = registry_host(image)
+    in_a_registry = "/" in image and (host == "localhost" or "." in host or ":" in host)
+    return policy if in_a_registry else "Never"
+
+
 def container(spec: InstanceSpec, site: SiteConfig) -> JSON:
     artifact = image_artifact(spec)
     body: JSON = {
         "name": APP_CONTAINER,
         "image": artifact.image,
-        "imagePullPolicy": site.image_pull_policy,
+        "imagePullPolicy": pull_policy(artifact.image, site.image_pull_policy),
         "ports": [{"name": "http", "containerPort": artifact.port, "protocol": "TCP"}],
         "env": env_list(spec, artifact),
         "resources": resources(spec, site),

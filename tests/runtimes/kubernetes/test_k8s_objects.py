@@ -15,7 +15,7 @@ from controller.runtimes.kubernetes import objects
 from controller.runtimes.kubernetes.objects import SiteConfig
 
 K8S_VERSION = "1.37.0"  # newest schema kubernetes-validate 1.37 ships (also checked against 1.30 below)
-ART = ImageArtifact(image="spaceport/alice-demo:0123456789ab", port=7860, env=(("GRADIO_SERVER_PORT", "7860"),),
+ART = ImageArtifact(image="registry.local:5000/spaces/alice-demo:0123456789ab", port=7860, env=(("GRADIO_SERVER_PORT", "7860"),),
                     health_path="/healthz")
 
 
@@ -90,7 +90,7 @@ def test_cpu_deployment(site: SiteConfig) -> None:
                     "terminationGracePeriodSeconds": 10,
                     "containers": [{
                         "name": "app",
-                        "image": "spaceport/alice-demo:0123456789ab",
+                        "image": "registry.local:5000/spaces/alice-demo:0123456789ab",
                         "imagePullPolicy": "IfNotPresent",
                         "ports": [{"name": "http", "containerPort": 7860, "protocol": "TCP"}],
                         "env": [  # appenv.app_env: a space's GRADIO_SERVER_PORT never moves the port
@@ -250,6 +250,20 @@ def test_venv_artifact_is_refused(site: SiteConfig) -> None:
     spec = InstanceSpec(name="x", space_id="a/b", artifact=venv)
     with pytest.raises(RuntimeFailure, match="container images"):
         objects.instance_objects(spec, site)
+
+
+@pytest.mark.parametrize(("image", "policy"), [
+    ("registry.local:5000/spaces/alice-demo:0123456789ab", "IfNotPresent"),  # SPACEPORT_REGISTRY: one build per tag
+    ("registry.example.org/alice-demo:0123456789ab", "IfNotPresent"),
+    ("localhost/spaces/alice-demo:0123456789ab", "IfNotPresent"),
+    ("spaceport/alice-demo:0123456789ab", "Never"),  # no registry: never looked up on Docker Hub
+])
+def test_pull_policy_pulls_registry_images_once_and_never_looks_local_tags_up(
+        site: SiteConfig, image: str, policy: str) -> None:
+    spec = replace(make_spec(), artifact=replace(ART, image=image))
+    pod = objects.deployment(spec, site)["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == image
+    assert pod["containers"][0]["imagePullPolicy"] == policy
 
 
 def test_unknown_accelerator_is_a_runtime_failure(site: SiteConfig) -> None:
