@@ -1,10 +1,13 @@
-"""Proxy benchmark: Spaceport's ProxyMiddleware vs direct vs nginx, on loopback.
+"""Proxy benchmark: Spaceport's data planes (HAProxy, ProxyMiddleware) vs direct vs nginx, on loopback.
 
     .venv/bin/python bench/proxy.py [--duration 5] [--connections 50]
 
 Upstreams: nginx serving a small static file (fast, so the proxy's own cost shows) and a tiny aiohttp
 app (SSE and WebSocket echo). Spaceport's proxy runs under uvicorn (uvloop + httptools) in its own
-process; nginx runs as a reverse proxy with keepalive upstreams. HTTP load comes from `wrk`
+process; nginx runs as a reverse proxy with keepalive upstreams (1 worker); Spaceport's HAProxy data
+plane runs the config controller/dataplane renders (1 thread, like nginx), the Python proxy as its
+default backend, host-based routes programmed through the runtime API, which is also timed (route
+update latency: one `DataPlane.apply` that swaps a space to another instance). HTTP load comes from `wrk`
 (`apt-get install -y wrk`) with a Python aiohttp fallback. Everything is killed at the end.
 """
 
@@ -209,9 +212,10 @@ def _wrk_latency(text: str, pct: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)] if match else float("nan")
 
 
-def wrk(url: str, duration: int, connections: int) -> HttpResult:
+def wrk(url: str, duration: int, connections: int, host: str = "") -> HttpResult:
+    extra = ["-H", f"Host: {host}"] if host else []
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", *extra, url],
         capture_output=True,
         text=True,
         check=True,
@@ -223,7 +227,7 @@ def wrk(url: str, duration: int, connections: int) -> HttpResult:
     return HttpResult(float(rps.group(1)), _wrk_latency(out, "50"), _wrk_latency(out, "99"))
 
 
-async def python_load(url: str, total: int, connections: int) -> HttpResult:
+async def python_load(url: str, total: int, connections: int, host: str = "") -> HttpResult:
     import aiohttp
 
     latencies: list[float] = []
@@ -235,7 +239,7 @@ async def python_load(url: str, total: int, connections: int) -> HttpResult:
             while remaining > 0:
                 remaining -= 1
                 start = time.perf_counter()
-                async with client.get(url) as resp:
+                async with client.get(url, headers={"Host": host} if host else None) as resp:
                     await resp.read()
                     if resp.status != 200:
                         raise RuntimeError(f"{url}: {resp.status}")
@@ -249,21 +253,24 @@ async def python_load(url: str, total: int, connections: int) -> HttpResult:
 
 
 def http_load(url: str, duration: int, connections: int) -> HttpResult:
+    """`url` may carry a Host to send after a space: "http://127.0.0.1:1/x host.name"."""
+    url, _, host = url.partition(" ")
     if shutil.which("wrk"):
-        return wrk(url, duration, connections)
-    return asyncio.run(python_load(url, 3000 * duration, connections))
+        return wrk(url, duration, connections, host)
+    return asyncio.run(python_load(url, 3000 * duration, connections, host))
 
 
 async def sse_time(url: str, events: int, runs: int = 5) -> float:
     """Median seconds to receive `events` SSE events."""
     import aiohttp
 
+    url, _, host = url.partition(" ")
     times = []
     async with aiohttp.ClientSession() as client:
         for _ in range(runs):
             start = time.perf_counter()
             seen = 0
-            async with client.get(f"{url}?n={events}") as resp:
+            async with client.get(f"{url}?n={events}", headers={"Host": host} if host else None) as resp:
                 async for line in resp.content:
                     seen += line.startswith(b"data:")
             if seen != events:
@@ -277,10 +284,11 @@ async def ws_round_trips(url: str, sockets: int, rounds: int) -> tuple[float, fl
     import aiohttp
 
     latencies: list[float] = []
+    url, _, host = url.partition(" ")
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
 
         async def one(i: int) -> None:
-            async with client.ws_connect(url) as ws:
+            async with client.ws_connect(url, headers={"Host": host} if host else None) as ws:
                 for r in range(rounds):
                     start = time.perf_counter()
                     await ws.send_str(f"{i}:{r}")
@@ -307,7 +315,7 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    static_port, app_port, proxy_port, nginx_port, minimal_port = (free_port() for _ in range(5))
+    static_port, app_port, proxy_port, nginx_port, minimal_port, hap_port = (free_port() for _ in range(6))
     py = sys.executable
     me = str(Path(__file__).resolve())
     with tempfile.TemporaryDirectory(prefix="spaceport-bench-") as tmpdir:
@@ -332,8 +340,51 @@ def run(args: argparse.Namespace) -> None:
                 minimal_port,
                 tmp / "minimal.log",
             ),
+            haproxy_plane(tmp, hap_port, proxy_port, static_port, app_port) as update_ms,
         ):
-            measure(args, static_port, app_port, proxy_port, nginx_port, minimal_port)
+            measure(args, static_port, app_port, proxy_port, nginx_port, minimal_port, hap_port)
+            print_updates(update_ms)
+
+
+HAP_DOMAIN = "apps.localhost"
+
+
+@contextlib.contextmanager
+def haproxy_plane(tmp: Path, port: int, python_port: int, static_port: int, app_port: int) -> Iterator[list[float]]:
+    """Spaceport's HAProxy data plane in front of the Python proxy; yields route update latencies (ms)."""
+    from controller.dataplane.haproxy import HAProxyProcess, Layout
+    from controller.dataplane.plane import DataPlane
+    from controller.proxy import Route
+
+    layout = Layout("127.0.0.1", port, python_port, tmp / "haproxy", HAP_DOMAIN,
+                    ("spaceport_session", "spaceport_csrf", "spaceport_app_session"), "sp_", slots=64, threads=1)
+    haproxy = HAProxyProcess(layout, quiet=True)
+    haproxy.start()
+    try:
+        plane = DataPlane(haproxy, HAP_DOMAIN, lambda _space, _now: None)
+        static = Route(space_id="bench/static", slug="bench-static", target=f"http://127.0.0.1:{static_port}")
+        app = Route(space_id="bench/app", slug="bench-app", target=f"http://127.0.0.1:{app_port}")
+        plane.apply(app.space_id, app)
+        updates = []
+        for i in range(201):  # swap bench/static between two addresses of the same upstream (redeploys)
+            target = f"http://{'127.0.0.2' if i % 2 else '127.0.0.1'}:{static_port}"  # ends on the one nginx serves
+            started = time.perf_counter()
+            plane.apply(static.space_id, Route(space_id="bench/static", slug="bench-static", target=target))
+            updates.append((time.perf_counter() - started) * 1000)
+            plane.poll()  # deletes the drained server, as the data plane's poller does every 2 s
+        yield updates[1:]
+    finally:
+        haproxy.stop()
+
+
+def print_updates(update_ms: list[float]) -> None:
+    qs = statistics.quantiles(update_ms, n=100)
+    print_table(
+        f"Route update through HAProxy's runtime API ({len(update_ms)} swaps of a running space to a new "
+        "instance: add server, enable, old to maintenance, map entry; no reload)",
+        ["p50 ms", "p99 ms", "max ms"],
+        [[f"{qs[49]:.3f}", f"{qs[98]:.3f}", f"{max(update_ms):.3f}"]],
+    )
 
 
 def measure(
@@ -343,17 +394,20 @@ def measure(
     proxy_port: int,
     nginx_port: int,
     minimal_port: int,
+    hap_port: int,
 ) -> None:
     targets = {
         "static upstream (nginx file)": {
             "direct": f"http://127.0.0.1:{static_port}/index.html",
-            "spaceport proxy": f"http://127.0.0.1:{proxy_port}/apps/bench/static/index.html",
+            "spaceport haproxy": f"http://127.0.0.1:{hap_port}/index.html bench-static.{HAP_DOMAIN}",
+            "spaceport python proxy": f"http://127.0.0.1:{proxy_port}/apps/bench/static/index.html",
             "nginx proxy": f"http://127.0.0.1:{nginx_port}/static/index.html",
             "minimal aiohttp proxy": f"http://127.0.0.1:{minimal_port}/static/index.html",
         },
         "aiohttp upstream /hello": {
             "direct": f"http://127.0.0.1:{app_port}/hello",
-            "spaceport proxy": f"http://127.0.0.1:{proxy_port}/apps/bench/app/hello",
+            "spaceport haproxy": f"http://127.0.0.1:{hap_port}/hello bench-app.{HAP_DOMAIN}",
+            "spaceport python proxy": f"http://127.0.0.1:{proxy_port}/apps/bench/app/hello",
             "nginx proxy": f"http://127.0.0.1:{nginx_port}/app/hello",
             "minimal aiohttp proxy": f"http://127.0.0.1:{minimal_port}/app/hello",
         },
@@ -371,24 +425,29 @@ def measure(
                     f"{res.p99_ms:.2f}",
                     f"{res.rps / results['direct'].rps:.2f}",
                     f"{res.rps / results['nginx proxy'].rps:.2f}",
+                    f"{res.p50_ms - results['direct'].p50_ms:+.2f}",
                 ]
             )
     tool = "wrk -t1" if shutil.which("wrk") else "python aiohttp"
     print_table(
         f"HTTP GET, {args.connections} connections, {args.duration}s each ({tool})",
-        ["upstream", "via", "req/s", "p50 ms", "p99 ms", "x direct", "x nginx"],
+        ["upstream", "via", "req/s", "p50 ms", "p99 ms", "x direct", "x nginx", "p50 vs direct ms"],
         rows,
     )
 
     streams = {
         "direct": (f"http://127.0.0.1:{app_port}", f"ws://127.0.0.1:{app_port}/ws"),
-        "spaceport proxy": (
+        "spaceport haproxy": (
+            f"http://127.0.0.1:{hap_port} bench-app.{HAP_DOMAIN}",
+            f"ws://127.0.0.1:{hap_port}/ws bench-app.{HAP_DOMAIN}",
+        ),
+        "spaceport python proxy": (
             f"http://127.0.0.1:{proxy_port}/apps/bench/app",
             f"ws://127.0.0.1:{proxy_port}/apps/bench/app/ws",
         ),
         "nginx proxy": (f"http://127.0.0.1:{nginx_port}/app", f"ws://127.0.0.1:{nginx_port}/app/ws"),
     }
-    sse = {via: asyncio.run(sse_time(f"{http}/sse", args.sse_events)) for via, (http, _) in streams.items()}
+    sse = {via: asyncio.run(sse_time(_join(http, "/sse"), args.sse_events)) for via, (http, _) in streams.items()}
     ws = {
         via: asyncio.run(ws_round_trips(url, args.websockets, args.ws_rounds))
         for via, (_, url) in streams.items()
@@ -412,6 +471,12 @@ def measure(
         ["via", "SSE ms", "x direct", "x nginx", "WS total ms", "WS p99 ms", "x direct", "x nginx"],
         rows,
     )
+
+
+def _join(url: str, path: str) -> str:
+    """"http://h:1 host" + "/sse" -> "http://h:1/sse host" (the Host to send stays last)."""
+    base, _, host = url.partition(" ")
+    return f"{base}{path} {host}".strip()
 
 
 def main() -> None:

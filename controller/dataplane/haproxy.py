@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,8 +148,7 @@ def _global(layout: Layout) -> list[str]:
         "    timeout server 1h",
         "    timeout tunnel 24h",  # WebSocket once upgraded
         "    timeout client-fin 10s",
-        "    retries 3",
-        "    retry-on conn-failure empty-response",
+        "    retries 3",  # connection failures only: a request that reached an app is never sent twice
         "",
     ]
 
@@ -248,6 +248,9 @@ class RuntimeAPI:
     def command(self, line: str) -> str:
         if "\n" in line or "\r" in line or ";" in line:
             raise DataPlaneError(f"refusing a runtime command with a separator in it: {line!r}")
+        return self._send(line)
+
+    def _send(self, line: str) -> str:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(self.timeout)
             sock.connect(str(self.path))
@@ -256,6 +259,28 @@ class RuntimeAPI:
             while chunk := sock.recv(65536):
                 chunks.append(chunk)
         return b"".join(chunks).decode("utf-8", "replace")
+
+    def batch(self, steps: Sequence[tuple[str, tuple[str, ...]]]) -> list[str]:
+        """Run several commands in one round trip (`a; b; c`); raise at the first answer not in its `ok`
+        (an empty `ok` takes any answer).
+
+        Each answer ends with an empty line (an empty answer is just that line). HAProxy runs them all
+        in order whatever the answers, so callers put the step that must not happen early last."""
+        lines = [line for line, _ in steps]
+        for line in lines:
+            if "\n" in line or "\r" in line or ";" in line:
+                raise DataPlaneError(f"refusing a runtime command with a separator in it: {line!r}")
+        answers, current = [], []
+        for text in self._send("; ".join(lines)).split("\n"):
+            if text:
+                current.append(text)
+            else:
+                answers.append("\n".join(current))
+                current = []
+        for (line, ok), answer in zip(steps, answers + [""] * len(steps), strict=False):
+            if ok and not any(answer.startswith(o) if o else not answer for o in ok):
+                raise DataPlaneError(f"HAProxy refused {line!r}: {answer}")
+        return answers[: len(steps)]
 
     def expect(self, line: str, ok: tuple[str, ...] = ("",)) -> str:
         """Run `line`; raise unless its answer (stripped) starts with one of `ok` ("" = empty answer)."""
@@ -291,8 +316,8 @@ def _die_with_parent() -> None:
 class HAProxyProcess:
     """HAProxy in the foreground as a child of this process, with its config in `layout.run_dir`."""
 
-    def __init__(self, layout: Layout, binary: str = HAPROXY) -> None:
-        self.layout, self.binary = layout, binary
+    def __init__(self, layout: Layout, binary: str = HAPROXY, *, quiet: bool = False) -> None:
+        self.layout, self.binary, self.quiet = layout, binary, quiet  # quiet: no notices on stderr
         self.proc: subprocess.Popen[bytes] | None = None
         self.api = RuntimeAPI(layout.socket)
 
@@ -312,7 +337,7 @@ class HAProxyProcess:
         if check.returncode != 0:
             raise DataPlaneError(f"HAProxy rejected its config: {check.stderr.strip() or check.stdout.strip()}")
         # in serve's process group (a killpg ends it too) and told to stop if serve dies (PDEATHSIG)
-        self.proc = subprocess.Popen([self.binary, "-db", "-f", str(self.layout.config)],
+        self.proc = subprocess.Popen([self.binary, "-db", *(["-q"] if self.quiet else []), "-f", str(self.layout.config)],
                                      stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -130,29 +130,41 @@ class DataPlane:
                 self.apply(route.space_id, route)
 
     def _map_route(self, key: str, space_id: str, wanted: Mapping) -> None:
+        """Round trip 1: a new server (if the address changed) enabled, the old one to maintenance.
+        Round trip 2: the map entry (added, or changed in place), only once the servers are right."""
         slot = self._slots.get(key) or self._take_slot(key, space_id)
         current = self._mapped.get(key)
         if current is None or current.address != wanted.address or slot.server is None:
             self._swap_server(slot, wanted.address)
-        value = f"{slot.name}|{wanted.value}"
+        steps: list[tuple[str, tuple[str, ...]]] = []
         if slot.key is not None and slot.key != wanted.key:  # the slug changed
-            self.api.expect(f"del map {self._map} {slot.key}", ("", "Done"))
+            steps.append((f"del map {self._map} {slot.key}", ()))
             slot.key = None
-        if slot.key is None:
-            self.api.expect(f"add map {self._map} {wanted.key} {value}")
-        else:
-            self.api.expect(f"set map {self._map} {wanted.key} {value}")
+        verb = "add" if slot.key is None else "set"
+        steps.append((f"{verb} map {self._map} {wanted.key} {slot.name}|{wanted.value}", ("",)))
+        try:
+            self.api.batch(steps)
+        except (OSError, DataPlaneError):
+            self.api.command(f"del map {self._map} {wanted.key}")  # never leave an entry we do not track
+            slot.key = None
+            raise
         slot.key = wanted.key
         self._mapped[key] = wanted
 
     def _swap_server(self, slot: Slot, address: str) -> None:
         self._serial += 1
-        name = f"i{self._serial}"
-        self.api.expect(f"add server {slot.name}/{name} {address}", ("New server registered",))
-        self.api.expect(f"enable server {slot.name}/{name}")
-        if slot.server is not None:
-            self.api.expect(f"set server {slot.name}/{slot.server} state maint")
-            slot.draining.append(slot.server)
+        name, old = f"i{self._serial}", slot.server
+        steps = [(f"add server {slot.name}/{name} {address}", ("New server registered",)),
+                 (f"enable server {slot.name}/{name}", ("",))]
+        if old is not None:
+            steps.append((f"set server {slot.name}/{old} state maint", ("",)))
+        try:
+            self.api.batch(steps)
+        except (OSError, DataPlaneError):
+            slot.draining.append(name)  # whatever became of it, it is deleted before the slot serves anyone else
+            raise
+        if old is not None:
+            slot.draining.append(old)
         slot.server = name
 
     def _unmap(self, key: str, quiet: bool = False) -> None:
@@ -184,7 +196,8 @@ class DataPlane:
     def _drain(self, slot: Slot) -> None:
         """Delete old servers that have no connection left; free the slot when it holds nothing."""
         for server in list(slot.draining):
-            answer = self.api.command(f"del server {slot.name}/{server}").strip()
+            answer = self.api.batch([(f"set server {slot.name}/{server} state maint", ("", "No such server")),
+                                     (f"del server {slot.name}/{server}", ())])[1]
             if answer.startswith("Server deleted") or "No such server" in answer:
                 slot.draining.remove(server)
                 self._seen.pop((slot.name, server), None)

@@ -338,3 +338,17 @@ def test_exhausted_slots_leave_the_space_on_python(stack: Stack, upstreams: dict
     for n in range(5):
         stack.plane.apply(f"o/s{n}", route(f"o/s{n}", upstreams["a1"].target))
     assert len(stack.plane.mapped()) == 4 and "o/s4" not in stack.plane.mapped()
+
+
+async def test_a_failed_update_leaves_no_server_behind_for_the_next_space(stack: Stack, upstreams: dict[str, Upstream],
+                                                                           client: aiohttp.ClientSession) -> None:
+    api = stack.haproxy.api
+    api.expect(f"add server s1/i{stack.plane._serial + 1} {upstreams['a2'].target[7:]}", ("New server registered",))
+    api.expect(f"enable server s1/i{stack.plane._serial + 1}")  # stands in for whatever went wrong half way
+    stack.plane.apply("alice/demo", route("alice/demo", upstreams["a1"].target))
+    assert "alice/demo" not in stack.plane.mapped()  # refused: the space stays on the Python proxy
+    assert (await get(client, stack, f"alice-demo.{DOMAIN}"))[1]["tag"] == "python"
+    stack.plane.poll()
+    assert "s1/" not in api.command("show servers state s1").split("\n", 2)[-1]  # the server is gone
+    stack.plane.apply("bob/next", route("bob/next", upstreams["b1"].target))
+    assert (await get(client, stack, f"bob-next.{DOMAIN}"))[1]["tag"] == "b1"
