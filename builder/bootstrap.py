@@ -10,6 +10,9 @@
 4. `spaceport/base-node:<major>` (with `node=True`), from runtime-images/node/Dockerfile: Debian's nodejs
    and npm, the stand-in for node:<major>[-slim|-alpine] (builder/baseimages.py aliases).
 
+`build_spaceport_image` makes Spaceport's own image (`spaceport/spaceport:<version>`) from
+runtime-images/spaceport/Dockerfile on the Python base, with a context of this checkout's package files.
+
 Debian bookworm packages only Python 3.11. Other versions would need `uv python install`, which
 downloads python-build-standalone from GitHub; that is unreachable on registry-less sites, so those
 versions are skipped with a progress message (configure an alias or a mirror for them instead).
@@ -24,8 +27,10 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import IO
 
 import docker
 
@@ -162,6 +167,66 @@ def _folder_context(folder: Path) -> io.BytesIO:
             info.mtime = FIXED_MTIME
             info.mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
             tar.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    return buffer
+
+
+SPACEPORT_IMAGE = "spaceport/spaceport"
+# What runtime-images/spaceport/Dockerfile COPYs: the package sources, the lock and the base Dockerfiles.
+SPACEPORT_CONTEXT = ("pyproject.toml", "requirements.lock", "README.md", "controller", "builder", "web", "runtime-images")
+_SKIPPED_PARTS = ("__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache")
+
+
+def checkout_root() -> Path:
+    """The source checkout this package runs from (pyproject.toml next to builder/)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def project_version(root: Path) -> str:
+    with (root / "pyproject.toml").open("rb") as handle:
+        return str(tomllib.load(handle)["project"]["version"])
+
+
+def build_spaceport_image(
+    client: docker.DockerClient, *, tag: str | None = None, root: Path | None = None,
+    ca_dir: Path | None = HOST_CA_DIR, progress: Progress = print, no_cache: bool = False,
+) -> str:
+    """Build Spaceport's image (default tag spaceport/spaceport:<pyproject version>); returns the tag.
+
+    The Debian and Python bases are bootstrapped first when missing; layers are cached by the engine
+    (the context is deterministic, so an unchanged checkout rebuilds nothing)."""
+    root = root or checkout_root()
+    if not (root / "pyproject.toml").is_file() or not (root / "requirements.lock").is_file():
+        raise BuildFailure(BUILD_ERROR, f"{root} is not a Spaceport checkout (no pyproject.toml/requirements.lock): "
+                                        "build Spaceport's image from a source checkout")
+    version = project_version(root)
+    tag = tag or f"{SPACEPORT_IMAGE}:{version}"
+    base = python_base("3.11")
+    bootstrap_images(client, python_versions=("3.11",), ca_dir=ca_dir, progress=progress, sdk=False, node=False)
+    progress(f"{tag}: building from runtime-images/spaceport/Dockerfile on {base}")
+    context = spaceport_context(root)
+    run_docker_build(client, context, tag=tag, dockerfile="runtime-images/spaceport/Dockerfile", log=progress,
+                     build_args={"BASE_IMAGE": base, "VERSION": version}, no_cache=no_cache)
+    progress(f"{tag}: ready")
+    return tag
+
+
+def spaceport_context(root: Path) -> IO[bytes]:
+    """A deterministic tar of SPACEPORT_CONTEXT under `root` (no caches, no bytecode, fixed mtimes)."""
+    buffer: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)  # noqa: SIM115 (returned)
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for top in SPACEPORT_CONTEXT:
+            path = root / top
+            files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+            for file in files:
+                rel = file.relative_to(root)
+                if any(part in _SKIPPED_PARTS or part.endswith(".egg-info") for part in rel.parts) or file.suffix == ".pyc":
+                    continue
+                data = file.read_bytes()
+                info = tarfile.TarInfo(rel.as_posix())
+                info.size, info.mtime = len(data), FIXED_MTIME
+                info.mode = 0o755 if file.stat().st_mode & 0o111 else 0o644
+                tar.addfile(info, io.BytesIO(data))
     buffer.seek(0)
     return buffer
 

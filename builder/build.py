@@ -15,6 +15,7 @@ from builder.sandbox import BuildSandbox
 from builder.spaceconfig import SpaceConfig, load_space_config
 
 if TYPE_CHECKING:
+    from builder.buildah import BuildahEngine
     from builder.venv import VenvPolicy
 
 
@@ -40,6 +41,7 @@ def build(
     uv_seed: Path | None = None,
     venv_policy: VenvPolicy | None = None,
     push: bool = False,
+    engine: BuildahEngine | None = None,
 ) -> Artifact:
     """Build `source` (a snapshot of one commit). Raises BuildFailure(stage, message) on any failure.
 
@@ -52,6 +54,7 @@ def build(
     Requirement lines pointing outside the repository are refused first (CONFIG_ERROR). `uv_seed`: a
     trusted (root-owned) uv cache that a new per-owner cache starts from (read-only to builds).
     `venv_policy`: the site's default Python, base packages and Python source for venvs (default: hosted).
+    `engine`: build (and push) with buildah (builder/buildah.py) instead of a docker client.
     `push`: push the built image `tag` (then REGISTRY/SLUG:SHA12) to its registry (builder/registry.py).
     """
     config = load_space_config(source)
@@ -64,16 +67,16 @@ def build(
         return _build_venv(source, config, cache_dir, log, no_cache, time_limit, cancel, ca_dir, owner, sandbox, uv_seed,
                            venv_policy)
     if kind == "image":
-        if client is None or not tag:
-            raise ValueError("kind='image' needs a docker client and a tag")
+        if (client is None and engine is None) or not tag:
+            raise ValueError("kind='image' needs a docker client or a buildah engine, and a tag")
         from builder.image import build_image
 
         image = build_image(
             source, config, client=client, tag=tag, build_args=build_args, aliases=aliases, mirror=mirror,
             ca_dir=ca_dir, log=log, no_cache=no_cache, time_limit=time_limit, cancel=cancel,
-            network=network, container_limits=container_limits,
+            network=network, container_limits=container_limits, engine=engine,
         )
-        if push:
+        if push and engine is None:  # buildah pushes as part of its build
             from builder.registry import push_image
 
             push_image(client, image.image, log=log, cancel=cancel)

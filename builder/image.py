@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import docker
 import docker.errors
@@ -44,6 +44,9 @@ from builder.errors import BUILD_ERROR, BuildCancelled, BuildFailure
 from builder.requirements import check_requirement_files
 from builder.spaceconfig import DEFAULT_PYTHON, SpaceConfig
 
+if TYPE_CHECKING:
+    from builder.buildah import BuildahEngine
+
 CONTEXT_DIR = ".spaceport"
 DOCKERFILE = f"{CONTEXT_DIR}/Dockerfile"
 CA_BUNDLE = f"{CONTEXT_DIR}/ca-bundle.crt"
@@ -61,7 +64,7 @@ def build_image(
     source: Path,
     config: SpaceConfig,
     *,
-    client: docker.DockerClient,
+    client: docker.DockerClient | None,
     tag: str,
     build_args: Mapping[str, str] | None = None,
     aliases: Mapping[str, str] | None = None,
@@ -73,17 +76,20 @@ def build_image(
     cancel: threading.Event | None = None,
     network: str | None = None,
     container_limits: Mapping[str, int] | None = None,
+    engine: BuildahEngine | None = None,
 ) -> ImageArtifact:
     """Build the space at `source` into image `tag` (spaceport/OWNER-NAME:SHA12, chosen by the caller).
 
     RUN steps execute owner code: they run with `container_limits` (docker's memory/memswap/cpushares/
     cpusetcpus) on docker network `network` (the caller's build network that cannot reach the host
-    nor private ranges), within `time_limit`.
+    nor private ranges), within `time_limit`. With `engine` (builder/buildah.py) the same context is
+    built and pushed by buildah instead, contained by the engine (no docker client needed).
     """
     check_requirement_files(source)
     args = dict(build_args or {})
     files = RepoFiles.scan(source)
-    dockerfile = prepare_dockerfile(source, config, files, args, aliases, mirror, client, log)
+    dockerfile = prepare_dockerfile(source, config, files, args, aliases, mirror, client, log,
+                                    available=engine.available if engine is not None else None)
     bundle = ca_bundle(ca_dir)
     if bundle is not None:
         dockerfile = inject_ca(dockerfile)
@@ -92,9 +98,15 @@ def build_image(
     context.seek(0)
     log(f"building image {tag} ({config.sdk}, context {size // 1024} KiB)")
     labels = {"io.spaceport.sdk": config.sdk} if config.sdk == "docker" else {}  # generated packs LABEL themselves
-    run_docker_build(client, context, tag=tag, build_args=args, labels=labels, log=log, no_cache=no_cache,
-                     deadline=time.monotonic() + time_limit, cancel=cancel, network=network,
-                     container_limits=container_limits)
+    deadline = time.monotonic() + time_limit
+    if engine is not None:
+        engine.build(context, tag=tag, build_args=args, labels=labels, log=log, no_cache=no_cache, deadline=deadline,
+                     cancel=cancel)
+    elif client is not None:
+        run_docker_build(client, context, tag=tag, build_args=args, labels=labels, log=log, no_cache=no_cache,
+                         deadline=deadline, cancel=cancel, network=network, container_limits=container_limits)
+    else:
+        raise ValueError("build_image needs a docker client or a buildah engine")
     port = config.app_port if config.sdk == "docker" else CONTAINER_PORT
     health = "/_stcore/health" if config.sdk == "streamlit" else "/"
     return ImageArtifact(image=tag, port=port, env=tuple(sorted(config.env.items())), health_path=health)
@@ -107,10 +119,12 @@ def prepare_dockerfile(
     build_args: Mapping[str, str],
     aliases: Mapping[str, str] | None,
     mirror: str | None,
-    client: docker.DockerClient,
+    client: docker.DockerClient | None,
     log: Log,
+    *,
+    available: Callable[[str], bool] | None = None,
 ) -> str:
-    """Render (or read) the Dockerfile and resolve its base images."""
+    """Render (or read) the Dockerfile and resolve its base images (present: `available`, default the engine's)."""
     user_dockerfile = None
     if config.sdk == "docker":
         path = source / "Dockerfile"
@@ -118,10 +132,11 @@ def prepare_dockerfile(
     ctx = RenderContext(files=files, build_arg_names=tuple(sorted(build_args)), dockerfile=user_dockerfile,
                         sdk_release=sdkdeps.release_for(config))
     effective = {**default_aliases(), **(aliases or {})}
+    exists = available or (lambda ref: client is not None and image_available(client, ref))
 
     def resolve(space: SpaceConfig) -> tuple[str, list[str]]:
         text = buildpacks.for_config(space).render(space, ctx)
-        return resolve_from_lines(text, effective, mirror, lambda ref: image_available(client, ref), build_args)
+        return resolve_from_lines(text, effective, mirror, exists, build_args)
 
     try:
         resolved, messages = resolve(config)

@@ -68,6 +68,28 @@ def images_bootstrap(python: Annotated[list[str] | None, typer.Option("--python"
         out.print(image)
 
 
+@images_app.command("build-spaceport")
+def images_build_spaceport(tag: str | None = typer.Option(None, help="Image tag (default spaceport/spaceport:VERSION)"),
+                           no_cache: bool = typer.Option(False, "--no-cache"), data_dir: DataDir = None) -> None:
+    """Build Spaceport's own image (serve, worker and beat) from this checkout on the bootstrapped bases."""
+    from builder.bootstrap import build_spaceport_image
+    from builder.errors import BuildFailure
+    from controller.runtimes.factory import docker_client
+
+    settings = settings_for(data_dir)
+    client = docker_client(settings.docker_host)
+    try:
+        with err.status("building Spaceport's image") as status:
+            def progress(line: str) -> None:
+                status.update(line[:100])
+                err.print(line, style="dim", highlight=False, markup=False)
+
+            built = build_spaceport_image(client, tag=tag, ca_dir=settings.extra_ca_dir, progress=progress, no_cache=no_cache)
+    except BuildFailure as exc:
+        _fail(exc.message)
+    out.print(built)
+
+
 @quota_app.command("set")
 def quota_set(owner: str, accelerator: str, limit: int, data_dir: DataDir = None) -> None:
     """Let OWNER hold at most LIMIT devices of ACCELERATOR (e.g. nvidia-t4) at once."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -28,6 +29,7 @@ from controller.db.models import Build, Space, utcnow
 from controller.domain.naming import image_ref
 from controller.domain.stages import SERVING, Stage
 from controller.git import storage
+from controller.runtimes.buildahbox import open_buildah
 from controller.runtimes.buildbox import build_isolation
 from controller.runtimes.factory import docker_client
 from controller.services.buildlogs import BuildLogWriter
@@ -209,9 +211,11 @@ def _execute(platform: Platform, build_id: int, owner: str, name: str, sha: str,
         source = _export_source(settings.artifacts_dir, settings.repos_dir, owner, name, sha)
         writer(f"Building {owner}/{name} at {sha[:12]}")
         kind: Literal["venv", "image"] = "venv" if settings.runtime == "local" else "image"
-        client = docker_client(settings.docker_host) if kind == "image" else None
+        buildah = kind == "image" and settings.image_builder == "buildah"
+        client = docker_client(settings.docker_host) if kind == "image" and not buildah else None
+        engine = open_buildah(settings, owner, writer) if buildah else contextlib.nullcontext(None)
         # Owner code (build backends, RUN steps) runs only inside the sandbox / the build network.
-        with build_isolation(settings, owner, writer, kind, client) as isolation:
+        with engine as buildah_engine, build_isolation(settings, owner, writer, kind, client) as isolation:
             artifact = builder.build(
                 source, kind=kind, cache_dir=settings.artifacts_dir, log=writer, tag=image_ref(owner, name, sha, settings.registry),
                 client=client, build_args=build_args, aliases=parse_aliases(settings.base_image_aliases) or None,
@@ -219,7 +223,7 @@ def _execute(platform: Platform, build_id: int, owner: str, name: str, sha: str,
                 time_limit=settings.build_time_limit, cancel=cancel, owner=owner, sandbox=isolation.sandbox,
                 network=isolation.network, container_limits=isolation.container_limits,
                 uv_seed=settings.build_uv_seed, venv_policy=venv_policy(settings),
-                push=bool(settings.registry),
+                push=bool(settings.registry), engine=buildah_engine,
             )
     except BuildFailure as failure:
         stage, message = Stage(failure.stage), writer.mask(failure.message)  # stored and shown: secrets masked
