@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
@@ -78,7 +79,8 @@ async def schedule(request: Request, capability: str, cgroupPath: str = "", task
         headers: dict[str, str] = {"X-Approve-Result": outcome.approval.result}
         if outcome.auth:
             headers["X-Authenticated"] = outcome.auth
-        body = {"left": outcome.approval.left, "wait": outcome.approval.wait}
+        wait = outcome.approval.wait  # whole seconds: the package prints it as a timedelta ("Try again in 1:02:03")
+        body = {"left": outcome.approval.left, "wait": math.ceil(wait) if wait >= 0 else -1}
         return JSONResponse(body, status_code=429, headers=headers)
     if isinstance(outcome, zs.Queued):
         timeout = zero.platform.settings.zerogpu_queue_timeout
