@@ -184,7 +184,8 @@ def _frontend(layout: Layout) -> list[str]:
         *_strip_tokens("authorization", prefix),
         *_strip_tokens("x-hf-authorization", prefix),
         # host URL under the base path: strip it (Gradio) / prepend it otherwise (Streamlit)
-        """    http-request set-var(txn.head) 'path,regsub("^(/[^/]*/[^/]*/[^/]*).*$","\\1")' if app""",
+        """    http-request set-var(txn.head) 'path,regsub("^(/[^/]*/[^/]*/[^/]*).*$","\\1")' if app"""
+        " { path_beg /apps/ }",
         "    acl under_base var(txn.head),strcmp(txn.base) eq 0",
         """    http-request set-path '%[path,regsub("^/[^/]*/[^/]*/[^/]*/?","/")]' if app under_base"""
         " { var(txn.mode) -m str strip }",
