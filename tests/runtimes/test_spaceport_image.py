@@ -69,7 +69,7 @@ def test_image_serves_and_runs_worker_and_beat(image: tuple[docker.DockerClient,
     client, tag = image
     version = project_version(checkout_root())
     config = client.images.get(tag).attrs["Config"]
-    assert config["Entrypoint"] == ["/usr/bin/tini", "--", "spaceport"]
+    assert config["Entrypoint"] == ["/usr/bin/tini", "--", "/usr/local/bin/spaceport-entrypoint"]
     assert config["User"] == "1000:1000"
     assert config["Labels"]["org.opencontainers.image.version"] == version
     port = free_port()
@@ -90,6 +90,7 @@ def test_image_serves_and_runs_worker_and_beat(image: tuple[docker.DockerClient,
         container.remove(force=True)
     assert "Usage: spaceport worker" in _run(client, tag, "worker", "--help")
     assert "Usage: spaceport beat" in _run(client, tag, "beat", "--help")
+    assert "Usage: spaceport worker" in _run(client, tag, "spaceport", "worker", "--help")  # the k8s args form
 
 
 def _wait_healthy(base: str, container: docker.models.containers.Container, attempts: int = 240) -> object:
