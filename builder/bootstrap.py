@@ -171,9 +171,9 @@ def _folder_context(folder: Path) -> io.BytesIO:
     return buffer
 
 
-SPACEPORT_IMAGE = "spaceport/spaceport"
+IMAGE_REPOSITORY = "spaceport/spaceport"
 # What runtime-images/spaceport/Dockerfile COPYs: the package sources, the lock and the base Dockerfiles.
-SPACEPORT_CONTEXT = ("pyproject.toml", "requirements.lock", "README.md", "controller", "builder", "web", "runtime-images")
+IMAGE_CONTEXT = ("pyproject.toml", "requirements.lock", "README.md", "controller", "builder", "web", "runtime-images")
 _SKIPPED_PARTS = ("__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache")
 
 
@@ -200,7 +200,7 @@ def build_spaceport_image(
         raise BuildFailure(BUILD_ERROR, f"{root} is not a Spaceport checkout (no pyproject.toml/requirements.lock): "
                                         "build Spaceport's image from a source checkout")
     version = project_version(root)
-    tag = tag or f"{SPACEPORT_IMAGE}:{version}"
+    tag = tag or f"{IMAGE_REPOSITORY}:{version}"
     base = python_base("3.11")
     bootstrap_images(client, python_versions=("3.11",), ca_dir=ca_dir, progress=progress, sdk=False, node=False)
     progress(f"{tag}: building from runtime-images/spaceport/Dockerfile on {base}")
@@ -212,10 +212,10 @@ def build_spaceport_image(
 
 
 def spaceport_context(root: Path) -> IO[bytes]:
-    """A deterministic tar of SPACEPORT_CONTEXT under `root` (no caches, no bytecode, fixed mtimes)."""
+    """A deterministic tar of IMAGE_CONTEXT under `root` (no caches, no bytecode, fixed mtimes)."""
     buffer: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)  # noqa: SIM115 (returned)
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for top in SPACEPORT_CONTEXT:
+        for top in IMAGE_CONTEXT:
             path = root / top
             files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
             for file in files:

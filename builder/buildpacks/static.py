@@ -15,7 +15,7 @@ class StaticBuildPack(PythonAppBuildPack):
         return "index.html" in files.paths
 
     def base_image(self, config: SpaceConfig) -> str:
-        return f"python:{config.python}"
+        return f"python:{config.python}-slim"  # only the interpreter: the slim base, as `python -m http.server` needs
 
     def dependency_layers(self, config: SpaceConfig, files: RepoFiles, release: datetime | None = None) -> list[str]:
         return []

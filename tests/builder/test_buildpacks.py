@@ -126,7 +126,7 @@ def test_static_render_serves_directory_without_pip() -> None:
     config = load_space_config(FIXTURES / "static")
     text = buildpacks.for_config(config).render(config, RenderContext(files=RepoFiles.scan(FIXTURES / "static")))
     assert "http.server" in text and "pip install" not in text
-    assert text.startswith("FROM python:3.10\n") and "SYSTEM=spaces" in text  # the hosted default python_version
+    assert text.startswith("FROM python:3.10-slim\n") and "SYSTEM=spaces" in text  # the hosted default python_version, slim: only the interpreter is needed
 
 
 def test_docker_render_is_the_users_dockerfile() -> None:

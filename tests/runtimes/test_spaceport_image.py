@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from builder.bootstrap import (
-    SPACEPORT_IMAGE,
+    IMAGE_REPOSITORY,
     build_spaceport_image,
     checkout_root,
     project_version,
@@ -27,7 +27,7 @@ from builder.bootstrap import (
 from tests.support.images import ensure_base_images
 from tests.support.server import free_port
 
-TAG = f"{SPACEPORT_IMAGE}:test"
+TAG = f"{IMAGE_REPOSITORY}:test"
 
 
 def test_context_is_the_package_sources_only_and_deterministic() -> None:
