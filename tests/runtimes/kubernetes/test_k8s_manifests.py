@@ -21,6 +21,7 @@ from typer._click.exceptions import UsageError  # typer vendors its click: its e
 from controller.cli import app
 from controller.config import ENV_PREFIX, RESERVED_PREFIX, Settings, setting_variables, unknown_settings
 from controller.domain.hardware import default_catalog_text, load_catalog
+from controller.domain.naming import registry_prefix
 from controller.runtimes.kubernetes.client import _KINDS
 from tests.support.tiers import missing
 
@@ -83,7 +84,7 @@ def test_manifests_render_and_validate(directory: str) -> None:
 def test_controller_runs_kubernetes_runtime_with_catalog() -> None:
     docs = render(K8S / "base")
     deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
-    assert set(deployments) == {"spaceport", "spaceport-worker", "spaceport-beat", "spaceport-redis"}
+    assert set(deployments) == {"spaceport", "spaceport-worker", "spaceport-beat", "spaceport-redis", "registry"}
     args = {n: d["spec"]["template"]["spec"]["containers"][0].get("args", [])[:2] for n, d in deployments.items()}
     assert args["spaceport"] == ["spaceport", "serve"] and args["spaceport-worker"] == ["spaceport", "worker"]
     assert args["spaceport-beat"] == ["spaceport", "beat"]
@@ -214,6 +215,32 @@ def test_every_spaceport_variable_is_a_setting(directory: str, monkeypatch: pyte
             monkeypatch.setenv(var, value)
         built = Settings()
         assert built.runtime == "kubernetes" and built.broker_url.startswith("redis://"), name
+
+
+@pytest.mark.parametrize("directory", DIRECTORIES)
+def test_the_shipped_registry_is_the_one_spaceport_pushes_to(directory: str) -> None:
+    """SPACEPORT_REGISTRY (every Spaceport container's) is registry.yaml's Service, by its cluster DNS name
+    and port, and the registry behind it stores on its volume with manifest deletion on (artifact GC)."""
+    docs = render(K8S / directory)
+    registries = {container_env(c, docs).get("SPACEPORT_REGISTRY") for c in spaceport_containers(docs).values()}
+    assert len(registries) == 1 and None not in registries, registries
+    value = registry_prefix(str(registries.pop()))  # a valid image prefix (naming.image_ref)
+    host, port = value.split("/", 1)[0].split(":")
+    service = next(s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "registry")
+    assert host == f"registry.{service['metadata']['namespace']}.svc.cluster.local"
+    assert int(port) in [p["port"] for p in service["spec"]["ports"]]
+    deployment = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "registry")
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"].startswith("registry:2")
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["REGISTRY_STORAGE_DELETE_ENABLED"] == "true"
+    target = next(p for p in container["ports"] if p["name"] == service["spec"]["ports"][0]["targetPort"])
+    assert env["REGISTRY_HTTP_ADDR"] == f":{target['containerPort']}"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    claim = next(v for v in pod["volumes"] if v["name"] == mounts["/var/lib/registry"])["persistentVolumeClaim"]
+    assert claim["claimName"] in [c["metadata"]["name"] for c in by_kind(docs, "PersistentVolumeClaim")]
 
 
 def test_deployments_that_must_be_single_are() -> None:
