@@ -32,7 +32,7 @@ from controller.proxy.routes import RouteTable
 from controller.proxy.types import Route
 from controller.runtimes.base import InstanceStatus, Runtime, RuntimeFailure, State
 from controller.services import instances as db
-from controller.services import routing
+from controller.services import quotas, routing
 from controller.services.diskquota import DiskWatch
 from controller.services.instances import SpaceSnapshot
 from controller.services.platform import Platform
@@ -309,7 +309,7 @@ class Reconciler:
     # -- routes and stage ----------------------------------------------------------------------
     async def _publish(self, snap: SpaceSnapshot, batch: list[db.StageRow] | None = None) -> None:
         """Route the space and store its derived stage (now, or in the pass's batch)."""
-        derived = routing.derive(snap, waking=snap.space_id in self._waking)
+        derived = routing.derive(snap, quotas.catalog(self.platform), waking=snap.space_id in self._waking)
         hardware = snap.hardware if derived.serving is not None else None
         stage, message = derived.stage, derived.message
         if stage.value != snap.stage or message != snap.error_message or hardware != snap.current_hardware:

@@ -25,7 +25,7 @@ from controller.proxy.activity import ThrottledActivity
 from controller.proxy.routes import RouteTable
 from controller.proxy.types import Route
 from controller.services import instances as db
-from controller.services import routing
+from controller.services import quotas, routing
 from controller.services.bus import KICK, RESYNC, ROUTE, Bus
 from controller.services.leases import Lease
 from controller.services.platform import Platform
@@ -45,14 +45,15 @@ class RouteSync:
 
     async def load_all(self) -> None:
         snaps = await run_in_threadpool(db.load_snapshots, self.platform)
-        self.routes.replace_all(routing.derive(s).route for s in snaps)
+        catalog = quotas.catalog(self.platform)
+        self.routes.replace_all(routing.derive(s, catalog).route for s in snaps)
         for event in self._changed.values():
             event.set()
 
     async def load(self, pk: int, space_id: str) -> None:
         snaps = await run_in_threadpool(db.load_snapshots, self.platform, pk) if pk else []
         if snaps and snaps[0].space_id == space_id:
-            self.routes.set(routing.derive(snaps[0]).route)
+            self.routes.set(routing.derive(snaps[0], quotas.catalog(self.platform)).route)
         else:
             self.routes.remove(space_id)
         event = self._changed.get(space_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from controller.db.models import utcnow
+from controller.domain.hardware import Catalog
 from controller.domain.lifecycle import derive_stage
 from controller.domain.stages import Stage
 from controller.proxy.types import Route
@@ -20,11 +21,20 @@ class Derived:
     serving: str | None  # the endpoint that answers, if any
 
 
-def derive(snap: SpaceSnapshot, *, waking: bool = False) -> Derived:
+def derive(snap: SpaceSnapshot, catalog: Catalog, *, waking: bool = False) -> Derived:
     """`waking`: a wake of this space is in flight in this process (visitors wait for it, not a 503)."""
     serving = serving_endpoint(snap)
     stage, message = derive_stage(observed(snap, serving is not None))
-    return Derived(route_of(snap, serving, stage, message, waking=waking), stage, message, serving)
+    route = route_of(snap, serving, stage, message, waking=waking)
+    if needs_visitor_token(snap, catalog):
+        route = replace(route, via_python=True)
+    return Derived(route, stage, message, serving)
+
+
+def needs_visitor_token(snap: SpaceSnapshot, catalog: Catalog) -> bool:
+    """A space on a zero-* flavor: its requests carry a visitor token only the Python proxy signs."""
+    flavor = catalog.flavors.get(snap.current_hardware or snap.hardware)
+    return flavor is not None and flavor.zero_gpu is not None
 
 
 def serving_endpoint(snap: SpaceSnapshot) -> str | None:

@@ -47,7 +47,7 @@ def test_zero_flavors_borrow_a_gpu_type_and_must_not_also_hold_one(tmp_path: Pat
     with pytest.raises(CatalogError, match="zero_gpu"):
         load_catalog(bad)
     bad.write_text("flavors:\n  zero-x: {vcpu: 1, memory_gb: 1, zero_gpu: h100}\n")
-    with pytest.raises(CatalogError, match="zero-x.zero_gpu 'h100'"):
+    with pytest.raises(CatalogError, match=r"zero-x\.zero_gpu 'h100'"):
         load_catalog(bad)
 
 

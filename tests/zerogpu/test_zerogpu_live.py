@@ -5,8 +5,8 @@ pid and its parent's. On zero-a10g (a fake inventory: one device with a made-up 
 here) each call goes schedule -> fork -> /allow -> release through the device API, charged to the
 signed-in caller; on cpu-basic the decorator is a no-op. The app runs unsandboxed (SPACEPORT_SANDBOX=none):
 the sandbox's network namespace lets an app open no connection to the host, the device API included
-(README, ZeroGPU, says what the sandboxed path needs). Traffic goes through the Python proxy
-(SPACEPORT_DATA_PLANE=python), which is where X-IP-Token is added."""
+(README, ZeroGPU, says what the sandboxed path needs). The site's data plane is the default one (HAProxy
+when installed): zero-* routes stay on the Python proxy, which is where X-IP-Token is added."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from controller.config import Settings
 from tests.support.server import TRUSTED_PATHS, LiveServer, make_server
 from tests.support.spaces import app_pid, push_fixture, wait_stage
 
@@ -45,8 +44,6 @@ UUID = "GPU-00000000-0000-4000-8000-00000000fa4e"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     extra = {"SPACEPORT_PATH_APPS": TRUSTED_PATHS, "SPACEPORT_SANDBOX": "none", "SPACEPORT_ALLOW_UNSANDBOXED": "true"}
-    if "data_plane" in Settings.model_fields:
-        extra["SPACEPORT_DATA_PLANE"] = "python"
     srv = make_server(tmp_path_factory.mktemp("zerogpu"), **extra).start()
     yield srv
     srv.close()
