@@ -147,7 +147,10 @@ def _global(layout: Layout) -> list[str]:
         "    timeout client 1h",  # an SSE stream may be quiet this long; Python has no read timeout
         "    timeout server 1h",
         "    timeout tunnel 24h",  # WebSocket once upgraded
-        "    timeout client-fin 10s",
+        # a visitor who closes a quiet stream (EventSource, a followed log) sends only a FIN; HAProxy then
+        # keeps the upstream open this long, and the app (or Spaceport's per-client stream slots) with it
+        "    timeout client-fin 1s",
+        "    timeout server-fin 1s",
         "    retries 3",  # connection failures only: a request that reached an app is never sent twice
         "",
     ]

@@ -66,7 +66,9 @@ def test_old_gradio_space_runs_sandboxed_with_the_libraries_of_its_time(
     assert int(uid) >= 100_000  # the space's own unprivileged uid, never root
     # pip and setuptools with pkg_resources, as the hosted images' Python 3.10 has (gradio 3 imports
     # pkg_resources; an app's `pip install` at start needs the venv's pip)
-    probe = "import huggingface_hub, pip, pkg_resources, setuptools; print(huggingface_hub.__version__, setuptools.__version__)"
+    # setuptools before pip: pip's locations module imports the stdlib distutils on Python < 3.12, and
+    # setuptools then refuses it (so does any `python -m venv` with both; apps import setuptools first)
+    probe = "import huggingface_hub, setuptools, pkg_resources, pip; print(huggingface_hub.__version__, setuptools.__version__)"
     done = subprocess.run([venv_python(server, log), "-c", probe], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     out = done.stdout.split()
