@@ -9,9 +9,11 @@ app proxy: app hosts' traffic never reaches it (apps set their own limits).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -83,6 +85,28 @@ def _is_json(scope: Scope) -> bool:
     return False
 
 
+# A refused body is still read (and dropped) up to this much, so that closing the connection after the
+# answer does not reset it while the client is still sending: a reset discards the answer in flight
+# (HAProxy in front then reports no response at all). Past it, the connection is closed unread.
+DRAIN_BYTES = 16 << 20
+DRAIN_SECONDS = 5.0
+
+
+async def _drain(receive: Receive) -> None:
+    """Read and drop the rest of a refused request body, within DRAIN_BYTES and DRAIN_SECONDS."""
+    deadline, read = time.monotonic() + DRAIN_SECONDS, 0
+    while read <= DRAIN_BYTES:
+        try:
+            message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return
+        read += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 async def _send_error(send: Send, status: int, message: str) -> None:
     body = json.dumps({"error": message, "code": "content_too_large" if status == 413 else "bad_request"}).encode()
     header = message.encode("latin-1", "replace")[:1000]
@@ -111,6 +135,8 @@ class RequestLimits:
         limit = limit_for(self.settings, scope["path"])
         declared = _content_length(scope)
         if declared is not None and declared > limit.max_bytes:
+            if declared <= DRAIN_BYTES:
+                await _drain(receive)
             await _send_error(send, 413, too_large_message(limit))
             return
         if limit.check_depth and _is_json(scope):
@@ -130,6 +156,8 @@ class RequestLimits:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > limit.max_bytes:
+                if message.get("more_body", False):
+                    await _drain(receive)
                 await _send_error(send, 413, too_large_message(limit))
                 return None
             more = message.get("more_body", False)
@@ -151,13 +179,14 @@ class RequestLimits:
         return replay
 
     async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: Limit) -> None:
-        total, started = 0, False
+        total, started, more = 0, False, True
 
         async def counting_receive() -> Message:
-            nonlocal total
+            nonlocal total, more
             message = await receive()
             if message["type"] == "http.request":
                 total += len(message.get("body", b""))
+                more = bool(message.get("more_body", False))
                 if total > limit.max_bytes:
                     raise BodyTooLarge(too_large_message(limit))
             return message
@@ -172,11 +201,15 @@ class RequestLimits:
         except BodyTooLarge as exc:
             if started:
                 raise
+            if more:
+                await _drain(receive)
             await _send_error(send, 413, exc.message)
         except BaseExceptionGroup as group:  # raised inside a task group (e.g. a streaming request body)
             matched, rest = group.split(BodyTooLarge)
             if matched is None or rest is not None or started:
                 raise
+            if more:
+                await _drain(receive)
             await _send_error(send, 413, too_large_message(limit))
 
 

@@ -149,8 +149,7 @@ def _global(layout: Layout) -> list[str]:
         "    timeout tunnel 24h",  # WebSocket once upgraded
         # a visitor who closes a quiet stream (EventSource, a followed log) sends only a FIN; HAProxy then
         # keeps the upstream open this long, and the app (or Spaceport's per-client stream slots) with it
-        "    timeout client-fin 1s",
-        "    timeout server-fin 1s",
+        "    timeout client-fin 10s",
         "    retries 3",  # connection failures only: a request that reached an app is never sent twice
         "",
     ]

@@ -239,7 +239,7 @@ def test_200_open_log_streams_do_not_starve_the_site(server: LiveServer, people:
 
 def _stream_admitted_again(url: str) -> bool:
     """Every slot is back once the server has seen the 200 disconnects: 200 new streams are admitted."""
-    deadline, pause = time.monotonic() + 60, 0.5
+    deadline, pause = time.monotonic() + 90, 0.5
     while time.monotonic() < deadline:
         async def probe() -> list[int]:
             session, streams = await _open_streams(url, STREAMS)
@@ -252,9 +252,9 @@ def _stream_admitted_again(url: str) -> bool:
         if asyncio.run(probe()) == [200] * STREAMS:
             return True
         # a failed probe holds its own admitted streams until the server sees them close (behind HAProxy,
-        # timeout client-fin later): back off so the next probe does not meet the last one's
+        # its `timeout client-fin`, 10 s, later): back off past that so a probe does not meet the last one's
         time.sleep(pause)
-        pause = min(pause * 2, 8)
+        pause = min(pause * 2, 16)
     return False
 
 
