@@ -32,6 +32,7 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	@bash scripts/test-services.sh $(CURDIR)/.test-env.sh
+	@. $(CURDIR)/.test-env.sh && $(BIN)/python -m tests.support.images
 	@. $(CURDIR)/.test-env.sh && PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n 2 --dist loadfile -q -rfEs $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory lint
 

@@ -28,11 +28,10 @@ from controller.api.deps import DB, User
 from controller.domain import zerogpu as dz
 from controller.domain.errors import SpaceportError
 from controller.proxy.routes import RouteTable
-from controller.services import quotas
+from controller.proxy.types import Route
 from controller.services import zerogpu as zs
 from controller.services.accounts import authenticate_token, token_from_header
 from controller.services.platform import Platform
-from controller.services.spaces import find_space
 
 router = APIRouter(tags=["zerogpu"])
 PING_INTERVAL = 5.0  # < the package's 60 s read timeout; each event must arrive in its own chunk
@@ -162,41 +161,16 @@ def my_quota(db: DB, principal: User) -> dict[str, Any]:
 # ---- the proxy side: X-IP-Token -------------------------------------------------------------------------
 
 
-class ZeroSpaces:
-    """Which spaces are on a zero-* flavor (looked up once per space every `ttl` seconds, in a thread)."""
-
-    def __init__(self, platform: Platform, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.platform, self.ttl, self.clock = platform, ttl, clock
-        self._seen: dict[str, tuple[float, bool]] = {}
-
-    async def is_zero(self, space_id: str) -> bool:
-        cached = self._seen.get(space_id.lower())
-        if cached is not None and self.clock() - cached[0] < self.ttl:
-            return cached[1]
-        zero = await run_in_threadpool(self._lookup, space_id)
-        self._seen[space_id.lower()] = (self.clock(), zero)
-        return zero
-
-    def _lookup(self, space_id: str) -> bool:
-        owner, _, name = space_id.partition("/")
-        with self.platform.sessions() as session:
-            space = find_space(session, owner, name)
-            hardware = space.requested_hardware if space is not None else ""
-        flavor = quotas.catalog(self.platform).flavors.get(hardware)
-        return flavor is not None and flavor.zero_gpu is not None
-
-    async def user_id(self, authorization: str) -> int | None:
-        return await run_in_threadpool(self._user_id, authorization)
-
-    def _user_id(self, authorization: str) -> int | None:
-        try:
-            token = token_from_header(authorization)
-            if not token:
-                return None
-            with self.platform.tx() as session:
-                return authenticate_token(session, token).user.id
-        except SpaceportError:
+def _user_id(platform: Platform, authorization: str) -> int | None:
+    """The user a platform token in `authorization` names, None for none or a bad one (then: anonymous)."""
+    try:
+        token = token_from_header(authorization)
+        if not token:
             return None
+        with platform.tx() as session:
+            return authenticate_token(session, token).user.id
+    except SpaceportError:
+        return None
 
 
 class VisitorTokens:
@@ -207,41 +181,40 @@ class VisitorTokens:
         self.app, self.platform, self.routes, self.clock = app, platform, routes, clock
         self.suffix = "." + (apps_domain or "localhost").lower().split(":")[0].strip(".")
         self.path_prefix = path_prefix
-        self.zero = ZeroSpaces(platform)
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]) -> None:
         if scope["type"] in ("http", "websocket"):
-            space_id = self._space(scope)
-            if space_id is not None:
-                scope = await self._with_token(scope, space_id)
+            route = self._route(scope)
+            if route is not None:
+                scope = await self._with_token(scope, route)
         await self.app(scope, receive, send)
 
-    def _space(self, scope: Scope) -> str | None:
+    def _route(self, scope: Scope) -> Route | None:
+        """The route of the space this request is bound for (by host or by path URL), if any."""
         host = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1").lower()
         hostname = host.rsplit(":", 1)[0]
         if hostname.endswith(self.suffix) and "." not in hostname[: -len(self.suffix)]:
-            route = self.routes.by_slug(hostname[: -len(self.suffix)])
-            return route.space_id if route else None
+            return self.routes.by_slug(hostname[: -len(self.suffix)])
         path: str = scope.get("path", "")
         if path.startswith(self.path_prefix):
             owner, _, rest = path[len(self.path_prefix):].partition("/")
-            route = self.routes.by_space(owner, rest.partition("/")[0]) if owner and rest else None
-            return route.space_id if route else None
+            return self.routes.by_space(owner, rest.partition("/")[0]) if owner and rest else None
         return None
 
-    async def _with_token(self, scope: Scope, space_id: str) -> Scope:
+    async def _with_token(self, scope: Scope, route: Route) -> Scope:
+        """Drop the visitor's X-IP-Token; on a route that takes one (routing.needs_visitor_token) add ours."""
         headers = [(k, v) for k, v in scope["headers"] if k != TOKEN_HEADER]
-        if await self.zero.is_zero(space_id):
+        if route.visitor_token:
             visitor = await self._visitor(scope)
             settings = self.platform.settings
-            token = dz.sign_visitor_token(settings.key, settings.public_url, space_id, visitor, self.clock())
+            token = dz.sign_visitor_token(settings.key, settings.public_url, route.space_id, visitor, self.clock())
             headers.append((TOKEN_HEADER, token.encode()))
         return {**scope, "headers": headers}
 
     async def _visitor(self, scope: Scope) -> dz.Visitor:
         for key, value in scope["headers"]:
             if key in (b"authorization", b"x-hf-authorization"):
-                user = await self.zero.user_id(value.decode("latin-1"))
+                user = await run_in_threadpool(_user_id, self.platform, value.decode("latin-1"))
                 if user is not None:
                     return dz.user_visitor(user)
         client = scope.get("client")

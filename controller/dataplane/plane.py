@@ -43,7 +43,7 @@ class Mapping:
 
 def mapping_of(route: Route, apps_domain: str) -> Mapping | None:
     """The mapping of a route HAProxy may carry, or None (the route stays on the Python proxy)."""
-    if route.state != "ready" or route.private or route.via_python:
+    if route.state != "ready" or route.private or route.visitor_token:
         return None
     slug = route.slug.lower()
     if not _SLUG.match(slug) or not _SPACE.match(route.space_id):

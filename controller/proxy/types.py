@@ -41,7 +41,7 @@ class Route:
     slug: str
     target: str
     private: bool = False
-    via_python: bool = False  # HAProxy never carries it: the Python proxy adds what it needs (ZeroGPU's X-IP-Token)
+    visitor_token: bool = False  # HAProxy never carries it: the Python proxy adds what it needs (ZeroGPU's X-IP-Token)
     base_path: str = ""
     strip_base_path: bool = True
     state: RouteState = "ready"

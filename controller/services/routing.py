@@ -27,7 +27,7 @@ def derive(snap: SpaceSnapshot, catalog: Catalog, *, waking: bool = False) -> De
     stage, message = derive_stage(observed(snap, serving is not None))
     route = route_of(snap, serving, stage, message, waking=waking)
     if needs_visitor_token(snap, catalog):
-        route = replace(route, via_python=True)
+        route = replace(route, visitor_token=True)
     return Derived(route, stage, message, serving)
 
 

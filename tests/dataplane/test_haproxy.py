@@ -196,7 +196,7 @@ def test_private_and_not_ready_routes_stay_on_python() -> None:
     for state in ("asleep", "paused", "unavailable"):
         assert mapping_of(Route(space_id="a/b", slug="a-b", target=target, state=state), DOMAIN) is None  # type: ignore[arg-type]
     assert mapping_of(Route(space_id="a/b", slug="a-b", target=target, private=True), DOMAIN) is None
-    assert mapping_of(Route(space_id="a/b", slug="a-b", target=target, via_python=True), DOMAIN) is None
+    assert mapping_of(Route(space_id="a/b", slug="a-b", target=target, visitor_token=True), DOMAIN) is None
 
 
 # ---- traffic ----------------------------------------------------------------------------------

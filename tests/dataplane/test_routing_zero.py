@@ -22,8 +22,8 @@ def snapshot(hardware: str) -> SpaceSnapshot:
         health_path="/", startup_timeout=60.0, observed_build=(True, "succeeded", None, None), instances=(row,))
 
 
-@pytest.mark.parametrize(("hardware", "via_python"), [("zero-a10g", True), ("zero-t4", True), ("cpu-basic", False)])
-def test_zero_flavors_stay_on_the_python_proxy(hardware: str, via_python: bool) -> None:
+@pytest.mark.parametrize(("hardware", "visitor_token"), [("zero-a10g", True), ("zero-t4", True), ("cpu-basic", False)])
+def test_zero_flavors_stay_on_the_python_proxy(hardware: str, visitor_token: bool) -> None:
     route = routing.derive(snapshot(hardware), load_catalog()).route
-    assert route.state == "ready" and route.via_python is via_python
-    assert (mapping_of(route, "apps.example") is None) is via_python
+    assert route.state == "ready" and route.visitor_token is visitor_token
+    assert (mapping_of(route, "apps.example") is None) is visitor_token

@@ -41,6 +41,7 @@ PEM = "\n".join(["-----BEGIN PRIVATE KEY-----", *PEM_BODY, "-----END PRIVATE KEY
 REG_TOKEN = f"zq-leak-{uuid.uuid4().hex[:20]}"  # a valid package name: the owner pasted it into requirements.txt
 RUN_ID = uuid.uuid4().hex[:12]
 SETTLED = {"RUNNING", "BUILD_ERROR", "RUNTIME_ERROR", "CONFIG_ERROR"}
+pytestmark = pytest.mark.timeout(600)  # the first test of a stack pays for a server, a build and a crash loop
 
 CRASH_APP = (
     "import base64, json, os, sys\n"
@@ -141,14 +142,19 @@ def leaky(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A public space whose app prints its secrets and crashes; waits for its crash to be published."""
     space = create_space(stack, "leaky", CRASH_FILES[stack.runtime], {"API_TOKEN": TOKEN, "SIGNING_KEY": PEM},
                          tmp_path_factory.mktemp("leaky"))
-    deadline = time.monotonic() + 400
+    deadline = time.monotonic() + 240  # below the module's timeout: a slow loop fails with what it saw
+    seen: list[str] = []
     while time.monotonic() < deadline:  # crash, restarts with backoff, then it stays failed: a stable page
-        state = wait_stage(stack.server, space, {"RUNTIME_ERROR", "BUILD_ERROR", "CONFIG_ERROR"}, timeout=400)
+        state = wait_stage(stack.server, space, {"RUNTIME_ERROR", "BUILD_ERROR", "CONFIG_ERROR"}, timeout=240)
         assert state["stage"] == "RUNTIME_ERROR", state
         if "keeps crashing" in str(state["errorMessage"]):
             return space
+        message = str(state["errorMessage"])[:120]
+        if not seen or seen[-1] != message:
+            seen.append(message)
         time.sleep(0.2)
-    raise AssertionError(f"{space} never settled in a crash loop: {state}")
+    log = "\n".join(line for line in stack.server.logs().splitlines() if "GET /api/spaces" not in line)
+    raise AssertionError(f"{space} never settled in a crash loop; messages seen: {seen}\nserver log tail:\n{log[-4000:]}")
 
 
 @pytest.fixture(scope="module")

@@ -50,3 +50,18 @@ def ensure_base_images(docker_host: str) -> None:
                 fcntl.flock(lock, fcntl.LOCK_UN)
     finally:
         client.close()
+
+
+def main() -> None:
+    """`python -m tests.support.images`: bootstrap the bases before the suite, so no test's timeout pays for it
+    (on a fresh machine it takes minutes, and the first docker test of each worker would wait on the lock)."""
+    import os
+
+    docker_host = os.environ.get("SPACEPORT_TEST_DOCKER_HOST")
+    if docker_host:
+        print("test base images: checking (a fresh machine builds them once, a few minutes)", flush=True)
+        ensure_base_images(docker_host)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,6 @@
 """The proxy side of ZeroGPU: requests bound for a zero-* space carry an X-IP-Token the site signed for
-that space and visitor; whatever X-IP-Token a visitor sends is dropped (attacker test), on every space."""
+that space and visitor; whatever X-IP-Token a visitor sends is dropped (attacker test), on every space.
+Which routes take one is routing.derive's call (tests/dataplane/test_routing_zero.py); here the route says so."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[Platform, str, int]]:
 
 
 async def call(platform: Platform, host: str, path: str = "/", headers: dict[str, str] | None = None) -> list[str]:
-    routes = RouteTable([Route("o/gpu", "o-gpu", "http://127.0.0.1:1"), Route("o/cpu", "o-cpu", "http://127.0.0.1:1")])
+    routes = RouteTable([Route("o/gpu", "o-gpu", "http://127.0.0.1:1", visitor_token=True), Route("o/cpu", "o-cpu", "http://127.0.0.1:1")])
     app = VisitorTokens(echo, platform=platform, routes=routes, apps_domain="apps.test")
     transport = httpx.ASGITransport(app=app, client=("198.51.100.7", 5555))  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url=f"http://{host}") as client:
