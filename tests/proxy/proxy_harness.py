@@ -37,6 +37,7 @@ from controller.dataplane.haproxy import HAProxyProcess, Layout
 from controller.dataplane.plane import DataPlane
 from controller.proxy import ProxyMiddleware, Route, RouteTable, ThrottledActivity
 from controller.proxy.appauth import AppAuth
+from tests.support.procs import stop_process
 
 APPS_DOMAIN = "apps.localhost"
 TEST_KEY = "proxy-test-key"
@@ -428,12 +429,7 @@ def app_process(
         _wait_healthy(proc, health_url, cwd / "app.log")
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 

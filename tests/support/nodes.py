@@ -22,6 +22,7 @@ from pathlib import Path
 
 import docker
 
+from tests.support.procs import stop_process
 from tests.support.tiers import missing
 
 DOCKERD = "/usr/sbin/dockerd"
@@ -66,22 +67,13 @@ def second_engine() -> Iterator[str]:
             yield host
         finally:
             bridges = _bridges(host)
-            _stop(proc)
+            stop_process(proc, grace=30)  # dockerd stops its containers first
             for made in {*bridges, bridge}:
                 _forget_bridge(made)
     finally:
         subprocess.run(["ip", "link", "delete", bridge], capture_output=True, check=False)
         subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _wait_ready(host: str, proc: subprocess.Popen[bytes], log: Path) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.support.procs import stop_process
 from tests.support.server import free_port
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
@@ -43,12 +44,7 @@ def local_registry(root: Path) -> Iterator[str]:
         _wait_ready(addr, proc, root / "registry.log")
         yield addr
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def _wait_ready(addr: str, proc: subprocess.Popen[bytes], log: Path) -> None:
