@@ -252,7 +252,7 @@ def tree(owner: str, name: str, revision: str, db: DB, caller: Caller, platform:
 
 @router.get(SPACE + "/commits/{revision:path}")
 def list_commits(owner: str, name: str, revision: str, request: Request, response: Response, db: DB, caller: Caller,
-                 platform: PlatformDep, p: int = Query(0, ge=0)) -> list[dict[str, object]]:
+                 platform: PlatformDep, p: int = Query(0, ge=0, le=10**6)) -> list[dict[str, object]]:
     space = spaces.get_space(db, caller, owner, name)
     repo = _repo(platform, space)
     items = commits.log(repo, commits.resolve(repo, revision), p * COMMITS_PAGE, COMMITS_PAGE + 1)

@@ -17,7 +17,7 @@ router = APIRouter(prefix="/api/spaces", tags=["spaces"])
 @router.get("")
 def list_spaces(db: DB, caller: Caller, platform: PlatformDep, author: str | None = None,
                 search: str | None = None, sdk: str | None = None, limit: int = Query(100, ge=1, le=1000),
-                offset: int = Query(0, ge=0), full: bool = False) -> list[dict[str, Any]]:
+                offset: int = Query(0, ge=0, le=2**31 - 1), full: bool = False) -> list[dict[str, Any]]:
     query = spaces.SpaceQuery(author=author, search=search, sdk=sdk, limit=limit, offset=offset)
     found = spaces.list_spaces(db, caller, query)
     sleeps: dict[str, int | None] = {}  # one settings lookup per flavor, not one query per space
