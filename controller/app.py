@@ -16,6 +16,7 @@ import web
 from controller.api import admin as admin_api
 from controller.api import hardware as hardware_api
 from controller.api import hub as hub_api
+from controller.api import lfs as lfs_api
 from controller.api import logs as logs_api
 from controller.api import repos as repos_api
 from controller.api import spaces as spaces_api
@@ -102,7 +103,7 @@ def create_app(settings: Settings, *, platform: Platform | None = None, runtime:
     app.add_exception_handler(SpaceportError, _error_response)
     zerogpu_api.install(app, platform, runtime)  # ZeroGPU device API + quota (issue 15), before /api/spaces/{o}/{n}
     for router in (repos_api.router, hardware_api.router, spaces_api.router, logs_api.router, hub_api.router,
-                   admin_api.router, git_http.router):
+                   admin_api.router, git_http.router, lfs_api.router):
         app.include_router(router)
 
     @app.get("/healthz", include_in_schema=False)

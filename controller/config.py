@@ -178,6 +178,10 @@ class Settings(BaseSettings):
                                       "pass it is refused and nothing of it kept. 0: no limit")
     max_repo_bytes: int = Field(default=0, ge=0, description="Disk space one space's repository may take (checked "
                                 "like max_owner_repo_bytes); 0 (default): only the owner's limit applies")
+    max_lfs_object_bytes: int = Field(default=5_368_709_120, ge=1024, description="Largest Git LFS object one "
+                                      "upload may send (its bytes also count against max_owner_repo_bytes)")
+    lfs_action_seconds: int = Field(default=3600, ge=60, description="How long the signed upload/download/verify "
+                                    "links of a Git LFS batch answer stay valid")
     streams_per_client: int = Field(default=20, ge=1, description="Log streams (SSE) one client address may hold "
                                     "open at once; more get 429")
     streams_per_space: int = Field(default=100, ge=1, description="Log streams (SSE) open at once on one space; "

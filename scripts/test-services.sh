@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs (Debian packages) and starts what the test tiers need: Docker engine, Redis, PostgreSQL,
-# Chromium, nginx, HAProxy, docker-registry, buildah, debootstrap, bubblewrap. Writes the environment the tests read to $OUT (env.sh).
+# Chromium, nginx, HAProxy, docker-registry, buildah, debootstrap, bubblewrap, git-lfs (client, for tests). Writes the environment the tests read to $OUT (env.sh).
 # Idempotent: a service already answering is left alone. Without root it only reports what it finds.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -9,7 +9,7 @@ OUT=${1:-$STATE/env.sh}
 mkdir -p "$STATE"
 log() { echo "[services] $*" >&2; }
 
-PKGS="docker.io debootstrap redis-server postgresql chromium chromium-driver nginx-light haproxy docker-registry buildah skopeo bubblewrap git iproute2 iptables util-linux procps"
+PKGS="docker.io debootstrap redis-server postgresql chromium chromium-driver nginx-light haproxy docker-registry buildah skopeo bubblewrap git git-lfs iproute2 iptables util-linux procps"
 install_packages() {
   local missing=()
   for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

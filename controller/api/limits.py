@@ -26,6 +26,7 @@ from controller.domain.units import format_bytes
 
 _GIT = re.compile(r"^/spaces/[^/]+/[^/]+/(git-upload-pack|git-receive-pack)$")
 _COMMIT = re.compile(r"^/api/spaces/[^/]+/[^/]+/(commit|preupload)/")
+_LFS_OBJECT = re.compile(r"^/spaces/[^/]+/[^/]+/info/lfs/objects/[0-9a-f]{64}$")
 _PAIRS = re.compile(rb"\{[^{}\[\]]*\}|\[[^{}\[\]]*\]")
 K = TypeVar("K")
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
@@ -52,6 +53,8 @@ def limit_for(settings: Settings, path: str) -> Limit:
         return Limit(settings.max_push_bytes, "SPACEPORT_MAX_PUSH_BYTES")
     if _COMMIT.match(path):
         return Limit(settings.max_commit_bytes, "SPACEPORT_MAX_COMMIT_BYTES")
+    if _LFS_OBJECT.match(path):  # a Git LFS upload (controller.api.lfs checks its declared size too)
+        return Limit(settings.max_lfs_object_bytes, "SPACEPORT_MAX_LFS_OBJECT_BYTES")
     return Limit(settings.max_body_bytes, "SPACEPORT_MAX_BODY_BYTES", check_depth=True)
 
 

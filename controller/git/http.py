@@ -1,8 +1,10 @@
 """Git smart HTTP through `git http-backend`: clone/fetch (read) and push (write) of space repos.
 
 Remote: http://HOST/spaces/OWNER/NAME (the `.git` suffix also works). Push authenticates with HTTP Basic
-USER:TOKEN. A push to a missing space in a namespace the pusher may write creates it. A push that moves
-main records a Build and enqueues it. Storage limits (controller.git.quota): an owner already at its limit
+USER:TOKEN. A push to a missing space in a namespace the pusher may write creates it once the push has
+succeeded: a refused or aborted first push (say git-lfs could not upload) leaves no space and no repo. A push
+that moves main records a Build and enqueues it. Git LFS (controller.api.lfs) shares the access rule
+(controller.git.access); the pre-receive hook refuses LFS pointers whose objects were never uploaded. Storage limits (controller.git.quota): an owner already at its limit
 is refused before anything is sent (git shows the message as `remote: ...`); a push that would pass it is
 refused by the pre-receive hook, which every push runs from DATA_DIR/git-hooks (core.hooksPath), and git
 drops its quarantined objects.
@@ -18,13 +20,12 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from controller.api.deps import get_platform, token_from_header
-from controller.domain.errors import Forbidden, NotFound, SpaceportError, Unauthorized
+from controller.domain.errors import NotFound, SpaceportError
 from controller.domain.naming import validate_name
-from controller.git import quota, storage
+from controller.git import access, quota, storage
 from controller.services import builds, spaces
 from controller.services.accounts import Principal, authenticate_token
 from controller.services.platform import Platform
@@ -58,48 +59,35 @@ def _parse(owner: str, name: str, tail: str, query_service: str | None) -> GitRe
 
 
 def _authorize(platform: Platform, req: GitRequest, auth_header: str | None) -> Path:
-    """Check access and storage room (creating the space on first push); return the bare repo path."""
+    """Check access and storage room; return the bare repo path (or, for the first push's ref
+    advertisement, a pristine empty repo: nothing is created until the push itself arrives)."""
     if req.service == "git-receive-pack":
         storage.install_hooks(hooks_dir(platform))
     with platform.tx() as session:
         token = token_from_header(auth_header)
         principal: Principal | None = authenticate_token(session, token) if token else None
-        space = spaces.find_space(session, req.owner, req.name)
-        if req.service == "git-receive-pack":
-            _authorize_push(session, platform, principal, req)
-        elif space is None or not spaces.can_read(session, principal, space):
-            raise _hidden(req, principal)
-    return storage.repo_path(platform.settings.repos_dir, req.owner, req.name)
-
-
-def _authorize_push(session: Session, platform: Platform, principal: Principal | None, req: GitRequest) -> None:
-    if principal is None:
-        raise Unauthorized("Pushing needs a write token: git push http://USER:TOKEN@HOST/spaces/OWNER/NAME")
-    if not principal.can_write:
-        raise Forbidden("This token is read-only; pushing needs a token with write scope.")
-    spaces.check_code_push(platform, principal)
-    space = spaces.find_space(session, req.owner, req.name)
-    if space is None or not spaces.can_read(session, principal, space):
-        # A private space you may not see answers exactly like a missing one (no existence oracle).
-        spaces.check_namespace_writable(session, principal, req.owner)
-    if space is not None and not spaces.can_write(session, principal, space):
-        raise Forbidden(f"You may not push to {req.owner}/{req.name}: only its owner or its organization's members can.")
+        if req.service != "git-receive-pack":
+            access.check_read(session, principal, req.owner, req.name)
+            return storage.repo_path(platform.settings.repos_dir, req.owner, req.name)
+        space = access.check_write(session, platform, principal, req.owner, req.name)
     repo = storage.repo_path(platform.settings.repos_dir, req.owner, req.name)
     quota.check_room(quota.StorageLimits.from_settings(platform.settings), repo)  # before creating or receiving
-    if space is None:
-        spaces.create_space(session, platform.settings.repos_dir, principal, req.owner, req.name)
+    if space is None and not (repo / "HEAD").exists():
+        if req.path_info == "/info/refs":
+            return empty_repo(platform)
+        storage.init_bare(repo)  # the space row comes only once the push succeeds (_after_push)
+    return repo
+
+
+def empty_repo(platform: Platform) -> Path:
+    """A bare repo that stays empty: it advertises "no refs" to a first push without creating its space."""
+    path = platform.settings.data_dir / "git-empty" / "empty.git"
+    storage.init_bare(path)
+    return path
 
 
 def hooks_dir(platform: Platform) -> Path:
     return platform.settings.data_dir / "git-hooks"
-
-
-def _hidden(req: GitRequest, principal: Principal | None) -> SpaceportError:
-    """One answer for "missing" and "private and not yours", so git reveals nothing about private spaces."""
-    if principal is None:
-        return Unauthorized(f"Authenticate with USER:TOKEN to read {req.owner}/{req.name} "
-                            "(it may be private, or may not exist).")
-    return NotFound(f"Space {req.owner}/{req.name} does not exist, or you may not see it.")
 
 
 def _error(exc: SpaceportError) -> Response:
@@ -180,7 +168,7 @@ async def _run_backend(platform: Platform, request: Request, req: GitRequest, re
     # The whole request body goes in before the response starts: a StreamingResponse listens for a
     # disconnect by reading the request's messages, which would steal the rest of a large pack (early EOF).
     await feeder
-    body = _stream_body(platform, proc, feeder, req, repo, before)
+    body = _stream_body(platform, proc, feeder, req, repo, before, request.headers.get("authorization"))
     return StreamingResponse(body, status_code=status, headers=headers)
 
 
@@ -212,7 +200,7 @@ async def _read_cgi_headers(stdout: asyncio.StreamReader) -> tuple[int, dict[str
 
 
 async def _stream_body(platform: Platform, proc: asyncio.subprocess.Process, feeder: asyncio.Task[None],
-                       req: GitRequest, repo: Path, before: str | None) -> AsyncIterator[bytes]:
+                       req: GitRequest, repo: Path, before: str | None, auth: str | None) -> AsyncIterator[bytes]:
     assert proc.stdout is not None and proc.stderr is not None
     while chunk := await proc.stdout.read(65536):
         yield chunk
@@ -222,16 +210,23 @@ async def _stream_body(platform: Platform, proc: asyncio.subprocess.Process, fee
     if code != 0:
         log.warning("git http-backend exited %s for %s/%s: %s", code, req.owner, req.name, err.decode(errors="replace")[-500:])
     if req.service == "git-receive-pack" and req.path_info == "/git-receive-pack":
-        await run_in_threadpool(_after_push, platform, req, repo, before)
+        await run_in_threadpool(_after_push, platform, req, repo, before, auth)
 
 
-def _after_push(platform: Platform, req: GitRequest, repo: Path, before: str | None) -> None:
+def _after_push(platform: Platform, req: GitRequest, repo: Path, before: str | None, auth: str | None) -> None:
+    """A push that moved main builds. The first push to a new space creates its row only now that it has
+    succeeded; a refused first push leaves nothing behind (its empty repo is removed)."""
     after = storage.head_sha(repo)
-    if after is None or after == before:
-        return
     with platform.tx() as session:
         space = spaces.find_space(session, req.owner, req.name)
         if space is None:
+            if not storage.has_refs(repo):
+                storage.delete_repo(repo)
+                return
+            token = token_from_header(auth)
+            principal = authenticate_token(session, token) if token else None
+            space = spaces.create_space(session, platform.settings.repos_dir, principal, req.owner, req.name)
+        if after is None or after == before:
             return
         build = builds.record_push(session, space, repo, after)
         platform.queue_build(session, build.id)

@@ -4,11 +4,13 @@ Every git command here runs isolated from the host's git configuration (`git_env
 global config or attributes (a system-wide git-lfs install adds a required `filter.lfs` there, which
 made `git archive` of any commit holding an LFS pointer fail with `smudge filter lfs failed`), an empty
 HOME, no prompts, a fixed PATH and locale. Only the bare repo's own config (written by `configure`)
-applies. Failures carry git's stderr.
+applies. Failures carry git's stderr. Exports and file reads resolve Git LFS pointers to the stored objects
+(controller.git.lfs), so what is built and served is the real file.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import shutil
@@ -21,6 +23,9 @@ from pathlib import Path
 
 from controller.domain.errors import NotFound
 from controller.domain.naming import validate_name
+from controller.git import lfs
+
+log = logging.getLogger(__name__)
 
 MAIN = "refs/heads/main"
 
@@ -89,11 +94,14 @@ PRE_RECEIVE = "#!/bin/sh\n" + _REFUSE_MAIN_DELETION + "exit 0\n"
 
 def push_hook(python: str = sys.executable) -> str:
     """The pre-receive hook of pushes through Spaceport's git HTTP (core.hooksPath): main stays, and the
-    owner's repositories stay within their storage limits (controller.git.quota, limits from the env).
-    This interpreter, isolated (-I), imports the quota check from this very source tree."""
+    owner's repositories stay within their storage limits (controller.git.quota, limits from the env),
+    and every Git LFS pointer it brings names an uploaded object (controller.git.hook). This interpreter,
+    isolated (-I), imports the checks from this very source tree."""
     root = str(Path(__file__).resolve().parents[2])
-    code = f"import sys; sys.path.insert(0, {root!r}); from controller.git.quota import main; sys.exit(main())"
-    return "#!/bin/sh\n" + _REFUSE_MAIN_DELETION + f"exec {shlex.quote(python)} -I -c {shlex.quote(code)}\n"
+    code = f"import sys; sys.path.insert(0, {root!r}); from controller.git.hook import main; sys.exit(main())"
+    checks = f"exec {shlex.quote(python)} -I -c {shlex.quote(code)}"
+    return ("#!/bin/sh\nupdates=$(cat)\nprintf '%s\\n' \"$updates\" | {\n" + _REFUSE_MAIN_DELETION + "} || exit 1\n"
+            f"printf '%s\\n' \"$updates\" | {checks}\n")
 
 
 def install_hooks(hooks_dir: Path) -> Path:
@@ -140,6 +148,13 @@ def head_sha(path: Path, ref: str = MAIN) -> str | None:
     return out or None
 
 
+def has_refs(path: Path) -> bool:
+    """Whether the repo holds any ref at all (a first push that was refused leaves none)."""
+    if not (path / "HEAD").exists():
+        return False
+    return bool(git(path, "for-each-ref", "--count=1", "--format=%(refname)").strip())
+
+
 def export_tree(path: Path, sha: str, dest: Path) -> None:
     """Write the commit's files into dest (a fresh directory), like a checkout without .git."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -148,12 +163,22 @@ def export_tree(path: Path, sha: str, dest: Path) -> None:
                            env={"PATH": GIT_PATH, "LC_ALL": "C.UTF-8"})
     if untar.returncode != 0:
         raise RuntimeError(f"tar -x of commit {sha[:12]} failed: {untar.stderr.decode(errors='replace').strip()}")
+    missing = lfs.smudge_tree(path, sha, dest)  # builds and runtimes see real contents, never LFS pointers
+    if missing:
+        log.warning("commit %s of %s holds LFS pointers whose objects are not stored (left as pointers): %s",
+                    sha[:12], path, ", ".join(missing[:5]))
 
 
 def read_file(path: Path, sha: str, file: str, limit: int = 1_000_000) -> bytes | None:
+    """A file's first `limit` bytes at a commit (an LFS file's real content), or None if it is not there."""
     result = run_git(["-C", str(path), "show", f"{sha}:{file}"], check=False)
     if result.returncode != 0:
         return None
+    pointer = lfs.parse(result.stdout)
+    store = lfs.ObjectStore.of_repo(path)
+    if pointer is not None and store.has(pointer):
+        with store.path(pointer.oid).open("rb") as handle:
+            return handle.read(limit)
     return result.stdout[:limit]
 
 

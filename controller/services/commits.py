@@ -25,16 +25,18 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from controller.domain.errors import BadRequest, Conflict, NotFound, SpaceportError
+from controller.domain.lfs import Pointer, lfs_patterns, valid_oid, wants_lfs
+from controller.domain.lfs import parse as lfs_parse
 from controller.git import quota, storage
+from controller.git.lfs import ObjectStore
 
 MAIN = "main"
-REGULAR_MAX = 10 * 1024 * 1024  # larger files would need Git LFS, which Spaceport does not serve
+REGULAR_MAX = 10 * 1024 * 1024  # larger files go through Git LFS (preupload answers "lfs")
 ZERO = "0" * 40
 _REV = re.compile(r"^[A-Za-z0-9._/-]{1,200}$")
 LFS_MESSAGE = (
-    "Spaceport does not support Git LFS: files larger than 10 MB can't be uploaded through the Hub API. "
-    "Keep large files (model weights, datasets) outside the space repo and download them at startup, "
-    "or shrink them below 10 MB."
+    "Files larger than 10 MB go through Git LFS: upload them with a huggingface_hub client (its preupload "
+    "call sends them through LFS) or with git and git-lfs."
 )
 
 
@@ -52,6 +54,10 @@ class PreconditionFailed(SpaceportError):
 
 class LfsNotSupported(BadRequest):
     code = "lfs_not_supported"
+
+
+class LfsObjectMissing(BadRequest):
+    code = "lfs_object_missing"
 
 
 @dataclass(frozen=True)
@@ -136,14 +142,32 @@ def _operation(item: dict[str, object]) -> tuple[str, str, bytes]:
     key, value = item.get("key"), item.get("value")
     if not isinstance(value, dict):
         raise BadRequest(f"Commit operation {key!r} needs a 'value' object.")
-    if key == "lfsFile":
-        raise LfsNotSupported(LFS_MESSAGE)
     path = clean_path(value.get("path"))
+    if key == "lfsFile":
+        return ("lfsFile", path, _lfs_pointer(value, path).text())
     if key == "file":
         return ("file", path, _content(value, path))
     if key in ("deletedFile", "deletedFolder"):
         return (str(key), path, b"")
     raise BadRequest(f"Unsupported commit operation {key!r}: use file, deletedFile or deletedFolder.")
+
+
+def _lfs_pointer(value: dict[str, object], path: str) -> Pointer:
+    oid, size = value.get("oid"), value.get("size")
+    if value.get("algo", "sha256") != "sha256" or not valid_oid(oid) or not isinstance(size, int) or size < 0:
+        raise BadRequest(f"The lfsFile {path!r} needs algo 'sha256', 'oid' (64 lowercase hex) and 'size' (bytes).")
+    assert isinstance(oid, str)
+    return Pointer(oid, size)
+
+
+def _check_lfs_objects(repo: Path, request: CommitRequest) -> None:
+    """Each lfsFile names an object uploaded (through the LFS batch API) to the owner's store."""
+    store = ObjectStore.of_repo(repo)
+    for kind, path, content in request.ops:
+        pointer = lfs_parse(content) if kind == "lfsFile" else None
+        if pointer is not None and not store.has(pointer):
+            raise LfsObjectMissing(f"{path}: its Git LFS object (sha256 {pointer.oid[:12]}..., {pointer.size} bytes) "
+                                   "was never uploaded; upload it through the LFS batch API first.")
 
 
 def _content(value: dict[str, object], path: str) -> bytes:
@@ -200,18 +224,22 @@ def _check_component(path: str, part: str) -> None:
 
 def upload_modes(repo: Path, revision: str, files: Iterable[dict[str, object]],
                  limits: quota.StorageLimits | None = None) -> list[dict[str, object]]:
-    """The preupload answer: every file 'regular' with the oid it has at the revision (if any)."""
-    existing = _tree_entries(repo, _head_or_none(repo, revision))
+    """The preupload answer: 'lfs' for large or LFS-tracked files (.gitattributes at the revision),
+    else 'regular', with the oid each has at the revision (if any)."""
+    head = _head_or_none(repo, revision)
+    existing = _tree_entries(repo, head)
+    attributes = storage.read_file(repo, head, ".gitattributes") if head else None
+    patterns = lfs_patterns(attributes.decode(errors="replace")) if attributes else []
     result: list[dict[str, object]] = []
     declared = 0
     for item in files:
         path = clean_path(item.get("path"))
         size = item.get("size")
-        if isinstance(size, int) and size > REGULAR_MAX:
-            raise LfsNotSupported(f"{path} is {size} bytes. {LFS_MESSAGE}")
-        declared += max(size, 0) if isinstance(size, int) else 0
+        size = size if isinstance(size, int) else 0
+        declared += max(size, 0)
+        mode = "lfs" if wants_lfs(path, size, patterns, REGULAR_MAX) else "regular"
         entry = existing.get(path)
-        result.append({"path": item.get("path"), "uploadMode": "regular", "shouldIgnore": False,
+        result.append({"path": item.get("path"), "uploadMode": mode, "shouldIgnore": False,
                        "oid": entry.sha if entry else None})
     if limits is not None:
         quota.check(limits, repo, declared, "this upload")
@@ -237,6 +265,7 @@ def write_commit(repo: Path, request: CommitRequest, author: Author, attempts: i
     objects written under the owner's quota lock; over a limit (StorageLimitExceeded, 413) nothing is written.
     """
     limits = limits or quota.StorageLimits()
+    _check_lfs_objects(repo, request)
     with _repo_lock(repo), quota.owner_lock(limits, repo):
         quota.check(limits, repo, sum(len(content) for kind, _path, content in request.ops if kind == "file"),
                     "this commit")

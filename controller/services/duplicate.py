@@ -1,4 +1,5 @@
-"""Duplicate (fork) a space: full git history, variables; secrets must be entered again.
+"""Duplicate (fork) a space: full git history, its Git LFS objects (by reference), variables; secrets must
+be entered again.
 
 Anyone who can read the source may duplicate it into a namespace they can write. The copy keeps its
 lineage (`duplicated_from`), starts on cpu-basic unless a flavor is asked for, and builds at once.
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 from controller.db.models import Space
 from controller.domain.errors import Conflict
 from controller.domain.naming import split_repo_id
-from controller.git import quota, storage
+from controller.git import lfs, quota, storage
 from controller.services import builds, quotas, settings_vars, spaces
 from controller.services.accounts import Principal
 from controller.services.platform import Platform
@@ -83,11 +84,17 @@ def _copy_code(session: Session, platform: Platform, source: Space, target: Spac
     src = storage.repo_path(repos, source.owner.name, source.name)
     dest = storage.repo_path(repos, target.owner.name, target.name)
     storage.delete_repo(dest)  # create_space made an empty one
-    quota.check(quota.StorageLimits.from_settings(platform.settings), dest, quota.disk_usage(src), "the duplicate")
+    pointers = lfs.all_pointers(src) if (src / "HEAD").exists() else []
+    source_store, target_store = lfs.ObjectStore.of_repo(src), lfs.ObjectStore.of_repo(dest)
+    linked = [p for p in pointers if source_store.has(p) and not target_store.has(p)]
+    adding = quota.disk_usage(src) + sum(p.size for p in linked)
+    quota.check(quota.StorageLimits.from_settings(platform.settings), dest, adding, "the duplicate")
     if storage.head_sha(src) is None:
         storage.init_bare(dest)
         return
     storage.copy_repo(src, dest)
+    for pointer in linked:  # by reference: a hard link to the same immutable object
+        target_store.link_from(source_store, pointer)
     head = storage.head_sha(dest)
     if head is not None:
         build = builds.record_push(session, target, dest, head)

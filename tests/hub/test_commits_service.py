@@ -66,12 +66,12 @@ def test_bad_paths_are_refused(repo: Path, path: str) -> None:
     assert storage.head_sha(repo) is None
 
 
-def test_file_folder_clash_and_lfs_are_refused(repo: Path) -> None:
+def test_file_folder_clash_and_lfs_without_object_are_refused(repo: Path) -> None:
     commit(repo, "one", add("a", b"file"))
     with pytest.raises(BadRequest, match="is a file"):
         commit(repo, "two", add("a/b", b"x"))
     lfs: dict[str, object] = {"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": "0" * 64, "size": 1}}
-    with pytest.raises(commits.LfsNotSupported, match="LFS"):
+    with pytest.raises(commits.LfsObjectMissing, match=r"w\.bin: its Git LFS object .* was never uploaded"):
         commit(repo, "three", lfs)
 
 

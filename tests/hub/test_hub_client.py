@@ -129,10 +129,7 @@ def test_commit_refusals(server: LiveServer, tokens: dict[str, str], tmp_path: P
         hf.create_commit("alice/guarded", [CommitOperationAdd("z.txt", b"z")], commit_message="m",
                          repo_type="space", parent_commit=sha)
     assert status_of(stale) == 412
-    with pytest.raises(HfHubHTTPError) as big:
-        hf.upload_file(path_or_fileobj=b"\0" * (11 * 1024 * 1024), path_in_repo="weights.bin",
-                       repo_id="alice/guarded", repo_type="space")
-    assert status_of(big) == 400 and "LFS" in str(big.value)
+    # files over 10 MB now go through Git LFS: tests/git_lfs/test_git_lfs_live.py
     assert "x.txt" not in hf.list_repo_files("alice/guarded", repo_type="space")
 
 
