@@ -29,6 +29,9 @@ from pathlib import Path
 
 HAPROXY = "/usr/sbin/haproxy"
 PYTHON_BACKEND = "spaceport"
+PYTHON_BACKUP = "python"  # every slot's backup server: Spaceport's own app
+# a dynamic server is health-checked (TCP) and marked down on its first failed connection
+SERVER_CHECKS = "check inter 2s fall 2 rise 1 observe layer4 error-limit 1 on-error mark-down"
 SLOT_PREFIX = "s"
 _SAFE_PATH = re.compile(r"^[^\"'\n\r\\$,() ]+$")  # paths go inside quotes and converter arguments
 _COOKIE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -236,8 +239,11 @@ def _backends(layout: Layout) -> list[str]:
         f"    server app 127.0.0.1:{layout.python_port}",
         "",
     ]
+    # a slot's instance that refuses a connection is marked down at once (its requests then retry on
+    # the backup, Python, which knows the route's news: the activator, the paused or error page)
+    fallback = f"    server {PYTHON_BACKUP} 127.0.0.1:{layout.python_port} backup"
     for n in range(1, layout.slots + 1):
-        lines += [f"backend {SLOT_PREFIX}{n}", "    balance roundrobin", ""]
+        lines += [f"backend {SLOT_PREFIX}{n}", "    balance roundrobin", "    option redispatch 1", fallback, ""]
     return lines
 
 

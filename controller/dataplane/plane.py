@@ -9,7 +9,9 @@ a token) still needs Python; a signed cookie HAProxy verifies itself (`jwt_verif
 Each mapped space owns one slot backend. Its instance is one dynamic server there; a redeploy adds the
 new instance's server, enables it and puts the old one in maintenance (no new requests; open
 WebSockets and streams go on), and the old server is deleted once it has no connection left. Removing
-a route deletes its map entry first, so the next request goes to Python at once. Other spaces' slots
+a route deletes its map entry first, so the next request goes to Python at once. An instance that
+refuses a connection before its route's news arrives (it died; a follower hears of a pause late) is
+marked down by HAProxy at once, and the request is redispatched to the slot's backup: Python again. Other spaces' slots
 and connections are never touched, and nothing is reloaded.
 """
 
@@ -24,7 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from controller.dataplane.haproxy import SLOT_PREFIX, DataPlaneError, HAProxyProcess
+from controller.dataplane.haproxy import (
+    PYTHON_BACKUP,
+    SERVER_CHECKS,
+    SLOT_PREFIX,
+    DataPlaneError,
+    HAProxyProcess,
+)
 from controller.proxy.types import Route
 
 log = logging.getLogger(__name__)
@@ -154,7 +162,8 @@ class DataPlane:
     def _swap_server(self, slot: Slot, address: str) -> None:
         self._serial += 1
         name, old = f"i{self._serial}", slot.server
-        steps = [(f"add server {slot.name}/{name} {address}", ("New server registered",)),
+        steps = [(f"add server {slot.name}/{name} {address} {SERVER_CHECKS}", ("New server registered",)),
+                 (f"enable health {slot.name}/{name}", ("",)),
                  (f"enable server {slot.name}/{name}", ("",))]
         if old is not None:
             steps.append((f"set server {slot.name}/{old} state maint", ("",)))
@@ -215,7 +224,7 @@ class DataPlane:
             for row in stats:
                 slot, server = row.get("pxname", ""), row.get("svname", "")
                 space = self._owners.get(slot)
-                if space is None:
+                if space is None or server == PYTHON_BACKUP:  # Python records what it serves itself
                     continue
                 counters = Counters(_int(row.get("stot")), _int(row.get("bin")), _int(row.get("bout")))
                 before = self._seen.get((slot, server))

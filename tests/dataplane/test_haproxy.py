@@ -41,6 +41,7 @@ class Upstream:
     def __init__(self, tag: str) -> None:
         self.tag, self.port = tag, free_port()
         self.release = threading.Event()
+        self.closed = False
         self.loop = asyncio.new_event_loop()
         app = web.Application()
         app.router.add_get("/sse", self._sse)
@@ -80,6 +81,9 @@ class Upstream:
         return ws
 
     def close(self) -> None:
+        if self.closed:
+            return  # a test killed it already
+        self.closed = True
         self.release.set()
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -314,6 +318,23 @@ async def test_removed_route_goes_to_python_at_once_and_frees_its_slot(stack: St
             break
         await asyncio.sleep(0.1)
     assert not stack.plane._slots and len(stack.plane._free) == 4
+
+
+async def test_an_instance_that_refuses_connections_falls_back_to_python(
+        stack: Stack, upstreams: dict[str, Upstream], client: aiohttp.ClientSession) -> None:
+    """The moment between an app's death and the route's news (a follower's notice): not HAProxy's bare 503,
+    Spaceport's own answer (the activator, the paused or error page), for this request and the next ones."""
+    gone = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    stack.plane.apply("alice/dead", route("alice/dead", gone))
+    for _ in range(3):
+        status, body, _ = await get(client, stack, f"alice-dead.{DOMAIN}", "/x")
+        assert (status, body.get("tag")) == (200, "python")
+    doomed = upstreams["a2"]
+    stack.plane.apply("alice/demo", route("alice/demo", doomed.target))
+    assert (await get(client, stack, f"alice-demo.{DOMAIN}"))[1]["tag"] == "a2"
+    await asyncio.get_running_loop().run_in_executor(None, doomed.close)  # the app dies while routed
+    status, body, _ = await get(client, stack, f"alice-demo.{DOMAIN}", "/after")
+    assert (status, body.get("tag")) == (200, "python")
 
 
 async def test_activity_comes_from_haproxy_stats(stack: Stack, upstreams: dict[str, Upstream],
