@@ -214,7 +214,8 @@ class Settings(BaseSettings):
                                 "downloads), sized like the flavor's disk; empty: the node's own disk")
     zerogpu_device_api_url: str = Field(
         default="", description="ZeroGPU: the URL apps reach this site's device API at (SPACES_ZERO_DEVICE_API_URL "
-                                "gets /zerogpu/<instance capability>/ appended); empty: PUBLIC_URL")
+                                "gets /zerogpu/<instance capability>/ appended); empty: its own listener "
+                                "on 169.254.231.1 that only zero-* sandboxes reach (PUBLIC_URL when not root)")
     zerogpu_queue_timeout: float = Field(default=60.0, gt=0, description="ZeroGPU: seconds a call waits in the queue "
                                          "for a free GPU before it fails (the `spaces` package says 'after 60s')")
     gc_grace: float = Field(default=3600.0, ge=0, description="Seconds an unused build source, venv or image is "

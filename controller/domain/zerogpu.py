@@ -24,6 +24,7 @@ GRACE_SECONDS = 5  # past its duration, a lease gets this long before its worker
 TOKEN_TTL = 600  # seconds an X-IP-Token minted by the proxy is accepted
 ANONYMOUS_PREFIX = "ip:"
 USER_PREFIX = "user:"
+LISTENER_PORTS = (20000, 30000)  # below Linux's ephemeral range (32768-60999)
 
 
 # ---- devices and leases ---------------------------------------------------------------------------
@@ -261,3 +262,10 @@ def capability_instance(key: str, capability: str) -> str | None:
         return None
     return instance
 
+
+
+def listener_port(key: str) -> int:
+    """The port of the device API's own listener: derived from the site key, so it is stable across
+    restarts (running instances keep their URL) and two sites on one machine do not collide."""
+    digest = hashlib.sha256(f"zerogpu-listener:{key}".encode()).digest()
+    return LISTENER_PORTS[0] + int.from_bytes(digest[:4], "big") % (LISTENER_PORTS[1] - LISTENER_PORTS[0])

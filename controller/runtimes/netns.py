@@ -16,6 +16,12 @@ with `iptables-restore --noflush` so an older rule set is upgraded in place on s
 * Per slot, `create(slot, allow=...)` opens CIDRs from the operator's allow-list
   (SPACEPORT_EGRESS_ALLOW), in the `SPACEPORT-ALLOW` chain, matched on that slot's interface only.
 * The host side of each veth has IPv6 disabled: an app cannot reach the host over link-local IPv6.
+* ZeroGPU's device API is the one exception, and only for instances on a zero-* flavor: the controller
+  serves it on its own listener at `DEVICE_API_ADDRESS` (a link-local address added to the host's
+  loopback, like a cloud metadata service) on one port; `SPACEPORT-ZEROGPU`, jumped to from INPUT for
+  that address before anything else, lets the host itself (lo) through, accepts exactly that TCP port
+  from the interfaces (a slot's veth, or a docker container's source address on its bridge) listed in
+  `SPACEPORT-ZEROGPU-ALLOW`, and drops everything else sent to it (other slots, other ports, the LAN).
 
 The proxy reaches the app at `10.231.x.2:PORT`, the port the app chose in its own namespace.
 `bridge_firewall` applies the same policy to a docker bridge (docker runtime, DOCKER-USER).
@@ -30,6 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 from controller.runtimes import hosttools
 
@@ -37,6 +44,9 @@ SUBNET = ipaddress.IPv4Network("10.231.0.0/16")
 IN_CHAIN = "SPACEPORT-IN"
 FWD_CHAIN = "SPACEPORT-FWD"
 ALLOW_CHAIN = "SPACEPORT-ALLOW"
+ZERO_CHAIN = "SPACEPORT-ZEROGPU"
+ZERO_ALLOW_CHAIN = "SPACEPORT-ZEROGPU-ALLOW"
+DEVICE_API_ADDRESS = "169.254.231.1"  # ZeroGPU's device API listener (on lo; outside SUBNET, never a slot's)
 IFACE_PREFIX = "spx"
 DEFAULT_BLOCKED = (
     "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
@@ -193,6 +203,7 @@ def ensure_firewall(blocked: tuple[str, ...] = DEFAULT_BLOCKED, blocked6: tuple[
         _rule("filter", "INPUT", ["-i", f"{IFACE_PREFIX}+", "-j", IN_CHAIN], position=1, tool=tool)
         _rule("filter", "FORWARD", ["-j", FWD_CHAIN], position=1, tool=tool)
     _rule("nat", "POSTROUTING", ["-s", str(SUBNET), "!", "-d", str(SUBNET), "-j", "MASQUERADE"])
+    _first_in_input()
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
 
 
@@ -241,14 +252,16 @@ def bridge_firewall(bridge: str, allow: tuple[str, ...], blocked: tuple[str, ...
     docker_user = _run("iptables", "-w", "-S", "DOCKER-USER", check=False).returncode == 0
     _rule("filter", "DOCKER-USER" if docker_user else "FORWARD", ["-i", bridge, "-j", fwd], position=1)
     _rule("filter", "INPUT", ["-i", bridge, "-j", inp], position=1)
+    _first_in_input()
 
 
 def exists(slot: Slot) -> bool:
     return slot.netns_path.exists() and _run("ip", "link", "show", slot.host_if, check=False).returncode == 0
 
 
-def create(slot: Slot, allow: tuple[str, ...] = ()) -> None:
-    """Namespace + veth pair + addresses + default route (idempotent), and the slot's allow-list."""
+def create(slot: Slot, allow: tuple[str, ...] = (), device_api: int | None = None) -> None:
+    """Namespace + veth pair + addresses + default route (idempotent), the slot's allow-list, and the
+    ZeroGPU device API's port opened for it (`device_api`, zero-* flavors only) or closed (None)."""
     if not exists(slot):
         delete(slot)
         _run("ip", "netns", "add", slot.netns)
@@ -263,6 +276,7 @@ def create(slot: Slot, allow: tuple[str, ...] = ()) -> None:
         _run(*inside, "link", "set", "lo", "up")
         _run(*inside, "route", "add", "default", "via", slot.host_ip)
     set_allow(slot.host_if, allow)
+    set_device_api(["-i", slot.host_if], device_api)
 
 
 def _no_ipv6(iface: str) -> None:
@@ -273,6 +287,7 @@ def _no_ipv6(iface: str) -> None:
 
 def delete(slot: Slot) -> None:
     _clear_allow(slot.host_if)
+    set_device_api(["-i", slot.host_if], None)
     _run("ip", "link", "del", slot.host_if, check=False)
     _run("ip", "netns", "del", slot.netns, check=False)
 
@@ -280,3 +295,59 @@ def delete(slot: Slot) -> None:
 def enter_argv(slot: Slot) -> list[str]:
     """Prefix that runs a command inside the slot's namespace."""
     return [hosttools.path("nsenter"), f"--net={slot.netns_path}", "--"]
+
+
+# ---------------------------------------------------------------- ZeroGPU device API (issue 15)
+def device_api_port(env: dict[str, str]) -> int | None:
+    """The device API port an instance's environment was given, if it is on a zero-* flavor and its URL
+    points at the dedicated listener (the platform sets both; a space's own variables of these names are
+    dropped before the runtime sees the environment)."""
+    if env.get("SPACES_ZERO_GPU") != "true":
+        return None
+    url = urlsplit(env.get("SPACES_ZERO_DEVICE_API_URL", ""))
+    try:
+        port = url.port
+    except ValueError:
+        return None
+    return port if url.scheme == "http" and url.hostname == DEVICE_API_ADDRESS and port else None
+
+
+def ensure_device_address() -> None:
+    """DEVICE_API_ADDRESS on the host's loopback (idempotent) and the chain that guards it, jumped to
+    first in INPUT: lo passes on to the usual rules, listed interfaces reach their port, the rest drops."""
+    shown = _run("ip", "-4", "addr", "show", "dev", "lo").stdout
+    if f"inet {DEVICE_API_ADDRESS}/" not in shown:
+        _run("ip", "addr", "add", f"{DEVICE_API_ADDRESS}/32", "dev", "lo")
+    _chain(ZERO_ALLOW_CHAIN)
+    _restore("iptables-restore", [ZERO_CHAIN], [f"-A {ZERO_CHAIN} -i lo -j RETURN", f"-A {ZERO_CHAIN} -j {ZERO_ALLOW_CHAIN}",
+                                                 f"-A {ZERO_CHAIN} -j DROP"])
+    _first_in_input()
+
+
+def _first_in_input() -> None:
+    """The guard's jump is INPUT's first rule (other chains insert theirs at 1 too: re-asserted after)."""
+    if _run("iptables", "-w", "-S", ZERO_CHAIN, check=False).returncode != 0:
+        return
+    jump = ["-d", f"{DEVICE_API_ADDRESS}/32", "-j", ZERO_CHAIN]
+    rules = [line for line in _run("iptables", "-w", "-S", "INPUT").stdout.splitlines() if line.startswith("-A ")]
+    if rules and rules[0].split()[2:] == jump:
+        return
+    _run("iptables", "-w", "-I", "INPUT", "1", *jump)
+    for number in reversed([n for n, line in enumerate(rules, start=2) if line.split()[2:] == jump]):
+        _run("iptables", "-w", "-D", "INPUT", str(number))
+
+
+def set_device_api(match: list[str], port: int | None) -> None:
+    """Open the device API's `port` for packets matching `match`, replacing whatever that match had;
+    None closes it (idempotent, a no-op without the chain). `match` is in `iptables -S`'s own order:
+    ["-i", veth] for a slot, ["-s", "IP/32", "-i", bridge] for a docker container."""
+    if hosttools.find("iptables") is None or _run("iptables", "-w", "-S", ZERO_ALLOW_CHAIN, check=False).returncode:
+        if port is None:
+            return
+        ensure_device_address()
+    head = " ".join(match)
+    for line in _run("iptables", "-w", "-S", ZERO_ALLOW_CHAIN).stdout.splitlines():
+        if line.startswith(f"-A {ZERO_ALLOW_CHAIN} {head} "):
+            _run("iptables", "-w", "-D", *line.split()[1:], check=False)
+    if port is not None:
+        _run("iptables", "-w", "-A", ZERO_ALLOW_CHAIN, *match, "-p", "tcp", "--dport", str(port), "-j", "ACCEPT")

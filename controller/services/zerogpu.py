@@ -32,6 +32,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from controller.config import Settings
 from controller.db.models import (
     Account,
     Instance,
@@ -45,23 +46,52 @@ from controller.db.models import (
 from controller.domain import zerogpu as dz
 from controller.domain.errors import BadRequest, NotFound
 from controller.domain.hardware import Catalog, HardwareFlavor
-from controller.runtimes import procs
+from controller.runtimes import netns, procs
 from controller.services import quotas
 from controller.services.platform import Platform
 
 log = logging.getLogger(__name__)
 DEFAULTS_KEY = "zerogpu_defaults"
 DEFAULT_DURATION = 60  # what the package asks for without a duration
-LIVE_STATES = ("starting", "ready", "frozen")
+LIVE_STATES = ("starting", "ready", "frozen")  # may call the device API (a frozen one answers once thawed)
+RUNNING_STATES = ("starting", "ready")  # may keep GPU workers: any other state's are killed (sweep)
 OWNED_PREFIXES = ("SPACES_ZERO_GPU", "SPACES_ZERO_DEVICE_API_URL", "ZEROGPU_CUDA_")
 
 
 # ---- env of an instance on a zero-* flavor ----------------------------------------------------------
 
 
+def listener_address(settings: Settings) -> tuple[str, int] | None:
+    """Where the device API's own listener binds, the one address and port app sandboxes and containers
+    of zero-* spaces may open (controller/runtimes/netns.py): none when the operator gave a URL of their
+    own (ZEROGPU_DEVICE_API_URL, e.g. a Service on Kubernetes) or when not root (no sandbox, no address
+    to add: apps then run on the host and reach PUBLIC_URL)."""
+    if settings.zerogpu_device_api_url or os.geteuid() != 0:
+        return None
+    return netns.DEVICE_API_ADDRESS, dz.listener_port(settings.key)
+
+
+def device_api_base(settings: Settings) -> str:
+    listener = listener_address(settings)
+    if listener is not None:
+        return f"http://{listener[0]}:{listener[1]}"
+    return (settings.zerogpu_device_api_url or settings.public_url or "http://localhost:8000").rstrip("/")
+
+
 def device_api_url(platform: Platform, instance: str) -> str:
-    base = (platform.settings.zerogpu_device_api_url or platform.settings.public_url or "http://localhost:8000").rstrip("/")
-    return f"{base}/zerogpu/{dz.instance_capability(platform.settings.key, instance)}/"
+    return f"{device_api_base(platform.settings)}/zerogpu/{dz.instance_capability(platform.settings.key, instance)}/"
+
+
+def prepare_listener() -> str | None:
+    """The host side of the listener (its address on lo, the guard chain); what went wrong, or None."""
+    missing = netns.tools_missing()
+    if missing:
+        return f"missing host tools: {', '.join(missing)}"
+    try:
+        netns.ensure_device_address()
+    except (netns.NetworkSetupError, OSError) as exc:
+        return str(exc)
+    return None
 
 
 def with_zero_env(platform: Platform, requested_hardware: str, instance: str, env: dict[str, str]) -> dict[str, str]:
@@ -451,19 +481,64 @@ class ZeroGpu:
             self._reaper = asyncio.ensure_future(self._reap())
 
     async def _reap(self) -> None:
-        while any(pool.leases for pool in self.pools.values()):
+        """Once a second while the pools hold anything: deadlines, then instances that went away."""
+        while self.known_instances():
             await asyncio.sleep(1.0)
             try:
                 await self.expire()
+                await self.sweep()
             except Exception:  # a database hiccup must not stop the deadlines
                 log.exception("ZeroGPU: expiring leases failed")
+
+    # -- instances that went away
+    def known_instances(self) -> set[str]:
+        found = {who for who, _pid, _start in self.workers.values()}
+        for pool in self.pools.values():
+            found |= {lease.request.instance for lease in pool.leases.values()}
+            found |= {request.instance for request in pool.waiting} | set(pool.resident.values())
+        return found
+
+    def _running(self, names: set[str]) -> set[str]:
+        with self.platform.sessions() as session:
+            rows = session.execute(select(Instance.name, Instance.state).where(Instance.name.in_(names)))
+            return {name for name, state in rows if state in RUNNING_STATES}
+
+    async def sweep(self) -> list[str]:
+        """Forget every instance the pools know that no longer runs (stopped, asleep, crashed, removed)."""
+        known = self.known_instances()
+        gone = sorted(known - await run_in_threadpool(self._running, known)) if known else []
+        for name in gone:
+            await self.forget(name)
+        return gone
+
+    async def forget(self, instance: str) -> None:
+        """`instance` stopped, slept (a frozen worker would keep its GPU memory), crashed or was removed:
+        its queued calls are dropped, its workers killed (the runtime's stop kills them too: this is the
+        fence when it did not), its leases end charged what was used, and no device is resident to it."""
+        for uuid, (who, pid, started) in list(self.workers.items()):
+            if who == instance:
+                del self.workers[uuid]
+                self.kill(pid, started)
+        for pool in self.pools.values():
+            for request in [r for r in pool.waiting if r.instance == instance]:
+                future = self.futures.get(request.seq)
+                self.give_up(request)
+                if future is not None and not future.done():
+                    future.cancel()
+            pool.forget(instance)
+            for lease in [lease for lease in pool.leases.values() if lease.request.instance == instance]:
+                await self._end(lease, "stopped")
+        self._event_name("forget", instance)
 
     def queue_size(self, caller: Caller) -> int:
         pool = self.pools.get(caller.flavor.zero_gpu or "")
         return len(pool.waiting) if pool else 0
 
     def _event(self, call: str, caller: Caller, **details: Any) -> None:
-        self.events.append((call, caller.instance, details))
+        self._event_name(call, caller.instance, **details)
+
+    def _event_name(self, call: str, instance: str, **details: Any) -> None:
+        self.events.append((call, instance, details))
         del self.events[:-1000]
 
 

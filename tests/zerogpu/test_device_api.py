@@ -26,7 +26,7 @@ from controller.api import zerogpu as api
 from controller.config import Settings
 from controller.db.models import Build, Instance, Space, ZeroGpuLease
 from controller.domain import zerogpu as dz
-from controller.runtimes import procs
+from controller.runtimes import netns, procs
 from controller.services import zerogpu as zs
 from controller.services.accounts import create_token, create_user
 from controller.services.platform import Platform
@@ -274,10 +274,17 @@ def test_env_only_on_zero_flavors_and_owner_variables_cannot_fake_it(site: Site)
     assert zs.with_zero_env(site.platform, "cpu-basic", "sp-o-cpu-3-1", spoof) == {"X": "1"}
     env = zs.with_zero_env(site.platform, "zero-t4", "sp-o-gpu-1-1", spoof)
     assert env["SPACES_ZERO_GPU"] == "true" and env["ZEROGPU_CUDA_DEVICE_NAME"] == "Tesla T4"
-    assert env["SPACES_ZERO_DEVICE_API_URL"] == f"{SITE}/zerogpu/{site.caps['o/gpu']}/"
+    base = zs.device_api_base(site.platform.settings)  # the own listener (as root), else PUBLIC_URL
+    assert base == (f"http://{netns.DEVICE_API_ADDRESS}:{dz.listener_port(site.platform.settings.key)}"
+                    if os.geteuid() == 0 else SITE)
+    assert env["SPACES_ZERO_DEVICE_API_URL"] == f"{base}/zerogpu/{site.caps['o/gpu']}/"
+    assert netns.device_api_port(env) == (dz.listener_port(site.platform.settings.key) if os.geteuid() == 0 else None)
+    assert netns.device_api_port(spoof) is None  # an owner's URL never opens the firewall
     # httpx (the package's client) keeps the capability prefix when joining "/schedule"
     joined = httpx.Client(base_url=env["SPACES_ZERO_DEVICE_API_URL"]).build_request("POST", "/schedule").url
-    assert str(joined) == f"{SITE}/zerogpu/{site.caps['o/gpu']}/schedule"
+    assert str(joined) == f"{base}/zerogpu/{site.caps['o/gpu']}/schedule"
+    operator = Settings(data_dir=site.platform.settings.data_dir, public_url=SITE, zerogpu_device_api_url="http://gpu.lan/")
+    assert zs.device_api_base(operator) == "http://gpu.lan" and zs.listener_address(operator) is None
 
 
 def test_quota_endpoint_for_the_signed_in_caller(site: Site) -> None:
@@ -293,3 +300,62 @@ def test_quota_endpoint_for_the_signed_in_caller(site: Site) -> None:
         assert res.status_code == 200, res.text
         assert res.json()["limitSeconds"] == 60 and res.json()["usedSeconds"] == 0 and res.json()["user"] == "carol"
         assert client.get("/api/spaces/zero-gpu/quota").status_code == 401
+
+
+def _stopped(site: Site, space: str, state: str = "stopped") -> str:
+    """The reconciler stopped (slept, paused) this space's instance: its row says so."""
+    instance = dz.capability_instance(site.platform.settings.key, site.caps[space])
+    assert instance is not None
+    with site.platform.tx() as session:
+        row = session.scalar(select(Instance).where(Instance.name == instance))
+        assert row is not None
+        row.state = state
+    return instance
+
+
+def test_a_stopped_instance_is_forgotten_its_worker_killed_and_its_device_handed_on(site: Site) -> None:
+    token = site.schedule("o/gpu", 5, token=site.ip_token("o/gpu", "carol")).json()["allowToken"]
+    worker = site.workers["o/gpu"]
+    assert site.client.post(site.url("o/gpu", "allow"), params={"allowToken": token, "pid": worker}).status_code == 200
+    got: dict[str, httpx.Response] = {}
+    queued = threading.Thread(target=lambda: got.update(r=site.schedule("o/other", 5, queue=True)))
+    queued.start()
+    while not site.client.get(site.url("o/other", "queue-size")).json():
+        queued.join(0.01)
+    site.clock.now += 1.5
+    instance = _stopped(site, "o/gpu")
+    assert site.client.portal.call(site.zero.sweep) == [instance]  # type: ignore[union-attr]
+    assert wait_dead(worker)
+    queued.join(30)
+    events = [e for e in got["r"].text.split("\n\n") if e.strip()]
+    assert events[-1].startswith("event: succeeded") and dz_json(events[-1])["idle"] is False
+    with site.platform.sessions() as session:
+        row = session.scalar(select(ZeroGpuLease).where(ZeroGpuLease.instance == instance))
+        assert row is not None and row.outcome == "stopped" and row.charged_seconds == pytest.approx(1.5)
+    pool = site.zero.pools["nvidia-a10g"]
+    assert instance not in pool.resident.values() and instance not in site.zero.known_instances()
+    assert site.client.post(site.url("o/gpu", "release"), params={"allowToken": token}).status_code == 404
+
+
+def test_light_sleep_kills_idle_workers_and_a_queued_call_of_a_gone_instance_fails(site: Site) -> None:
+    token = site.schedule("o/gpu", 5).json()["allowToken"]
+    worker = site.workers["o/gpu"]
+    assert site.client.post(site.url("o/gpu", "allow"), params={"allowToken": token, "pid": worker}).status_code == 200
+    assert site.client.post(site.url("o/gpu", "release"), params={"allowToken": token}).status_code == 200
+    instance = _stopped(site, "o/gpu", state="frozen")  # light sleep: a frozen idle worker keeps GPU memory
+    assert site.client.portal.call(site.zero.sweep) == [instance]  # type: ignore[union-attr]
+    assert wait_dead(worker)
+    _stopped(site, "o/gpu", state="ready")  # woken
+    blocker = site.schedule("o/other", 5).json()["allowToken"]  # the device is busy: o/gpu's next call waits
+    got: dict[str, httpx.Response] = {}
+    queued = threading.Thread(target=lambda: got.update(r=site.schedule("o/gpu", 5, queue=True)))
+    queued.start()
+    while not site.client.get(site.url("o/other", "queue-size")).json():
+        queued.join(0.01)
+    assert site.client.portal.call(site.zero.sweep) == []  # type: ignore[union-attr]
+    _stopped(site, "o/gpu")
+    assert site.client.portal.call(site.zero.sweep) == [instance]  # type: ignore[union-attr]
+    queued.join(30)
+    assert [e for e in got["r"].text.split("\n\n") if e.strip()][-1] == "event: failed"
+    assert site.zero.pools["nvidia-a10g"].waiting == []
+    assert site.client.post(site.url("o/other", "release"), params={"allowToken": blocker}).status_code == 200

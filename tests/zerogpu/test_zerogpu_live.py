@@ -3,24 +3,34 @@
 One server, two spaces with the same code: `@spaces.GPU(duration=5)` on a CPU function that reports its
 pid and its parent's. On zero-a10g (a fake inventory: one device with a made-up UUID; there is no GPU
 here) each call goes schedule -> fork -> /allow -> release through the device API, charged to the
-signed-in caller; on cpu-basic the decorator is a no-op. The app runs unsandboxed (SPACEPORT_SANDBOX=none):
-the sandbox's network namespace lets an app open no connection to the host, the device API included
-(README, ZeroGPU, says what the sandboxed path needs). The site's data plane is the default one (HAProxy
-when installed): zero-* routes stay on the Python proxy, which is where X-IP-Token is added."""
+signed-in caller; on cpu-basic the decorator is a no-op. The apps run in the default sandbox (bubblewrap,
+their own network namespace): the zero space reaches the device API's own listener (169.254.231.1, one
+port, opened for zero-* instances only). The site's data plane is the default one (HAProxy when
+installed): zero-* routes stay on the Python proxy, which is where X-IP-Token is added.
+
+Attacker tests, from inside the sandboxes: the plain space cannot reach the device API at all; the zero
+space reaches only the device API's paths on it (not /api/, not the UI), no other port of that address
+or of the host, and a capability it made up gets 404."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from gradio_client import Client
 
+from controller.runtimes import netns, procs
+from controller.runtimes.sandbox import sandbox_status
 from tests.support.server import TRUSTED_PATHS, LiveServer, make_server
 from tests.support.spaces import app_pid, push_fixture, wait_stage
+from tests.support.tiers import missing
 
 APP = '''import os
+import urllib.error
+import urllib.request
 
 import spaces
 import gradio as gr
@@ -31,7 +41,26 @@ def where(text: str) -> str:
     return f"{os.getpid()}|{os.getppid()}|{os.environ.get('CUDA_VISIBLE_DEVICES', '-')}|{text}"
 
 
-demo = gr.Interface(fn=where, inputs="text", outputs="text", api_name="where")
+def probe(url: str) -> str:
+    """GET url from inside the sandbox: the HTTP status, or how it failed."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as res:
+            return str(res.status)
+    except urllib.error.HTTPError as exc:
+        return str(exc.code)
+    except Exception as exc:
+        return f"unreachable: {type(exc).__name__}"
+
+
+def device_url(_text: str) -> str:
+    return os.environ.get("SPACES_ZERO_DEVICE_API_URL", "-")
+
+
+with gr.Blocks() as demo:
+    box, out = gr.Textbox(), gr.Textbox()
+    gr.Button("where").click(where, box, out, api_name="where")
+    gr.Button("probe").click(probe, box, out, api_name="probe")
+    gr.Button("url").click(device_url, box, out, api_name="device_url")
 
 if __name__ == "__main__":
     demo.launch()
@@ -43,7 +72,10 @@ UUID = "GPU-00000000-0000-4000-8000-00000000fa4e"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    extra = {"SPACEPORT_PATH_APPS": TRUSTED_PATHS, "SPACEPORT_SANDBOX": "none", "SPACEPORT_ALLOW_UNSANDBOXED": "true"}
+    status = sandbox_status()
+    if not status.available:
+        missing(f"sandbox unavailable: {status.reason} ({status.fix})")
+    extra = {"SPACEPORT_PATH_APPS": TRUSTED_PATHS}
     srv = make_server(tmp_path_factory.mktemp("zerogpu"), **extra).start()
     yield srv
     srv.close()
@@ -84,7 +116,8 @@ def test_gpu_calls_run_in_a_forked_worker_with_a_lease_charged_to_the_caller(ser
     # without torch the package's torch.init is a no-op (with torch it sets CUDA_VISIBLE_DEVICES=<UUID> in the
     # fork); what the worker sees is the runtime's own value for a CPU instance
     assert echo == "one" and visible != UUID
-    assert int(parent) != app_pid(server, "carol-zero")  # the worker's parent is the Gradio server
+    assert int(parent) not in (1, app_pid(server, "carol-zero"))  # the worker's parent: the Gradio server, not
+    # the sandbox's init (pid 1 of its PID namespace) nor the supervisor
     (subject, duration, allowed_pid, charged, outcome, device), = leases(server)
     assert (duration, allowed_pid, outcome, device) == (5, int(pid), "released", UUID)
     assert subject.startswith("user:") and 0 < charged <= 5
@@ -109,5 +142,57 @@ def test_exhausted_quota_gets_the_packages_own_message(server: LiveServer, token
 def test_the_same_app_on_a_plain_flavor_runs_without_zerogpu(server: LiveServer, tokens: dict[str, str]) -> None:
     client = Client(f"{server.url}/apps/carol/plain/", token=tokens["dave"], verbose=False, download_files=False)
     pid, parent, visible, _ = client.predict("cpu", api_name="/where").split("|")
-    assert int(parent) == app_pid(server, "carol-plain") and visible != UUID  # the app process itself
+    assert int(parent) == 1 and visible != UUID  # the Gradio server itself, child of the sandbox's init
     assert all(row[5] == UUID for row in leases(server)) and not any(row[0].endswith(pid) for row in leases(server))
+
+
+def client(server: LiveServer, name: str, token: str) -> Client:
+    return Client(f"{server.url}/apps/carol/{name}/", token=token, verbose=False, download_files=False)
+
+
+def test_sandboxes_reach_the_device_api_only_from_zero_spaces_and_only_its_paths(server: LiveServer, tokens: dict[str, str]) -> None:
+    zero, plain = client(server, "zero", tokens["carol"]), client(server, "plain", tokens["carol"])
+    url = zero.predict("", api_name="/device_url")
+    base = f"http://{netns.DEVICE_API_ADDRESS}:"
+    assert url.startswith(base) and url.endswith("/") and "/zerogpu/" in url
+    root = url.split("/zerogpu/")[0]
+    assert zero.predict(url + "queue-size", api_name="/probe") == "200"
+    for path in ("/", "/api/whoami-v2", "/api/spaces/zero-gpu/quota", "/admin", "/login", "/spaces/carol/zero"):
+        assert zero.predict(root + path, api_name="/probe") == "404", path  # the listener serves nothing else
+    capability = url.split("/zerogpu/")[1].rstrip("/")
+    instance, _, mac = capability.rpartition(".")
+    forged = [f"{instance}.{mac[::-1]}", f"{instance.replace('zero', 'plain')}.{mac}", f"other.{mac}"]
+    for cap in forged:
+        assert zero.predict(f"{root}/zerogpu/{cap}/queue-size", api_name="/probe") == "404", cap
+    assert zero.predict(f"{base}{server.port}/", api_name="/probe").startswith("unreachable")  # other ports
+    assert plain.predict("", api_name="/device_url") == "-"
+    assert plain.predict(url + "queue-size", api_name="/probe").startswith("unreachable")  # not a zero space
+
+
+def _worker_host_pid(server: LiveServer, slug: str, ns_pid: int) -> int:
+    """The host pid of the process the app's PID namespace calls ns_pid (the package's forked worker)."""
+    for pid in procs.descendants(app_pid(server, slug)):
+        status = Path(f"/proc/{pid}/status").read_text()
+        nspid = next(line for line in status.splitlines() if line.startswith("NSpid:")).split()
+        if nspid[-1] == str(ns_pid):
+            return pid
+    raise AssertionError(f"no process {ns_pid} in {slug}'s sandbox")
+
+
+def test_pausing_a_zero_space_kills_the_packages_forked_worker(server: LiveServer, tokens: dict[str, str]) -> None:
+    carol = client(server, "zero", tokens["carol"])
+    carol.predict("warm", api_name="/where")  # a worker exists (this call may reuse the earlier one)
+    ns_pid = next(row[2] for row in reversed(leases(server)) if row[2] is not None)
+    worker = _worker_host_pid(server, "carol-zero", ns_pid)
+    started = procs.start_time(worker)
+    # the package's worker handles SIGTERM itself (it only closes its queue): stop must not rely on it
+    caught = int(next(x for x in Path(f"/proc/{worker}/status").read_text().splitlines() if x.startswith("SigCgt:")).split()[1], 16)
+    assert caught & (1 << (15 - 1))
+    auth = {"authorization": f"Bearer {tokens['carol']}"}
+    assert httpx.post(f"{server.url}/api/spaces/carol/zero/pause", headers=auth, timeout=30).status_code == 200
+    wait_stage(server, "carol/zero", {"PAUSED"}, timeout=60)
+    assert not procs.is_alive(worker, started), "the forked GPU worker outlived pause"
+    assert httpx.post(f"{server.url}/api/spaces/carol/zero/restart", headers=auth, timeout=30).status_code == 200
+    assert wait_stage(server, "carol/zero", {"RUNNING", "RUNTIME_ERROR"})["stage"] == "RUNNING"
+    pid = client(server, "zero", tokens["carol"]).predict("back", api_name="/where").split("|")[0]
+    assert leases(server)[-1][2] == int(pid)  # a new worker, confirmed by its own /allow
