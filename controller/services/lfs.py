@@ -166,7 +166,7 @@ def _upload_entries(platform: Platform, base: str, target: Target, items: list[d
                     pointers: list[Pointer | None]) -> list[dict[str, object]]:
     store, largest = target.store(platform), platform.settings.max_lfs_object_bytes
     needed = {p for p in pointers if p is not None and p.size <= largest and not store.has(p)}
-    check_room(platform, target, sum(p.size for p in needed), "these Git LFS objects")
+    check_room(platform, target, sum(p.size for p in needed), "this Git LFS upload")
     entries = []
     for item, pointer in zip(items, pointers, strict=True):
         if pointer is None:
