@@ -21,7 +21,7 @@ with `iptables-restore --noflush` so an older rule set is upgraded in place on s
   loopback, like a cloud metadata service) on one port; `SPACEPORT-ZEROGPU`, jumped to from INPUT for
   that address before anything else, lets the host itself (lo) through, accepts exactly that TCP port
   from the interfaces (a slot's veth, or a docker container's source address on its bridge) listed in
-  `SPACEPORT-ZEROGPU-ALLOW`, and drops everything else sent to it (other slots, other ports, the LAN).
+  `SPACEPORT-ZEROGPU-ALLOW` (one rule each, named by a comment), and drops everything else sent to it (other slots, other ports, the LAN).
 
 The proxy reaches the app at `10.231.x.2:PORT`, the port the app chose in its own namespace.
 `bridge_firewall` applies the same policy to a docker bridge (docker runtime, DOCKER-USER).
@@ -276,7 +276,7 @@ def create(slot: Slot, allow: tuple[str, ...] = (), device_api: int | None = Non
         _run(*inside, "link", "set", "lo", "up")
         _run(*inside, "route", "add", "default", "via", slot.host_ip)
     set_allow(slot.host_if, allow)
-    set_device_api(["-i", slot.host_if], device_api)
+    set_device_api(slot.host_if, ["-i", slot.host_if], device_api)
 
 
 def _no_ipv6(iface: str) -> None:
@@ -287,7 +287,7 @@ def _no_ipv6(iface: str) -> None:
 
 def delete(slot: Slot) -> None:
     _clear_allow(slot.host_if)
-    set_device_api(["-i", slot.host_if], None)
+    set_device_api(slot.host_if, ["-i", slot.host_if], None)
     _run("ip", "link", "del", slot.host_if, check=False)
     _run("ip", "netns", "del", slot.netns, check=False)
 
@@ -337,17 +337,18 @@ def _first_in_input() -> None:
         _run("iptables", "-w", "-D", "INPUT", str(number))
 
 
-def set_device_api(match: list[str], port: int | None) -> None:
-    """Open the device API's `port` for packets matching `match`, replacing whatever that match had;
-    None closes it (idempotent, a no-op without the chain). `match` is in `iptables -S`'s own order:
-    ["-i", veth] for a slot, ["-s", "IP/32", "-i", bridge] for a docker container."""
+def set_device_api(tag: str, match: list[str], port: int | None) -> None:
+    """Open the device API's `port` for packets matching `match` (["-i", veth] for a slot, ["-s", ip,
+    "-i", bridge] for a docker container), replacing the rule named `tag` (its comment: a slot's veth, a
+    container's name, so it is found again when the container's address is gone); None closes it.
+    Idempotent; a no-op to close without the chain."""
     if hosttools.find("iptables") is None or _run("iptables", "-w", "-S", ZERO_ALLOW_CHAIN, check=False).returncode:
         if port is None:
             return
         ensure_device_address()
-    head = " ".join(match)
     for line in _run("iptables", "-w", "-S", ZERO_ALLOW_CHAIN).stdout.splitlines():
-        if line.startswith(f"-A {ZERO_ALLOW_CHAIN} {head} "):
+        if f" --comment {tag} " in line or f' --comment "{tag}" ' in line:
             _run("iptables", "-w", "-D", *line.split()[1:], check=False)
     if port is not None:
-        _run("iptables", "-w", "-A", ZERO_ALLOW_CHAIN, *match, "-p", "tcp", "--dport", str(port), "-j", "ACCEPT")
+        _run("iptables", "-w", "-A", ZERO_ALLOW_CHAIN, *match, "-p", "tcp", "--dport", str(port),
+             "-m", "comment", "--comment", tag, "-j", "ACCEPT")
