@@ -51,8 +51,8 @@ class Mapping:
 
 def mapping_of(route: Route, apps_domain: str) -> Mapping | None:
     """The mapping of a route HAProxy may carry, or None (the route stays on the Python proxy)."""
-    if route.state != "ready" or route.private or route.visitor_token:
-        return None
+    if route.state != "ready" or route.private or route.visitor_token or route.headers or not route.embeddable:
+        return None  # what HAProxy does not add yet (an access check, a visitor token, README headers)
     slug = route.slug.lower()
     if not _SLUG.match(slug) or not _SPACE.match(route.space_id):
         return None

@@ -8,7 +8,7 @@ mode they carry a CSP sandbox (opaque origin) and set no cookies at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 PathMode = Literal["redirect", "sandboxed", "trusted"]
@@ -36,20 +36,36 @@ def set_cookie_name(value: bytes) -> bytes:
     return name
 
 
+def route_headers(headers: Iterable[tuple[str, str]], embeddable: bool, platform_origin: str) -> Headers:
+    """What a route adds to each app response: its README's custom headers (allowed ones only, see
+    controller.domain.appheaders) and, when it disables embedding, a CSP that lets only the platform's
+    own space page frame it (a second CSP header: browsers enforce both, the app's own stays in force)."""
+    added = [(name.encode(), value.encode()) for name, value in headers]
+    if not embeddable:
+        ancestors = f"frame-ancestors {platform_origin}" if platform_origin else "frame-ancestors 'none'"
+        added.append((b"content-security-policy", ancestors.encode()))
+    return added
+
+
 def response_filter(
     platform_cookies: frozenset[bytes],
     *,
     on_platform_origin: bool,
     sandboxed: bool,
     rewrite_location: Callable[[bytes], bytes] | None,
+    added: Sequence[tuple[bytes, bytes]] = (),
 ) -> Callable[[Headers], Headers]:
-    """The per-response header fix-up (one pass): see the module docstring.
+    """The per-response header fix-up (one pass): see the module docstring. `added` headers (route_headers)
+    replace the app's own of the same name, except a CSP, which is added to the app's.
 
     `platform_cookies` are lower-case names (as `cookie_names` gives them)."""
+    replaced = frozenset(key for key, _ in added if key != b"content-security-policy")
 
     def fix(headers: Headers) -> Headers:
         out: Headers = []
         for key, value in headers:
+            if key in replaced:
+                continue
             if key == b"set-cookie":
                 if sandboxed or set_cookie_name(value) in platform_cookies:
                     continue
@@ -58,6 +74,7 @@ def response_filter(
             elif on_platform_origin and key in _PLATFORM_ORIGIN_ONLY:
                 continue
             out.append((key, value))
+        out.extend(added)
         if sandboxed:
             out.append((b"content-security-policy", SANDBOX_CSP))
         return out

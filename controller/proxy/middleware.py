@@ -32,7 +32,7 @@ from controller.proxy.forward import (
     relay_websocket,
     upstream_headers,
 )
-from controller.proxy.isolation import PATH_MODES, PathMode, cookie_names, response_filter
+from controller.proxy.isolation import PATH_MODES, PathMode, cookie_names, response_filter, route_headers
 from controller.proxy.types import AccessPolicy, Activator, ActivitySink, HealthSink, Route, RouteSource
 
 Scope = MutableMapping[str, Any]
@@ -105,6 +105,7 @@ class ProxyMiddleware:
         self.app_auth = app_auth
         self._public = _origin_parts(public_url)
         self._public_url = public_url.rstrip("/")
+        self._public_origin = "/".join(self._public_url.split("/")[:3]) if "://" in self._public_url else ""
         self.clock = clock
         self.max_connections = max_connections
         self.wakes: SingleFlight[Route] = SingleFlight()
@@ -305,6 +306,7 @@ class ProxyMiddleware:
             on_platform_origin=not target.host_based,
             sandboxed=not target.host_based and self.path_mode == "sandboxed",
             rewrite_location=_location_rewriter(route, target),
+            added=route_headers(route.headers, route.embeddable, self._public_origin),
         )
         try:
             await forward_http(self.session(), url, scope, receive, send, headers, tick, fix)

@@ -41,6 +41,8 @@ class Route:
     slug: str
     target: str
     private: bool = False
+    headers: tuple[tuple[str, str], ...] = ()  # added to every app response (README custom_headers, allowed only)
+    embeddable: bool = True  # False: README disable_embedding, framed by the platform's own page only
     visitor_token: bool = False  # HAProxy never carries it: the Python proxy adds what it needs (ZeroGPU's X-IP-Token)
     base_path: str = ""
     strip_base_path: bool = True

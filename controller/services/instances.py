@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, joinedload
 from builder.artifact import Artifact, artifact_from_dict
 from builder.spaceconfig import parse_duration
 from controller.db.models import Build, Instance, Space, utcnow
+from controller.domain import appheaders
 from controller.domain.hardware import hardware_spec
 from controller.domain.lifecycle import Observed, restart_backoff
 from controller.domain.naming import instance_name
@@ -61,6 +62,8 @@ class SpaceSnapshot:
     wanted: str | None  # the instance name that should run (target build, generation)
     health_path: str
     startup_timeout: float
+    headers: tuple[tuple[str, str], ...]  # README custom_headers (controller.domain.appheaders)
+    embeddable: bool  # README disable_embedding
     observed_build: tuple[bool, str | None, str | None, str | None]  # has_head, status, error_stage, error
     instances: tuple[InstanceRow, ...] = field(default=())
 
@@ -116,6 +119,7 @@ def _snapshot(space: Space, head: Build | None, target_build: Build | None, inst
         head_sha=space.head_sha, target_build_id=space.target_build_id, wanted=wanted,
         health_path=_health_path(space, str(artifact.get("health_path", "/"))),
         startup_timeout=_startup_timeout(space),
+        headers=appheaders.custom_headers(space.card_data or {}), embeddable=appheaders.embeddable(space.card_data or {}),
         observed_build=(space.head_sha is not None, head.status if head else None,
                         head.error_stage if head else None, head.error_message if head else None),
         instances=tuple(_row(i) for i in instances if i.state != "retired"),

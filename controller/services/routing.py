@@ -46,7 +46,7 @@ def serving_endpoint(snap: SpaceSnapshot) -> str | None:
 
 def route_of(snap: SpaceSnapshot, target: str | None, stage: Stage, message: str | None, *, waking: bool) -> Route:
     base = Route(space_id=snap.space_id, slug=snap.slug, target=target or "", private=snap.private,
-                 strip_base_path=snap.sdk != "streamlit")
+                 strip_base_path=snap.sdk != "streamlit", headers=snap.headers, embeddable=snap.embeddable)
     if snap.desired == "paused":
         return replace(base, state="paused", message="The owner paused this space.")
     if snap.desired in ("sleeping", "frozen"):

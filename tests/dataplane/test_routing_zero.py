@@ -19,7 +19,7 @@ def snapshot(hardware: str) -> SpaceSnapshot:
         pk=1, space_id="carol/zero", owner="carol", name="zero", slug="carol-zero", private=False, sdk="gradio",
         desired="running", stage="RUNNING", error_message=None, hardware=hardware, current_hardware=hardware,
         created_at=datetime.now(UTC), generation=1, head_sha="a" * 40, target_build_id=1, wanted="i1",
-        health_path="/", startup_timeout=60.0, observed_build=(True, "succeeded", None, None), instances=(row,))
+        health_path="/", startup_timeout=60.0, headers=(), embeddable=True, observed_build=(True, "succeeded", None, None), instances=(row,))
 
 
 @pytest.mark.parametrize(("hardware", "visitor_token"), [("zero-a10g", True), ("zero-t4", True), ("cpu-basic", False)])

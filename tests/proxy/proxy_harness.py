@@ -163,6 +163,11 @@ def make_upstream(state: UpstreamState) -> web.Application:
         resp.headers["Clear-Site-Data"] = '"cookies"'
         return resp
 
+    async def own_policies(request: web.Request) -> web.Response:
+        """An app with its own opener policy (README custom headers replace it) and CSP (kept)."""
+        return web.Response(text="<h1>policies</h1>", content_type="text/html", headers={
+            "Cross-Origin-Opener-Policy": "unsafe-none", "Content-Security-Policy": "default-src * 'unsafe-inline'"})
+
     async def wsheaders(request: web.Request) -> web.WebSocketResponse:
         """Sends the handshake's request headers as its first message."""
         ws = web.WebSocketResponse()
@@ -192,6 +197,7 @@ def make_upstream(state: UpstreamState) -> web.Application:
     app.router.add_get("/sse", sse)
     app.router.add_get("/redirect", redirect)
     app.router.add_get("/hostile-headers", hostile_headers)
+    app.router.add_get("/own-policies", own_policies)
     app.router.add_get("/ws", wsecho)
     app.router.add_get("/wsheaders", wsheaders)
     return app

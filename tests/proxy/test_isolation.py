@@ -212,3 +212,26 @@ async def test_embedded_bridge_sets_a_partitioned_cross_site_cookie(stack: Stack
         resp = await redeem(client, stack, route.slug, AppAuth(TEST_KEY).issue(route.space_id, 1, embed=True), "/")
     attrs = {a.strip() for a in resp.headers["Set-Cookie"].split(";")}
     assert {"SameSite=None", "Secure", "Partitioned", "HttpOnly"} <= attrs
+
+
+async def test_readme_custom_headers_and_disable_embedding_reach_app_responses(stack: Stack) -> None:
+    """README `custom_headers` (the allowed ones, routing decides which) replace the app's own; with
+    `disable_embedding` a CSP frame-ancestors is added next to the app's own CSP, which stays in force."""
+    isolated = stack.add(headers=(("cross-origin-embedder-policy", "require-corp"),
+                                  ("cross-origin-opener-policy", "same-origin")), embeddable=False)
+    plain = stack.add()
+    async with aiohttp.ClientSession() as client:
+        for url, host in ((f"{stack.url}/own-policies", stack.host(isolated.slug)),
+                          (f"{stack.url}/apps/{isolated.space_id}/own-policies", None)):
+            async with client.get(url, headers={"Host": host} if host else {}, allow_redirects=False) as resp:
+                if resp.status in (301, 302, 307, 308):  # path mode "redirect": the host URL carries them
+                    continue
+                assert resp.headers.getall("Cross-Origin-Opener-Policy") == ["same-origin"], url
+                assert resp.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+                policies = resp.headers.getall("Content-Security-Policy")
+                assert "default-src * 'unsafe-inline'" in policies and any(
+                    p.startswith("frame-ancestors ") for p in policies), policies
+        async with client.get(f"{stack.url}/own-policies", headers={"Host": stack.host(plain.slug)}) as resp:
+            assert "Cross-Origin-Embedder-Policy" not in resp.headers
+            assert resp.headers.getall("Cross-Origin-Opener-Policy") == ["unsafe-none"]
+            assert not any(p.startswith("frame-ancestors") for p in resp.headers.getall("Content-Security-Policy"))

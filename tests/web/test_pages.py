@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
+from tests.support.spaces import wait_stage
 from tests.web.conftest import FIXTURES, PASSWORD, Site, csrf_of, post_form
 
 ROLES = (None, "alice", "bob", "root")
@@ -250,3 +253,41 @@ def test_private_space_page_links_its_host_url_and_embeds_it_through_the_bridge(
         for space in ("alice/hidden", "alice/nope", "nonsense"):
             response = bob.get(f"/auth/app?space={space}&next=/")
             assert response.status_code == 404 and "token=" not in response.text
+
+
+ISOLATED_README = """---
+title: Isolated
+sdk: static
+fullWidth: true
+header: mini
+disable_embedding: true
+custom_headers:
+  cross-origin-embedder-policy: require-corp
+  Cross-Origin-Opener-Policy: same-origin
+  x-frame-options: ALLOWALL
+---
+"""
+
+
+def test_readme_layout_and_response_headers_are_honoured(world: Site, tmp_path: Path) -> None:
+    """fullWidth, header: mini, custom_headers (allowed ones only; the owner is told what was ignored)
+    and disable_embedding, from the page to the app's responses through the proxy."""
+    with world.client("alice") as alice:
+        made = post_form(alice, "/new", "/new", {"owner": "alice", "name": "iso", "sdk": "static",
+                                                 "hardware": "cpu-basic", "visibility": "public"})
+        assert made.status_code == 303
+    world.push("alice", "iso", {"README.md": ISOLATED_README, "index.html": "<h1>isolated</h1>"}, tmp_path / "iso")
+    wait_stage(world.server, "alice/iso", {"RUNNING"})
+    with world.client("alice") as alice:
+        page = alice.get("/spaces/alice/iso").text
+        assert 'class="app-frame full-width tall"' in page and 'class="space-head mini"' in page
+        assert 'id="ignored-headers"' in page and "x-frame-options: ALLOWALL" in page
+    with world.client("bob") as bob:
+        assert 'id="ignored-headers"' not in bob.get("/spaces/alice/iso").text  # the owner's business
+    app = httpx.get(f"{world.url}/", headers={"Host": f"alice-iso.localhost:{world.server.port}"}, timeout=60)
+    assert app.status_code == 200 and "isolated" in app.text
+    assert app.headers["cross-origin-embedder-policy"] == "require-corp"
+    assert app.headers["cross-origin-opener-policy"] == "same-origin"
+    origin = world.url.rstrip("/")
+    assert f"frame-ancestors {origin}" in app.headers.get_list("content-security-policy"), app.headers
+    assert "x-frame-options" not in app.headers

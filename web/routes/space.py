@@ -9,6 +9,7 @@ from fastapi import APIRouter, Form
 from fastapi.responses import Response
 
 from controller.db.models import Space
+from controller.domain import appheaders
 from controller.domain.errors import NotFound, SpaceportError
 from controller.proxy.appauth import BRIDGE_PATH
 from controller.services import accounts, duplicate, spaces, webqueries
@@ -50,6 +51,11 @@ def embeddable(url: str) -> bool:
     return scheme == "https" or host == "localhost" or host.endswith(".localhost")
 
 
+def app_layout(card: dict[str, Any]) -> dict[str, bool]:
+    """README `fullWidth: true` (the app spans the window) and `header: mini` (a compact header, a taller app)."""
+    return {"full_width": card.get("fullWidth") is True, "mini_header": card.get("header") == "mini"}
+
+
 def space_context(web: Web, space: Space, tab: str) -> dict[str, Any]:
     base = f"/spaces/{space.owner.name}/{space.name}"
     return {
@@ -61,6 +67,8 @@ def space_context(web: Web, space: Space, tab: str) -> dict[str, Any]:
         "runtime_url": f"/api/spaces/{space.owner.name}/{space.name}/runtime",
         "owners": duplicate_owners(web),
         "missing_secrets": missing_secrets(web, space),
+        "layout": app_layout(space.card_data or {}),
+        "ignored_headers": appheaders.ignored_headers(space.card_data or {}),
     }
 
 
