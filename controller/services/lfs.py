@@ -36,7 +36,6 @@ from controller.services.platform import Platform
 
 OPERATIONS = ("upload", "download")
 MAX_OBJECTS = 1000  # per batch request
-CHUNK = 1024 * 1024
 
 
 class LfsError(SpaceportError):
@@ -266,8 +265,3 @@ def object_path(platform: Platform, target: Target, pointer: Pointer) -> Path:
         raise NotFound(f"Object {pointer.oid} is not stored.")
     return path
 
-
-async def file_chunks(path: Path) -> AsyncIterator[bytes]:
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            yield chunk
