@@ -205,6 +205,78 @@ def devices(session: Session) -> list[dz.Device]:
     return [dz.Device(r.accelerator, r.device_index, r.uuid) for r in rows]
 
 
+# ---- the admin page --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    accelerator: str
+    index: int
+    uuid: str
+    node: str
+    holder: str | None  # the space holding it now (a lease not yet released), if any
+    since: datetime | None
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    subject: str  # a user's name, "anonymous <address>" or "space <owner/name>" (no valid X-IP-Token)
+    calls: int
+    used: float
+    limit: int
+
+
+@dataclass(frozen=True)
+class LeaseRow:
+    space: str
+    device_uuid: str
+    subject: str
+    duration: int
+    charged: float
+    outcome: str
+    granted_at: datetime
+
+
+@dataclass(frozen=True)
+class Overview:
+    policy: dz.QuotaPolicy
+    overrides: list[tuple[str, str, int]]  # (account, "user" | "org", seconds per day)
+    devices: list[DeviceRow]
+    usage: list[UsageRow]  # today (UTC), most used first
+    recent: list[LeaseRow]
+
+
+def overview(session: Session, now: datetime, recent: int = 20) -> Overview:
+    """Everything the admin page shows: defaults and overrides, the pool and who holds what, today's usage."""
+    rules = policy(session)
+    names = dict(session.execute(select(Account.id, Account.name)).tuples().all())
+    spaces = {sp.id: sp.space_id for sp in session.scalars(select(Space).where(Space.id.in_(select(ZeroGpuLease.space_id))))}
+    kinds = dict(session.execute(select(Account.id, Account.kind)).tuples().all())
+    overrides = sorted((names.get(a, "?"), "org" if kinds.get(a) == "org" else "user", sec)
+                       for a, sec in {**rules.users, **rules.orgs}.items())
+    held = {row.device_uuid: row for row in session.scalars(select(ZeroGpuLease).where(ZeroGpuLease.released_at.is_(None)))}
+    devices = [DeviceRow(r.accelerator, r.device_index, r.uuid, r.node,
+                         spaces.get(held[r.uuid].space_id or 0) if r.uuid in held else None,
+                         held[r.uuid].granted_at if r.uuid in held else None)
+               for r in session.scalars(select(ZeroGpuDevice).order_by(ZeroGpuDevice.accelerator, ZeroGpuDevice.device_index))]
+    today = session.execute(select(ZeroGpuLease.subject, ZeroGpuLease.user_id, func.count(), func.sum(ZeroGpuLease.charged_seconds))
+                            .where(ZeroGpuLease.granted_at >= dz.day_start(now)).group_by(ZeroGpuLease.subject, ZeroGpuLease.user_id))
+    usage = sorted((UsageRow(_who(subject, names), int(calls), float(used or 0.0),
+                             daily_limit(session, dz.Visitor(subject, user_id))) for subject, user_id, calls, used in today),
+                   key=lambda u: (-u.used, u.subject))
+    rows = session.scalars(select(ZeroGpuLease).order_by(ZeroGpuLease.id.desc()).limit(recent))
+    leases = [LeaseRow(spaces.get(r.space_id or 0, "?"), r.device_uuid, _who(r.subject, names), r.duration,
+                       r.charged_seconds, r.outcome, r.granted_at) for r in rows]
+    return Overview(rules, overrides, devices, usage, leases)
+
+
+def _who(subject: str, names: dict[int, str]) -> str:
+    kind, _, rest = subject.partition(":")
+    if kind == "user" and rest.isdigit():
+        return names.get(int(rest), subject)
+    return f"anonymous {rest}" if kind == "ip" else f"space {rest}" if kind == "space" else subject
+
+
 # ---- the calling instance ------------------------------------------------------------------------------
 
 

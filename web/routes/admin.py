@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 
 from controller.domain.errors import BadRequest, SpaceportError
-from controller.services import quotas, sleep, spaces, webqueries
+from controller.services import quotas, sleep, spaces, webqueries, zerogpu
 from controller.services.lifecycle import DEFAULT_SLEEP
 from web.context import CSRF, Web, WebDep
 from web.routing import WebRoute
@@ -47,6 +48,13 @@ def act(web: Web, action: Any, notice: str) -> Response:
 @router.get("")
 def show(web: WebDep) -> Response:
     return admin_page(web)
+
+
+@router.get("/zerogpu")
+def zerogpu_page(web: WebDep) -> Response:
+    """ZeroGPU (issue 15): the pool, who holds which device, quotas, today's usage and recent leases."""
+    web.require_admin()
+    return web.render("admin_zerogpu.html", view=zerogpu.overview(web.session, datetime.now(UTC)))
 
 
 def parse_int(value: str, what: str) -> int:
