@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from controller.domain.lfs import Pointer, may_be_pointer, parse, valid_oid
 
 __all__ = ["ObjectStore", "Pointer", "parse"]
 
-GIT_PATH = "/usr/local/bin:/usr/bin:/bin"
+STALE_UPLOAD_SECONDS = 86400  # an upload's temp file untouched this long was cut off (uploads write as they go)
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,11 @@ class ObjectStore:
             return False
 
     def temp_file(self) -> tuple[int, Path]:
-        """A new file in lfs/tmp (on the store's filesystem, counted by the owner's storage walk)."""
+        """A new file in lfs/tmp (on the store's filesystem, counted by the owner's storage walk); what an
+        upload cut off by a crash left there a day ago is removed first, so it stops counting."""
         tmp = self.root / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
+        _remove_stale(tmp, time.time() - STALE_UPLOAD_SECONDS)
         fd, name = tempfile.mkstemp(dir=tmp, prefix="upload-")
         return fd, Path(name)
 
@@ -79,6 +82,15 @@ class ObjectStore:
             shutil.copyfile(other.path(pointer.oid), tmp)
             self.publish(tmp, pointer.oid)
         return True
+
+
+def _remove_stale(tmp: Path, before: float) -> None:
+    for entry in os.scandir(tmp):
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime < before:
+                os.unlink(entry.path)
+        except FileNotFoundError:
+            continue
 
 
 def _git(repo: Path, *args: str, input: bytes | None = None, env: dict[str, str] | None = None) -> bytes:

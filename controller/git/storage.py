@@ -149,9 +149,12 @@ def head_sha(path: Path, ref: str = MAIN) -> str | None:
 
 
 def has_refs(path: Path) -> bool:
-    """Whether the repo holds any ref at all (a first push that was refused leaves none)."""
+    """Whether the repo holds any ref at all (a first push that was refused leaves none), or another push
+    is receiving into it right now (its quarantine exists): either way it is not an orphan to remove."""
     if not (path / "HEAD").exists():
         return False
+    if any((path / "objects").glob("tmp_objdir-incoming-*")):
+        return True
     return bool(git(path, "for-each-ref", "--count=1", "--format=%(refname)").strip())
 
 
