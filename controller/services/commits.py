@@ -28,7 +28,7 @@ from controller.domain.errors import BadRequest, Conflict, NotFound, SpaceportEr
 from controller.domain.lfs import Pointer, lfs_patterns, valid_oid, wants_lfs
 from controller.domain.lfs import parse as lfs_parse
 from controller.git import quota, storage
-from controller.git.lfs import ObjectStore
+from controller.git.lfs import ObjectStore, pointers_in
 
 MAIN = "main"
 REGULAR_MAX = 10 * 1024 * 1024  # larger files go through Git LFS (preupload answers "lfs")
@@ -396,7 +396,19 @@ def tree(repo: Path, sha: str, path: str, recursive: bool) -> list[dict[str, obj
             items.append({"type": "file", "oid": obj, "size": int(size), "path": entry_path})
     if prefix and not items:
         raise EntryNotFound(f"{path!r} does not exist at {sha[:12]}.")
+    _describe_lfs(repo, items)
     return items
+
+
+def _describe_lfs(repo: Path, items: list[dict[str, object]]) -> None:
+    """LFS files as the Hub lists them: the real size, and `lfs` {oid, size, pointerSize}."""
+    files = [(str(i["oid"]), int(str(i["size"])), str(i["path"])) for i in items if i["type"] == "file"]
+    pointers = dict(pointers_in(repo, files))
+    for item in items:
+        pointer = pointers.get(str(item["path"]))
+        if pointer is not None:
+            item["lfs"] = {"oid": pointer.oid, "size": pointer.size, "pointerSize": item["size"]}
+            item["size"] = pointer.size
 
 
 def blob(repo: Path, sha: str, path: str) -> tuple[str, bytes]:

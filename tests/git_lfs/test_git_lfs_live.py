@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from huggingface_hub import HfApi, constants, hf_hub_download
+from huggingface_hub.hf_api import RepoFile
 
 from tests.git_lfs.helpers import blob, lfs_repo, sha256, stored_objects
 from tests.support.gitrepo import git, push, remote
@@ -75,6 +76,10 @@ def test_hub_upload_file_goes_through_lfs(server: LiveServer, tokens: dict[str, 
     held = git(bare(server, "alice", "lfs-hub"), "show", "main:weights/model.safetensors").stdout
     assert held == f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256(data)}\nsize {len(data)}\n"
     assert sha256(big) in git(bare(server, "alice", "lfs-hub"), "show", "main:big.dat").stdout
+    listed = {f.path: f for f in hf.list_repo_tree("alice/lfs-hub", repo_type="space", recursive=True)
+              if isinstance(f, RepoFile)}
+    model = listed["weights/model.safetensors"]
+    assert model.size == len(data) and model.lfs is not None and model.lfs.sha256 == sha256(data)
     path = hf.hf_hub_download("alice/lfs-hub", "weights/model.safetensors", repo_type="space",
                               cache_dir=str(tmp_path / "cache"))
     assert Path(path).read_bytes() == data
