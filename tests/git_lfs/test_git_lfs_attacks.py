@@ -85,6 +85,13 @@ def test_uploading_needs_write_access(server: LiveServer, tokens: dict[str, str]
     squatter = batch(server, "alice/new-one", "upload", [obj(data)], tokens["bob"])  # alice's namespace
     assert squatter.status_code == 403
     assert batch(server, "alice/guarded", "download", [obj(data)], tokens["bob"]).status_code == 200  # reading is fine
+    plain = httpx.post(f"{server.url}/spaces/alice/guarded/info/lfs/objects/batch", timeout=30,  # remote without .git
+                       json={"operation": "download", "objects": [obj(data)]}, headers={"Accept": MEDIA})
+    assert plain.status_code == 200 and plain.headers["content-type"].startswith(MEDIA)
+    malformed = batch(server, "alice/guarded", "upload", [{"oid": "../../etc/passwd", "size": 1}, {"oid": "a" * 64,
+                                                                                                  "size": -5}],
+                      tokens["alice"])
+    assert [o["error"]["code"] for o in malformed.json()["objects"]] == [422, 422]
 
 
 def test_objects_are_only_served_by_spaces_that_point_to_them(server: LiveServer, tokens: dict[str, str],
