@@ -92,9 +92,17 @@ def variants() -> list[Variant]:
 def prepare(variant: Variant) -> None:
     """Make sure what the variant needs exists (base images for docker; ~50 s the first time)."""
     if variant.runtime == "docker":
+        import docker
+
+        from builder.bootstrap import ensure_uv_base
         from tests.support.images import ensure_base_images
 
         ensure_base_images(variant.env["SPACEPORT_DOCKER_HOST"])
+        client = docker.DockerClient(base_url=variant.env["SPACEPORT_DOCKER_HOST"], timeout=300)
+        try:
+            ensure_uv_base(client, progress=lambda _line: None)  # newer than the bases: present on few engines yet
+        finally:
+            client.close()
 
 
 @contextlib.contextmanager

@@ -12,7 +12,10 @@ Families the bootstrap can make from Debian packages (builder/bootstrap.py):
   resolves to the nearest one it has, with a build-log warning (Debian bookworm packages only Python 3.11);
 * node:<major>[-slim|-alpine|-bookworm|...] -> spaceport/base-node:18 (Debian's nodejs; other majors and
   alpine variants with a warning);
-* debian:bookworm[-slim] -> spaceport/base-debian:bookworm.
+* debian:bookworm[-slim] -> spaceport/base-debian:bookworm;
+* ghcr.io/astral-sh/uv:<latest|version> -> spaceport/base-uv:latest (/uv and /uvx from Spaceport's own uv; a
+  pinned version gets the server's uv with a warning), for `COPY --from=ghcr.io/astral-sh/uv:... /uv /bin/`.
+`COPY --from=IMAGE` (an image, not a stage name or index) is resolved like a FROM.
 An unresolvable base fails naming the image and the exact setting that would provide it, with an example
 of the same family (never a Python base for a Node image).
 """
@@ -31,6 +34,9 @@ BOOTSTRAP_COMMAND = "spaceport images bootstrap"
 DEBIAN_BASE = "spaceport/base-debian:bookworm"
 SUPPORTED_PYTHONS = ("3.11",)
 DEBIAN_NODE_MAJOR = "18"  # what bookworm's nodejs package provides
+UV_BASE = "spaceport/base-uv:latest"
+UV_IMAGE = "ghcr.io/astral-sh/uv"
+_UV_VERSION_TAG = re.compile(r"^ghcr\.io/astral-sh/uv:(?P<version>\d+(?:\.\d+){0,2})$")
 _NODE_TAG = re.compile(r"^node(?::(?P<major>\d+|lts|current|latest)?(?:\.[\d.]+)?(?:-(?P<variant>[a-z][a-z0-9.-]*))?)?$")
 
 _DEBIAN_TAGS = ("bookworm", "bookworm-slim", "12", "12-slim", "stable", "stable-slim", "latest")
@@ -42,6 +48,7 @@ _PY_CANON = re.compile(r"^python:(3\.\d+)(?:\.\d+)?(?P<slim>-slim)?(?:-(?:bookwo
 _VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<op>[-+])(?P<word>[^}]*))?\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
 _ARG = re.compile(r"^\s*ARG\s+(?P<rest>.+)$", re.IGNORECASE)
 _FROM = re.compile(r"^(?P<indent>\s*)FROM\s+(?P<rest>.+)$", re.IGNORECASE)
+_COPY_FROM = re.compile(r"^(?P<head>\s*COPY\s+(?:--\S+\s+)*?--from=)(?P<ref>\S+)(?P<tail>.*)$", re.IGNORECASE)
 
 
 def python_base(version: str) -> str:
@@ -90,6 +97,7 @@ def default_aliases(python_versions: Iterable[str] = SUPPORTED_PYTHONS) -> dict[
             aliases[f"python:{tag}"] = sdk_base(newest)
     for tag in _DEBIAN_TAGS:
         aliases[f"debian:{tag}"] = DEBIAN_BASE
+    aliases[f"{UV_IMAGE}:latest"] = UV_BASE
     aliases["node"] = node_base()  # the family default; exact tags below need no warning
     for suffix in ("", "-slim", "-bookworm", "-bookworm-slim"):
         aliases[f"node:{DEBIAN_NODE_MAJOR}{suffix}"] = node_base()
@@ -155,7 +163,7 @@ def resolve_from_lines(
             _collect_args(line, state.global_args, build_args or {})
         match = _FROM.match(line)
         if match is None:
-            out.append(line)
+            out.append(_resolve_copy_from(line, number, state, aliases, mirror, available, messages))
             continue
         state.seen_from = True
         out.append(_resolve_from(match, number, state, aliases, mirror, available, messages))
@@ -239,6 +247,26 @@ def _resolve_from(
     return match.group("indent") + " ".join(["FROM", *flags, new_image, *tail])
 
 
+def _resolve_copy_from(
+    line: str,
+    number: int,
+    state: _Stages,
+    aliases: Mapping[str, str],
+    mirror: str | None,
+    available: Callable[[str], bool],
+    messages: list[str],
+) -> str:
+    """`COPY --from=IMAGE ...` with IMAGE resolved like a base image (stage names, indexes and $ARGs as they are)."""
+    match = _COPY_FROM.match(line)
+    if match is None:
+        return line
+    ref = match.group("ref").strip("\"'")
+    if not ref or "$" in ref or ref.isdigit() or ref.lower() in state.names:
+        return line
+    new_ref = _resolve_image(ref, number, state, aliases, mirror, available, messages)
+    return line if new_ref == ref else f"{match.group('head')}{new_ref}{match.group('tail')}"
+
+
 def _resolve_image(
     image: str,
     number: int,
@@ -290,6 +318,8 @@ def family_example(image: str) -> str:
         return python_base(SUPPORTED_PYTHONS[0])
     if name.startswith(("debian", "ubuntu")):
         return DEBIAN_BASE
+    if name.startswith(UV_IMAGE):
+        return UV_BASE
     return "an image your engine has"
 
 
@@ -318,6 +348,10 @@ def fallback_alias(image: str, aliases: Mapping[str, str]) -> tuple[str, str] | 
         return have[nearest], (f"Python {canon.group(1)} is not available on this server (Debian bookworm "
                                f"packages only {', '.join(sorted(have, key=_version_key))}); using the nearest, "
                                f"Python {nearest}")
+    uv = _UV_VERSION_TAG.match(name)
+    if uv is not None and f"{UV_IMAGE}:latest" in aliases:
+        return aliases[f"{UV_IMAGE}:latest"], (f"uv {uv.group('version')} is not available on this server (no "
+                                               "registry); using the uv Spaceport runs")
     return _node_fallback(name, aliases)
 
 

@@ -9,6 +9,8 @@
    builds start FROM it (builder/buildpacks, builder/sdkdeps.py).
 4. `spaceport/base-node:<major>` (with `node=True`), from runtime-images/node/Dockerfile: Debian's nodejs
    and npm, the stand-in for node:<major>[-slim|-alpine] (builder/baseimages.py aliases).
+5. `spaceport/base-uv:latest` (with `uv_tools=True`), from runtime-images/uv/Dockerfile: /uv and /uvx, copied
+   from the uv Spaceport runs; the stand-in for ghcr.io/astral-sh/uv in `COPY --from=ghcr.io/astral-sh/uv:...`.
 
 `build_spaceport_image` makes Spaceport's own image (`spaceport/spaceport:<version>`) from
 runtime-images/spaceport/Dockerfile on the Python base, with a context of this checkout's package files.
@@ -33,8 +35,9 @@ from pathlib import Path
 from typing import IO
 
 import docker
+import uv
 
-from builder.baseimages import DEBIAN_BASE, DEBIAN_NODE_MAJOR, node_base, python_base, sdk_base
+from builder.baseimages import DEBIAN_BASE, DEBIAN_NODE_MAJOR, UV_BASE, node_base, python_base, sdk_base
 from builder.errors import BUILD_ERROR, BuildFailure
 from builder.image import FIXED_MTIME, image_available, run_docker_build
 
@@ -66,6 +69,7 @@ def bootstrap_images(
     progress: Progress = print,
     sdk: bool = True,
     node: bool = True,
+    uv_tools: bool = True,
 ) -> list[str]:
     """Make sure the base images exist; returns the image names that are available afterwards."""
     ready: list[str] = []
@@ -89,7 +93,26 @@ def bootstrap_images(
             ready.append(_ensure(client, sdk_base(version), "sdk", name, progress))
     if node:
         ready.append(_ensure(client, node_base(DEBIAN_NODE_MAJOR), "node", DEBIAN_BASE, progress))
+    if uv_tools:
+        ready.append(ensure_uv_base(client, progress=progress))
     return ready
+
+
+def ensure_uv_base(client: docker.DockerClient, *, progress: Progress = print) -> str:
+    """spaceport/base-uv:latest from runtime-images/uv/Dockerfile and this server's uv and uvx binaries."""
+    if image_available(client, UV_BASE):
+        progress(f"{UV_BASE}: present")
+        return UV_BASE
+    binary = Path(uv.find_uv_bin()).resolve()
+    tools = {"uv": binary, "uvx": binary.with_name("uvx")}
+    missing = [str(path) for path in tools.values() if not path.is_file()]
+    if missing:
+        raise BuildFailure(BUILD_ERROR, f"{UV_BASE}: no uv binary at {', '.join(missing)} (reinstall PyPI uv)")
+    progress(f"{UV_BASE}: building from runtime-images/uv/Dockerfile with {binary.parent}/uv and uvx")
+    context = _folder_context(runtime_images_dir() / "uv", extra=tools)
+    run_docker_build(client, context, tag=UV_BASE, dockerfile="Dockerfile", log=progress)
+    progress(f"{UV_BASE}: ready")
+    return UV_BASE
 
 
 def _ensure(client: docker.DockerClient, name: str, flavor: str, base: str, progress: Progress) -> str:
@@ -156,13 +179,15 @@ def build_from_runtime_images(client: docker.DockerClient, name: str, flavor: st
     progress(f"{name}: ready")
 
 
-def _folder_context(folder: Path) -> io.BytesIO:
-    """The files of one runtime-images/<flavor>/ folder (Dockerfile + what it COPYs), deterministic."""
+def _folder_context(folder: Path, extra: dict[str, Path] | None = None) -> io.BytesIO:
+    """The files of one runtime-images/<flavor>/ folder (Dockerfile + what it COPYs), plus `extra`
+    (name in the context -> file), deterministic."""
     buffer = io.BytesIO()
+    files = {p.name: p for p in folder.iterdir() if p.is_file()} | dict(extra or {})
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        for name, path in sorted(files.items()):
             data = path.read_bytes()
-            info = tarfile.TarInfo(path.name)
+            info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mtime = FIXED_MTIME
             info.mode = 0o755 if path.stat().st_mode & 0o111 else 0o644

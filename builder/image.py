@@ -42,7 +42,7 @@ from builder.buildpacks.base import CONTAINER_PORT, RenderContext, RepoFiles
 from builder.certs import ca_bundle
 from builder.errors import BUILD_ERROR, BuildCancelled, BuildFailure
 from builder.requirements import check_requirement_files
-from builder.spaceconfig import DEFAULT_PYTHON, SpaceConfig
+from builder.spaceconfig import DEFAULT_PYTHON, SpaceConfig, dockerfile_path
 
 if TYPE_CHECKING:
     from builder.buildah import BuildahEngine
@@ -127,8 +127,8 @@ def prepare_dockerfile(
     """Render (or read) the Dockerfile and resolve its base images (present: `available`, default the engine's)."""
     user_dockerfile = None
     if config.sdk == "docker":
-        path = source / "Dockerfile"
-        user_dockerfile = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
+        path = dockerfile_path(source)
+        user_dockerfile = path.read_text(encoding="utf-8", errors="replace") if path is not None else None
     ctx = RenderContext(files=files, build_arg_names=tuple(sorted(build_args)), dockerfile=user_dockerfile,
                         sdk_release=sdkdeps.release_for(config))
     effective = {**default_aliases(), **(aliases or {})}

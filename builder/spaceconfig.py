@@ -27,6 +27,8 @@ MAX_MS_DEPLOY_BYTES = 64 * 1024
 MAX_FRONT_MATTER_BYTES = 64 * 1024
 MAX_FRONT_MATTER_NODES = 10_000
 README = "README.md"
+# The Docker CLI's rule: `Dockerfile`, else the lower-case `dockerfile` (some Space repos use that name).
+DOCKERFILE_NAMES = ("Dockerfile", "dockerfile")
 MS_DEPLOY = "ms_deploy.json"
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
@@ -321,9 +323,25 @@ def _env(meta: dict[str, Any]) -> dict[str, str]:
     return env
 
 
+def dockerfile_path(repo: Path) -> Path | None:
+    """The repository's Dockerfile (`Dockerfile`, else `dockerfile`, as `docker build` looks), or None."""
+    return next((repo / name for name in DOCKERFILE_NAMES if (repo / name).is_file()), None)
+
+
+def is_readme_card(repo: Path, config: SpaceConfig) -> bool:
+    """A static space with README.md and no index.html: Hugging Face shows the README (organization cards)."""
+    return (config.sdk == "static" and config.app_file == "index.html" and not (repo / "index.html").is_file()
+            and (repo / README).is_file())
+
+
 def _check_app_file(repo: Path, config: SpaceConfig) -> None:
     target = "Dockerfile" if config.sdk == "docker" else config.app_file
-    if not (repo / target).is_file():
+    found = dockerfile_path(repo) is not None if config.sdk == "docker" else (repo / target).is_file()
+    if is_readme_card(repo, config):
+        config.notes.append("no index.html: the page is README.md rendered, as Hugging Face shows a static space "
+                            "without one (an organization card); add index.html to serve your own page")
+        return
+    if not found:
         what = {"docker": "Docker spaces need a Dockerfile at the repository root"}.get(
             config.sdk, f"sdk {config.sdk} runs {target}; add it or set app_file in README.md"
         )

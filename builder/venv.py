@@ -33,13 +33,14 @@ import uv
 from builder import pythons, sdkdeps
 from builder.artifact import VenvArtifact
 from builder.buildpacks.streamlit import STREAMLIT_FLAGS
+from builder.card import card_command
 from builder.certs import ca_bundle
 from builder.errors import BUILD_ERROR, BuildFailure
 from builder.proc import Result, run_streaming
 from builder.pythons import PythonSource
 from builder.requirements import check_requirement_files, has_local_paths
 from builder.sandbox import BuildSandbox
-from builder.spaceconfig import DEFAULT_PYTHON, SpaceConfig
+from builder.spaceconfig import DEFAULT_PYTHON, SpaceConfig, is_readme_card
 
 ENV_FORMAT = 3  # bump to invalidate every cached environment (2: install plan, hosted default Python; 3: seeded pip)
 MARKER = ".spaceport-env.json"
@@ -144,6 +145,8 @@ def command(venv: Path, source: Path, config: SpaceConfig) -> tuple[str, ...]:
     app = str(source / config.app_file)
     if config.sdk == "streamlit":
         return (python, "-m", "streamlit", "run", app, *STREAMLIT_FLAGS)
+    if config.sdk == "static" and is_readme_card(source, config):
+        return tuple(card_command(python, "{port}", "{host}", str(source)))
     if config.sdk == "static":
         return (python, "-m", "http.server", "{port}", "--bind", "{host}", "--directory", str(source))
     return (python, app)

@@ -92,7 +92,7 @@ class PythonAppBuildPack(BuildPack):
             *[f"ARG {name}" for name in ctx.build_arg_names],
             f"COPY --chown=1000:1000 . {APP_DIR}",
             f"EXPOSE {CONTAINER_PORT}",
-            f"CMD {json.dumps(self.command(config))}",
+            f"CMD {json.dumps(self.command_for(config, ctx.files))}",
             *label_lines({"io.spaceport.sdk": self.sdk, **ctx.labels}),
         ]
         return "\n".join(parts) + "\n"
@@ -140,6 +140,10 @@ class PythonAppBuildPack(BuildPack):
     @abstractmethod
     def command(self, config: SpaceConfig) -> list[str]:
         """The container CMD."""
+
+    def command_for(self, config: SpaceConfig, files: RepoFiles) -> list[str]:
+        """The container CMD for a repository with these files (default: `command`)."""
+        return self.command(config)
 
 
 def render_plan(plan: InstallPlan) -> list[str]:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from builder.buildpacks.base import BuildPack, RenderContext, RepoFiles
 from builder.errors import NO_APP_FILE, BuildFailure
-from builder.spaceconfig import SpaceConfig
+from builder.spaceconfig import DOCKERFILE_NAMES, SpaceConfig
 
 
 class DockerBuildPack(BuildPack):
     sdk = "docker"
 
     def detect(self, files: RepoFiles) -> bool:
-        return "Dockerfile" in files.paths
+        return any(name in files.paths for name in DOCKERFILE_NAMES)
 
     def render(self, config: SpaceConfig, ctx: RenderContext) -> str:
         if ctx.dockerfile is None:
