@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -52,6 +53,13 @@ def probe(url: str) -> str:
         return f"unreachable: {type(exc).__name__}"
 
 
+@spaces.GPU(duration=5)
+def hold(text: str) -> str:
+    import time
+    time.sleep(float(text))
+    return "held"
+
+
 def device_url(_text: str) -> str:
     return os.environ.get("SPACES_ZERO_DEVICE_API_URL", "-")
 
@@ -61,6 +69,7 @@ with gr.Blocks() as demo:
     gr.Button("where").click(where, box, out, api_name="where")
     gr.Button("probe").click(probe, box, out, api_name="probe")
     gr.Button("url").click(device_url, box, out, api_name="device_url")
+    gr.Button("hold").click(hold, box, out, api_name="hold")
 
 if __name__ == "__main__":
     demo.launch()
@@ -88,7 +97,7 @@ def tokens(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> dict
     server.cli("zerogpu", "defaults", "--signed-in", "120", "--anonymous", "10")
     server.cli("zerogpu", "quota", "dave", "0")
     tmp = tmp_path_factory.mktemp("repos")
-    for name, hardware in (("zero", "zero-a10g"), ("plain", "cpu-basic")):  # one after the other: the second
+    for name, hardware in (("zero", "zero-a10g"), ("plain", "cpu-basic"), ("zero2", "zero-a10g")):  # one after the other: the second
         res = httpx.post(f"{server.url}/api/repos/create", headers={"authorization": f"Bearer {found['carol']}"},
                          json={"type": "space", "name": name, "space_sdk": "gradio", "hardware": hardware}, timeout=30)
         assert res.status_code == 200, res.text
@@ -167,6 +176,19 @@ def test_sandboxes_reach_the_device_api_only_from_zero_spaces_and_only_its_paths
     assert zero.predict(f"{base}{server.port}/", api_name="/probe").startswith("unreachable")  # other ports
     assert plain.predict("", api_name="/device_url") == "-"
     assert plain.predict(url + "queue-size", api_name="/probe").startswith("unreachable")  # not a zero space
+
+
+def test_two_zero_spaces_on_one_device_are_served_in_turn_never_at_once(server: LiveServer, tokens: dict[str, str]) -> None:
+    before = len(leases(server))
+    clients = [client(server, name, tokens["carol"]) for name in ("zero", "zero2")]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda c: c.predict("2", api_name="/hold"), clients))
+    assert results == ["held", "held"]
+    with sqlite3.connect(server.data_dir / "spaceport.db") as db:
+        rows = db.execute("SELECT instance, granted_at, released_at, outcome FROM zerogpu_leases WHERE id > ? ORDER BY "
+                          "granted_at", (before,)).fetchall()
+    assert len(rows) == 2 and len({r[0] for r in rows}) == 2 and all(r[3] == "released" for r in rows)
+    assert rows[1][1] >= rows[0][2], f"the device was leased to both at once: {rows}"  # one after the other
 
 
 def _worker_host_pid(server: LiveServer, slug: str, ns_pid: int) -> int:
