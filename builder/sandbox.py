@@ -17,6 +17,8 @@ One `BuildSandbox` serves one build of one owner.
 * `seal(path)`: a finished environment: owned by root and not writable by any build identity, so no
   later build (of this owner or another) can change what apps run.
 * `describe()`: one line for the build log ("sandboxed: uid 100123, egress: pypi.org, ...").
+* `refused()`: the build log lines of network access refused so far ("build egress refused: HOST:443 is not
+  an allowed package index host ..."), so a failed step can name that as its cause.
 """
 
 from __future__ import annotations
@@ -35,3 +37,5 @@ class BuildSandbox(Protocol):
     def seal(self, path: Path) -> None: ...
 
     def describe(self) -> str: ...
+
+    def refused(self) -> Sequence[str]: ...

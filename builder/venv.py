@@ -25,7 +25,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import uv
@@ -419,17 +419,21 @@ def _run_steps(steps: list[_Step], run: Callable[[list[str]], Result], job: _Job
             job.log(f"spaceport: {step.retry_note}")
             result = run(step.undated)
         if result.returncode != 0:
-            raise BuildFailure(BUILD_ERROR, f"{_cause(step.failure, result.tail_text())}:\n{result.tail_text()}")
+            refused = list(job.sandbox.refused()) if job.sandbox is not None else []
+            raise BuildFailure(BUILD_ERROR, f"{_cause(step.failure, result.tail_text(), refused)}:\n{result.tail_text()}")
 
 
 DISK_FULL = ("No space left on device", "os error 28", "Disk quota exceeded")
 
 
-def _cause(failure: str, output: str) -> str:
-    """The step's own failure, unless the server itself was at fault (then the space's files are not)."""
+def _cause(failure: str, output: str, refused: Sequence[str] = ()) -> str:
+    """The step's own failure, unless the server itself was at fault (then the space's files are not); a
+    refused network access comes first, since it is what an owner (or the admin) must change."""
     if any(sign in output for sign in DISK_FULL):
         return ("the server ran out of disk space during the build (nothing in the space is at fault): an admin "
                 "must free disk space (e.g. `spaceport gc`), then rebuild the space")
+    if refused:
+        return f"{failure}; the build needed a host builds may not reach: {'; '.join(refused)}"
     return failure
 
 

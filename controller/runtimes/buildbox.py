@@ -135,6 +135,10 @@ class BubblewrapBuildSandbox:
         return self.config.identity_dir / str(self.uid)
 
     # ---------------------------------------------------------------- BuildSandbox
+    def refused(self) -> list[str]:
+        """The egress proxy's refusals so far (build log lines), for a failed step's cause."""
+        return list(self.proxy.refused) if self.proxy is not None else []
+
     def describe(self) -> str:
         self._ensure()
         egress = f"egress only to {', '.join(self.config.allow_hosts)} via proxy" if self.slot else "no network"

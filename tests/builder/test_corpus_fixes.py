@@ -149,3 +149,15 @@ def test_card_image_cmd_runs_the_card_server() -> None:
     assert cmd[:2] == ["sh", "-c"] and 'python -c "$0"' in cmd[2] and "def card_page" in cmd[3]
     with_index = StaticBuildPack().render(config, RenderContext(files=RepoFiles(paths=frozenset({"README.md", "index.html"}))))
     assert "http.server" in with_index and "def card_page" not in with_index
+
+
+def test_a_step_failing_on_refused_egress_names_the_refused_host() -> None:
+    """arnabd64/spacy-ner-hf-space: a requirement URL on github.com; the stage message said only 'fix requirements.txt'."""
+    from builder.venv import _cause
+
+    refused = ["build egress refused: github.com:443 is not an allowed package index host (allowed: pypi.org; "
+               "the admin can add hosts with SPACEPORT_BUILD_EGRESS_ALLOW)"]
+    cause = _cause("installing requirements.txt failed; fix requirements.txt", "error: Failed to download", refused)
+    assert cause.startswith("installing requirements.txt failed") and "github.com:443" in cause
+    assert "SPACEPORT_BUILD_EGRESS_ALLOW" in cause
+    assert _cause("installing x failed", "error", []) == "installing x failed"
