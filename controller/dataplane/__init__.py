@@ -72,7 +72,7 @@ def front(settings: Settings, host: str, port: int, app: Any) -> Iterator[tuple[
 
 
 def _layout(settings: Settings, host: str, port: int) -> Layout:
-    from controller.proxy.appauth import APP_COOKIE
+    from controller.proxy.appauth import APP_COOKIE, app_cookie_secret
     from controller.services.accounts import TOKEN_PREFIX
     from controller.services.websession import SESSION_COOKIE
     from web.context import CSRF_COOKIE
@@ -83,7 +83,7 @@ def _layout(settings: Settings, host: str, port: int) -> Layout:
     apps_domain = (settings.apps_domain or "localhost").lower().split(":")[0].strip(".")
     return Layout(bind_host=host, bind_port=port, python_port=_free_port(), run_dir=run_dir,
                   apps_domain=apps_domain, platform_cookies=(SESSION_COOKIE, CSRF_COOKIE, APP_COOKIE),
-                  token_prefix=TOKEN_PREFIX)
+                  token_prefix=TOKEN_PREFIX, app_cookie=APP_COOKIE, app_cookie_secret=app_cookie_secret(settings.key))
 
 
 def _free_port() -> int:

@@ -37,6 +37,7 @@ _SAFE_PATH = re.compile(r"^[^\"'\n\r\\$,() ]+$")  # paths go inside quotes and c
 _COOKIE = re.compile(r"^[A-Za-z0-9_-]+$")
 _DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
 _HOST = re.compile(r"^[A-Za-z0-9.:\[\]-]+$")
+_SECRET = re.compile(r"^[0-9a-f]{64}$")
 
 
 # Exact header work that HAProxy's rules cannot express, run only when a rule saw it is needed:
@@ -90,6 +91,8 @@ class Layout:
     apps_domain: str
     platform_cookies: tuple[str, ...]
     token_prefix: str
+    app_cookie: str = "spaceport_app_session"  # a private space's access: an HS256 JWT (proxy.appauth)
+    app_cookie_secret: str = ""  # its secret (hex); empty: private spaces stay on Python
     slots: int = 256
     threads: int = 0  # 0: one per core
 
@@ -118,8 +121,10 @@ def _check(layout: Layout) -> None:
         raise DataPlaneError(f"the stats socket path {layout.socket} is too long for a unix socket")
     if not _DOMAIN.match(layout.apps_domain):
         raise DataPlaneError(f"APPS_DOMAIN {layout.apps_domain!r} is not a plain host name")
-    if not all(_COOKIE.match(c) for c in layout.platform_cookies) or not _COOKIE.match(layout.token_prefix):
+    if not all(_COOKIE.match(c) for c in (*layout.platform_cookies, layout.app_cookie, layout.token_prefix)):
         raise DataPlaneError("platform cookie names and the token prefix must be letters, digits, _ or -")
+    if layout.app_cookie_secret and not _SECRET.match(layout.app_cookie_secret):
+        raise DataPlaneError("the app cookie secret must be 64 hex characters")
     if not _HOST.match(layout.bind_host) or not 0 < layout.bind_port < 65536 or layout.slots < 1:
         raise DataPlaneError(f"cannot listen on {layout.bind_host!r}:{layout.bind_port}")
 
@@ -172,10 +177,11 @@ def _frontend(layout: Layout) -> list[str]:
         "    http-request set-header X-Forwarded-For %[src] unless { req.fhdr(x-forwarded-for) -m found }",
         "    http-request set-header X-Forwarded-Proto http"
         " unless { src 127.0.0.1 } { req.hdr(x-forwarded-proto) -m str http https }",
-        # the route: host -> SLOT|MODE|BASE|ORIGIN; the platform's own paths on an app host stay in Python
+        # the route: host -> SLOT|MODE|BASE|ORIGIN|ACCESS; the platform's own paths on an app host stay in Python
         f"    http-request set-var(txn.route) {host}",
         "    http-request unset-var(txn.route) if { path /__spaceport__/status /__spaceport__/auth }",
         "    acl app var(txn.route) -m found",
+        *_private_access(layout),
         "    http-request set-var(txn.slot) var(txn.route),field(1,|) if app",
         "    http-request set-var(txn.mode) var(txn.route),field(2,|) if app",
         "    http-request set-var(txn.base) var(txn.route),field(3,|) if app",
@@ -205,6 +211,35 @@ def _frontend(layout: Layout) -> list[str]:
         "    use_backend %[var(txn.slot)] if app",
         f"    default_backend {PYTHON_BACKEND}",
         "",
+    ]
+
+
+def _private_access(layout: Layout) -> list[str]:
+    """ACCESS is `public` or a private space's id: then only a valid app cookie for that space (HS256,
+    signed with the site's secret, unexpired) keeps the route; anything else goes to Python (the sign-in
+    bridge, a token's access check). Without a secret every private route goes to Python."""
+    jwt = "var(txn.appjwt)"
+    lines = [
+        "    http-request set-var(txn.access) var(txn.route),field(5,|) if app",
+        "    acl public_route var(txn.access) -m str public",
+    ]
+    if not layout.app_cookie_secret:
+        return [*lines, "    http-request unset-var(txn.route) if app !public_route"]
+    checks = {
+        "jwt_alg": f"{jwt},jwt_header_query('$.alg') -m str HS256",
+        "jwt_sig": f'{jwt},jwt_verify("HS256","{layout.app_cookie_secret}") -m int 1',
+        "jwt_space": "var(txn.jwt_space),strcmp(txn.access) eq 0",
+        "jwt_fresh": "var(txn.jwt_exp),sub(txn.now) gt 0",
+    }
+    failed = " || ".join(f"app !public_route !{name}" for name in checks)
+    return [
+        *lines,
+        f"    http-request set-var(txn.appjwt) req.cook({layout.app_cookie}) if app !public_route",
+        f"    http-request set-var(txn.jwt_space) {jwt},jwt_payload_query('$.s') if app !public_route",
+        f"    http-request set-var(txn.jwt_exp) {jwt},jwt_payload_query('$.exp','int') if app !public_route",
+        "    http-request set-var(txn.now) date if app !public_route",
+        *[f"    acl {name} {test}" for name, test in checks.items()],
+        f"    http-request unset-var(txn.route) if {failed}",
     ]
 
 

@@ -1,10 +1,10 @@
 """DataPlane: keeps HAProxy's map and servers equal to the route table, and feeds activity back.
 
-Only public, ready routes with a plain `http://IP:PORT` target and safe names are given to HAProxy;
-every other route (private, asleep, paused, unavailable, a hostname target) is left out of the map, so
-its traffic reaches the Python proxy (the activator, the sign-in for private spaces, the error pages).
-Private spaces stay on the Python path in this first step: their access check (a per-space cookie or
-a token) still needs Python; a signed cookie HAProxy verifies itself (`jwt_verify`) is the follow-up.
+Only ready routes with a plain `http://IP:PORT` target and safe names are given to HAProxy; every other
+route (asleep, paused, unavailable, a hostname target, README headers, ZeroGPU) is left out of the map,
+so its traffic reaches the Python proxy (the activator, the error pages). A private space is mapped
+with its id: HAProxy serves a request itself only with a valid app cookie for that space (an HS256 JWT
+it verifies, `jwt_verify`); without one (a first visit, a token, an expired cookie) Python decides.
 
 Each mapped space owns one slot backend. Its instance is one dynamic server there; a redeploy adds the
 new instance's server, enables it and puts the old one in maintenance (no new requests; open
@@ -45,14 +45,15 @@ class Mapping:
     """What HAProxy knows of one route: its map key and value, and the instance's address."""
 
     key: str  # "owner-name.apps_domain"
-    value: str  # "SLOT|strip|/apps/o/n|http://ip:port" (SLOT filled in by the plane)
+    value: str  # "SLOT|strip|/apps/o/n|http://ip:port|public" (SLOT filled in by the plane; the last field
+    # is `public` or, for a private space, its lower-case id: HAProxy then checks the app cookie)
     address: str  # "ip:port" as `add server` takes it
 
 
 def mapping_of(route: Route, apps_domain: str) -> Mapping | None:
     """The mapping of a route HAProxy may carry, or None (the route stays on the Python proxy)."""
-    if route.state != "ready" or route.private or route.visitor_token or route.headers or not route.embeddable:
-        return None  # what HAProxy does not add yet (an access check, a visitor token, README headers)
+    if route.state != "ready" or route.visitor_token or route.headers or not route.embeddable:
+        return None  # what HAProxy does not add yet (a visitor token, README headers)
     slug = route.slug.lower()
     if not _SLUG.match(slug) or not _SPACE.match(route.space_id):
         return None
@@ -62,7 +63,8 @@ def mapping_of(route: Route, apps_domain: str) -> Mapping | None:
     if address is None:
         return None
     mode = "strip" if route.strip_base_path else "keep"
-    return Mapping(f"{slug}.{apps_domain}", f"{mode}|{route.base_path}|http://{address}", address)
+    access = route.space_id.lower() if route.private else "public"
+    return Mapping(f"{slug}.{apps_domain}", f"{mode}|{route.base_path}|http://{address}|{access}", address)
 
 
 def _address(target: str) -> str | None:

@@ -5,17 +5,22 @@ host. A visitor of a private space's host URL without app credentials is sent to
 `/auth/app?space=o/n&next=...`; with a session and read access, that route issues a short-lived
 *bridge token* bound to (space, user, expiry) and redirects to `APP_ORIGIN/__spaceport__/auth?token=...`.
 The proxy redeems it for a host-only, signed, short-lived *app cookie* bound to the same space, and
-checks that cookie on later requests without a database hop. Both are signed with the platform key,
-with different salts: a bridge token is never accepted as a cookie, nor a cookie as a token, and
-neither is accepted for another space.
+checks that cookie on later requests without a database hop. Both are signed with keys derived from
+the platform key for their purpose: a bridge token is never accepted as a cookie, nor a cookie as a
+token, and neither is accepted for another space. The cookie is an HS256 JWT (controller.domain.hs256)
+so that HAProxy, as the data plane, checks it itself and serves private spaces without Python.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from controller.domain import hs256
 
 APP_COOKIE = "spaceport_app_session"
 AUTH_PATH = "/__spaceport__/auth"
@@ -31,13 +36,19 @@ class Grant:
     embed: bool
 
 
+def app_cookie_secret(key: str) -> str:
+    """The HS256 secret of app cookies (hex): Python signs and checks with it, HAProxy checks with it."""
+    return hs256.derive_secret(key, "spaceport-app-cookie")
+
+
 class AppAuth:
     """Issues and checks bridge tokens and per-space app cookies (see the module docstring)."""
 
-    def __init__(self, key: str, cookie_max_age: int = 3600, token_max_age: int = TOKEN_MAX_AGE) -> None:
+    def __init__(self, key: str, cookie_max_age: int = 3600, token_max_age: int = TOKEN_MAX_AGE,
+                 clock: Callable[[], float] = time.time) -> None:
         self._tokens = URLSafeTimedSerializer(key, salt="spaceport-app-bridge")
-        self._cookies = URLSafeTimedSerializer(key, salt="spaceport-app-cookie")
-        self.cookie_max_age, self.token_max_age = cookie_max_age, token_max_age
+        self.cookie_secret = app_cookie_secret(key)
+        self.cookie_max_age, self.token_max_age, self.clock = cookie_max_age, token_max_age, clock
 
     def issue(self, space_id: str, user_id: int, *, embed: bool = False) -> str:
         return self._tokens.dumps({"s": space_id.lower(), "u": user_id, "e": embed})
@@ -49,11 +60,13 @@ class AppAuth:
         return Grant(user_id=data["u"], embed=bool(data.get("e")))
 
     def cookie(self, space_id: str, user_id: int) -> str:
-        return self._cookies.dumps({"s": space_id.lower(), "u": user_id})
+        """An HS256 JWT {s: space, u: user, exp}: HAProxy verifies it too (jwt_verify, see dataplane)."""
+        expires = int(self.clock()) + self.cookie_max_age
+        return hs256.sign(self.cookie_secret, {"s": space_id.lower(), "u": user_id, "exp": expires})
 
     def check_cookie(self, value: str, space_id: str) -> bool:
-        data = _load(self._cookies, value, self.cookie_max_age)
-        return data is not None and data.get("s") == space_id.lower()
+        claims = hs256.verify(self.cookie_secret, value, self.clock()) if value else None
+        return claims is not None and claims.get("s") == space_id.lower()
 
     def set_cookie_header(self, value: str, *, secure: bool, embed: bool) -> bytes:
         """Host-only (no Domain), HttpOnly, short-lived. Embedded apps live in a cross-site iframe, where

@@ -21,12 +21,15 @@ from aiohttp import WSMsgType, web
 
 from controller.dataplane.haproxy import DataPlaneError, HAProxyProcess, Layout, RuntimeAPI, render_config
 from controller.dataplane.plane import DataPlane, mapping_of
+from controller.domain import hs256
+from controller.proxy.appauth import APP_COOKIE, AppAuth, app_cookie_secret
 from controller.proxy.routes import RouteTable
 from controller.proxy.types import Route
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
 DOMAIN = "apps.localhost"
 COOKIES = ("spaceport_session", "spaceport_csrf", "spaceport_app_session")
+KEY = "the-site-key"
 
 
 def free_port() -> int:
@@ -112,7 +115,7 @@ def upstreams() -> Iterator[dict[str, Upstream]]:
 @pytest.fixture
 def stack(tmp_path: Path, upstreams: dict[str, Upstream]) -> Iterator[Stack]:
     layout = Layout("127.0.0.1", free_port(), upstreams["python"].port, tmp_path / "hap", DOMAIN, COOKIES, "sp_",
-                    slots=4)
+                    app_cookie_secret=app_cookie_secret(KEY), slots=4)
     haproxy = HAProxyProcess(layout)
     haproxy.start()
     seen: list[str] = []
@@ -150,8 +153,9 @@ async def raw(stack: Stack, request: str) -> str:
 
 
 # ---- config and runtime API ---------------------------------------------------------------------
-def test_rendered_config_is_valid_for_haproxy(tmp_path: Path) -> None:
-    layout = Layout("127.0.0.1", 8000, 8001, tmp_path, DOMAIN, COOKIES, "sp_", slots=3)
+@pytest.mark.parametrize("secret", ["", app_cookie_secret(KEY)])
+def test_rendered_config_is_valid_for_haproxy(tmp_path: Path, secret: str) -> None:
+    layout = Layout("127.0.0.1", 8000, 8001, tmp_path, DOMAIN, COOKIES, "sp_", app_cookie_secret=secret, slots=3)
     HAProxyProcess(layout).write_files()
     checked = __import__("subprocess").run(["haproxy", "-c", "-f", str(layout.config)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
@@ -164,6 +168,7 @@ def test_rendered_config_is_valid_for_haproxy(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bad", [
     {"apps_domain": "apps.localhost\n    bind :1"}, {"apps_domain": "a b"}, {"platform_cookies": ("x;y",)},
     {"token_prefix": "sp_' }"}, {"bind_host": "127.0.0.1:1\nbind"}, {"run_dir": Path("/tmp/has space")},
+    {"app_cookie_secret": 'x") -m int 1 }\n    bind :1'}, {"app_cookie": "a b"},
 ])
 def test_config_refuses_values_that_could_inject_directives(tmp_path: Path, bad: dict[str, Any]) -> None:
     values: dict[str, Any] = {"bind_host": "127.0.0.1", "bind_port": 8000, "python_port": 8001, "run_dir": tmp_path,
@@ -199,7 +204,8 @@ def test_private_and_not_ready_routes_stay_on_python() -> None:
     assert mapping_of(Route(space_id="a/b", slug="a-b", target=target), DOMAIN) is not None
     for state in ("asleep", "paused", "unavailable"):
         assert mapping_of(Route(space_id="a/b", slug="a-b", target=target, state=state), DOMAIN) is None  # type: ignore[arg-type]
-    assert mapping_of(Route(space_id="a/b", slug="a-b", target=target, private=True), DOMAIN) is None
+    private = mapping_of(Route(space_id="A/b", slug="a-b", target=target, private=True), DOMAIN)
+    assert private is not None and private.value.endswith("|a/b")  # HAProxy checks the app cookie for a/b
     assert mapping_of(Route(space_id="a/b", slug="a-b", target=target, visitor_token=True), DOMAIN) is None
 
 
@@ -318,6 +324,36 @@ async def test_removed_route_goes_to_python_at_once_and_frees_its_slot(stack: St
             break
         await asyncio.sleep(0.1)
     assert not stack.plane._slots and len(stack.plane._free) == 4
+
+
+async def test_a_private_space_is_served_by_haproxy_only_with_its_own_valid_app_cookie(
+        stack: Stack, upstreams: dict[str, Upstream], client: aiohttp.ClientSession) -> None:
+    """As an attacker: no cookie, another space's, an expired one, another site's, `alg: none`, a payload
+    changed under a valid signature: all go to Python (which signs visitors in or refuses them)."""
+    stack.plane.apply("alice/secret", route("alice/secret", upstreams["a1"].target, private=True))
+    stack.plane.apply("alice/demo", route("alice/demo", upstreams["a2"].target, private=True))
+    auth, host = AppAuth(KEY), f"alice-secret.{DOMAIN}"
+    valid = auth.cookie("alice/secret", 7)
+
+    async def served_by(cookie: str | None) -> str:
+        _, body, _ = await get(client, stack, host, "/", {"Cookie": f"theme=dark; {APP_COOKIE}={cookie}"} if cookie else {})
+        return str(body.get("tag"))
+
+    status, body, _ = await get(client, stack, host, "/", {"Cookie": f"theme=dark; {APP_COOKIE}={valid}"})
+    assert (status, body["tag"]) == (200, "a1")
+    assert {k.lower(): v for k, v in body["headers"]}["cookie"] == "theme=dark"  # the app never sees it
+    head, payload, signature = valid.split(".")
+    claims = {"s": "alice/secret", "u": 7, "exp": 4102444800}
+    unsigned = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+    other = base64.urlsafe_b64encode(b'{"exp":4102444800,"s":"alice/secret","u":1}').rstrip(b"=").decode()
+    for cookie in (None, "garbage", auth.cookie("alice/demo", 7), AppAuth(KEY, clock=lambda: 0).cookie("alice/secret", 7),
+                   AppAuth("another-site").cookie("alice/secret", 7), f"{unsigned}.{payload}.",
+                   f"{head}.{other}.{signature}", hs256.sign(hs256.derive_secret(KEY, "other-purpose"), claims)):
+        assert await served_by(cookie) == "python", cookie
+    assert await served_by(auth.cookie("alice/demo", 7)) == "python"  # its own space's cookie only...
+    status, body, _ = await get(client, stack, f"alice-demo.{DOMAIN}", "/",
+                                {"Cookie": f"{APP_COOKIE}={auth.cookie('alice/demo', 7)}"})
+    assert body["tag"] == "a2"  # ...where it works
 
 
 async def test_an_instance_that_refuses_connections_falls_back_to_python(

@@ -36,7 +36,7 @@ from starlette.routing import Route as StarletteRoute
 from controller.dataplane.haproxy import HAProxyProcess, Layout
 from controller.dataplane.plane import DataPlane
 from controller.proxy import ProxyMiddleware, Route, RouteTable, ThrottledActivity
-from controller.proxy.appauth import AppAuth
+from controller.proxy.appauth import AppAuth, app_cookie_secret
 from tests.support.procs import stop_process
 
 APPS_DOMAIN = "apps.localhost"
@@ -309,7 +309,8 @@ def data_plane(plane: str, table: RouteTable, activity: ThrottledActivity, pytho
         yield python_port, None
         return
     layout = Layout("127.0.0.1", free_port(), python_port, run_dir, APPS_DOMAIN,
-                    ("spaceport_session", "spaceport_csrf", "spaceport_app_session"), "sp_", slots=64)
+                    ("spaceport_session", "spaceport_csrf", "spaceport_app_session"), "sp_",
+                    app_cookie_secret=app_cookie_secret(TEST_KEY), slots=64)  # private spaces too
     haproxy = HAProxyProcess(layout)
     haproxy.start()
     dp = DataPlane(haproxy, APPS_DOMAIN, activity.record)

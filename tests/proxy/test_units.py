@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import threading
+import time
 
 import pytest
 
@@ -160,6 +161,9 @@ def test_app_auth_tokens_and_cookies_are_bound_and_expire() -> None:
     assert auth.check_cookie(cookie, "alice/demo") and not auth.check_cookie(cookie, "alice/other")
     assert auth.redeem(cookie, "alice/demo") is None  # nor a cookie a token
     expired = AppAuth("k", cookie_max_age=-1, token_max_age=-1)
-    assert expired.redeem(token, "alice/demo") is None and not expired.check_cookie(cookie, "alice/demo")
+    assert expired.redeem(token, "alice/demo") is None
+    later = AppAuth("k", clock=lambda: time.time() + 3601)  # the cookie carries its expiry (a JWT's exp)
+    assert later.check_cookie(auth.cookie("alice/demo", 3), "alice/demo") is False
+    assert AppAuth("other-key").check_cookie(cookie, "alice/demo") is False
     assert [safe_next(v) for v in ("/a?b=1", "//x", "/\\x", "/\n/x", "http://x", None)] == ["/a?b=1", "/", "/", "/", "/", "/"]
 
