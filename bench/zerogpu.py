@@ -208,7 +208,7 @@ def main() -> None:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
-    print("\nadded = the call's time minus its hold (what the scheduler costs a call); wait = /schedule to grant.")
+    print("\nadded = the call's time minus its hold: the scheduler's cost, queue wait included; wait = /schedule to grant.")
 
 
 if __name__ == "__main__":

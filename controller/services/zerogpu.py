@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 DEFAULTS_KEY = "zerogpu_defaults"
 DEFAULT_DURATION = 60  # what the package asks for without a duration
 LIVE_STATES = ("starting", "ready", "frozen")  # may call the device API (a frozen one answers once thawed)
+CALLER_TTL = 2.0  # seconds a looked-up calling instance is trusted without the database
+CALLER_CACHE = 4096  # bound on remembered callers (cleared when full)
 RUNNING_STATES = ("starting", "ready")  # may keep GPU workers: any other state's are killed (sweep)
 OWNED_PREFIXES = ("SPACES_ZERO_GPU", "SPACES_ZERO_DEVICE_API_URL", "ZEROGPU_CUDA_")
 
@@ -366,6 +368,7 @@ class ZeroGpu:
         self.seq = 0
         self.events: list[tuple[str, str, dict[str, Any]]] = []  # (call, instance, details): for tests and bench
         self._reaper: asyncio.Task[None] | None = None
+        self._callers: dict[str, tuple[float, Caller]] = {}  # capability -> (valid until, caller)
         self.tasks: set[asyncio.Future[None]] = set()
 
     # -- lookups
@@ -377,7 +380,21 @@ class ZeroGpu:
             return _caller(session, self.platform, instance)
 
     async def acaller(self, capability: str) -> Caller | None:
-        return await run_in_threadpool(self.caller, capability)
+        """`caller`, remembered for CALLER_TTL seconds once found: a call's /schedule, /allow and /release
+        (and a reused worker's next call) look the instance up once. Only MAC-checked capabilities of live
+        instances are kept, and forget() drops an instance's at once."""
+        now = time.monotonic()
+        cached = self._callers.get(capability)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        found = await run_in_threadpool(self.caller, capability)
+        if found is not None:
+            if len(self._callers) >= CALLER_CACHE:
+                self._callers.clear()
+            self._callers[capability] = (now + CALLER_TTL, found)
+        else:
+            self._callers.pop(capability, None)
+        return found
 
     def pool(self, accelerator: str) -> dz.Pool:
         with self.platform.sessions() as session:
@@ -587,6 +604,7 @@ class ZeroGpu:
         """`instance` stopped, slept (a frozen worker would keep its GPU memory), crashed or was removed:
         its queued calls are dropped, its workers killed (the runtime's stop kills them too: this is the
         fence when it did not), its leases end charged what was used, and no device is resident to it."""
+        self._callers = {cap: held for cap, held in self._callers.items() if held[1].instance != instance}
         for uuid, (who, pid, started) in list(self.workers.items()):
             if who == instance:
                 del self.workers[uuid]
