@@ -18,6 +18,7 @@ from controller.api import hardware as hardware_api
 from controller.api import hub as hub_api
 from controller.api import lfs as lfs_api
 from controller.api import logs as logs_api
+from controller.api import oauth as oauth_api
 from controller.api import repos as repos_api
 from controller.api import spaces as spaces_api
 from controller.api import zerogpu as zerogpu_api
@@ -103,7 +104,7 @@ def create_app(settings: Settings, *, platform: Platform | None = None, runtime:
     app.add_exception_handler(SpaceportError, _error_response)
     zerogpu_api.install(app, platform, runtime)  # ZeroGPU device API + quota (issue 15), before /api/spaces/{o}/{n}
     for router in (repos_api.router, hardware_api.router, spaces_api.router, logs_api.router, hub_api.router,
-                   admin_api.router, git_http.router, lfs_api.router):
+                   admin_api.router, git_http.router, lfs_api.router, oauth_api.router):
         app.include_router(router)
 
     @app.get("/healthz", include_in_schema=False)

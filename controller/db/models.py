@@ -280,3 +280,52 @@ class ZeroGpuLease(Base):
     pid: Mapped[int | None] = mapped_column(Integer, default=None)
     charged_seconds: Mapped[float] = mapped_column(default=0.0)
     outcome: Mapped[str] = mapped_column(String(16), default="granted")  # granted|released|failed|expired|stopped
+
+
+# ---- Sign-in for apps (issue 16): Spaceport as an OpenID Connect provider for hf_oauth spaces --------
+
+
+class OAuthClient(Base):
+    """The OAuth client of one space that sets hf_oauth: the secret is encrypted (the app gets it in clear)."""
+
+    __tablename__ = "oauth_clients"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    space_id: Mapped[int] = mapped_column(ForeignKey("spaces.id", ondelete="CASCADE"), unique=True)
+    client_id: Mapped[str] = mapped_column(String(64), unique=True)
+    secret_ciphertext: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    space: Mapped[Space] = relationship()
+
+
+class OAuthCode(Base):
+    """An authorization code (stored hashed): one use, minutes long, bound to client, redirect and PKCE."""
+
+    __tablename__ = "oauth_codes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    client_pk: Mapped[int] = mapped_column(ForeignKey("oauth_clients.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    scope: Mapped[str] = mapped_column(String(400))
+    nonce: Mapped[str | None] = mapped_column(String(400), default=None)
+    code_challenge: Mapped[str | None] = mapped_column(String(200), default=None)
+    code_challenge_method: Mapped[str | None] = mapped_column(String(10), default=None)
+    expires_at: Mapped[datetime] = mapped_column()
+    used: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OAuthAccessToken(Base):
+    """An access token an app received for a user (stored hashed), with its OAuth scopes and expiry."""
+
+    __tablename__ = "oauth_access_tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    client_pk: Mapped[int] = mapped_column(ForeignKey("oauth_clients.id", ondelete="CASCADE"), index=True)
+    code_pk: Mapped[int | None] = mapped_column(ForeignKey("oauth_codes.id", ondelete="CASCADE"), default=None, index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    scope: Mapped[str] = mapped_column(String(400))
+    expires_at: Mapped[datetime] = mapped_column()
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    user: Mapped[Account] = relationship()

@@ -140,6 +140,10 @@ def revoke_token(session: Session, user: Account, token_id: int) -> None:
 
 def authenticate_token(session: Session, token: str) -> Principal:
     """Bearer/basic token -> Principal, or Unauthorized."""
+    if token.startswith("sp_oauth_"):  # an app's OAuth access token (services/oauth.py ACCESS_TOKEN_PREFIX)
+        from controller.services import oauth
+
+        return oauth.authenticate_access_token(session, token)
     row = session.scalar(select(Token).where(Token.token_hash == hash_token(token)))
     if row is None or row.revoked:
         raise Unauthorized("Invalid or revoked token. Create one with `spaceport tokens create USER`.")

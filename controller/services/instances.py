@@ -17,7 +17,7 @@ from controller.domain.hardware import hardware_spec
 from controller.domain.lifecycle import Observed, restart_backoff
 from controller.domain.naming import instance_name
 from controller.runtimes.base import Accelerators, HardwareSpec, InstanceSpec
-from controller.services import quotas, zerogpu
+from controller.services import oauth, quotas, zerogpu
 from controller.services.buildlogs import secret_masker
 from controller.services.lifecycle import release_accelerators
 from controller.services.platform import Platform
@@ -276,6 +276,7 @@ def app_env(session: Session, platform: Platform, space: Space, hardware: Hardwa
     }
     if space.sdk == "streamlit":  # Streamlit mounts its routes under the prefix; the proxy keeps it
         env["STREAMLIT_SERVER_BASE_URL_PATH"] = base.strip("/")
+    env.update(oauth.oauth_env(session, platform, space))  # hf_oauth: true (sign-in for apps)
     variables, secrets = space_env(session, platform, space)
     return {**env, **variables, **secrets}
 
