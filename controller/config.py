@@ -10,8 +10,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from controller.domain.naming import registry_prefix
 
 ENV_PREFIX = "SPACEPORT_"
 # The test tooling's own variables (scripts/test-services.sh writes them to .test-env.sh; tests/conftest.py,
@@ -222,6 +224,12 @@ class Settings(BaseSettings):
                                          "for a free GPU before it fails (the `spaces` package says 'after 60s')")
     gc_grace: float = Field(default=3600.0, ge=0, description="Seconds an unused build source, venv or image is "
                             "kept before it is collected")
+
+    @field_validator("registry")
+    @classmethod
+    def _registry_address(cls, value: str) -> str:
+        """A bad SPACEPORT_REGISTRY fails at start, not at the first build's push."""
+        return registry_prefix(value) if value.strip() else ""
 
     def model_post_init(self, _context: object) -> None:
         check_environment()  # not a ValueError: pydantic would fold it into a ValidationError

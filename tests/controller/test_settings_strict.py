@@ -169,3 +169,15 @@ def test_serve_with_a_bogus_variable_exits_2_naming_it(tmp_path: Path) -> None:
     assert proc.stderr.strip() == ("error: Unknown setting SPACEPORT_REDIS_URL: did you mean SPACEPORT_BROKER_URL? "
                                    "(all settings: README.md, section Configuration)")
     assert not (tmp_path / "site").exists()
+
+
+@pytest.mark.parametrize("value", ["http://registry.local:5000/spaces", "registry.local:5000/Spaces", "a b", "reg/"
+                                   "with/../dots", "host:port"])
+def test_a_bad_registry_address_fails_at_start_saying_what_to_use(value: str) -> None:
+    with pytest.raises(ValueError, match=r"is not a registry address: use HOST\[:PORT\]\[/PATH\]"):
+        Settings(registry=value)
+
+
+def test_a_registry_address_is_kept_without_its_trailing_slash() -> None:
+    assert Settings(registry="registry.local:5000/spaces/").registry == "registry.local:5000/spaces"
+    assert Settings(registry="  ").registry == ""
