@@ -48,3 +48,25 @@ def test_zerogpu_page_shows_pool_holders_quotas_and_usage_to_admins_only(site: S
     assert "<td>alice</td><td>2</td><td>2.5</td><td>900</td>" in html  # two calls today, 2.5 s of 900
     assert "<script>alert(1)</script>" not in html and "anonymous &lt;script&gt;" in html
     assert "<td>granted</td>" in html and "<td>released</td>" in html
+
+
+def test_admin_sets_zerogpu_defaults_and_overrides_with_clear_errors(site: Site) -> None:
+    with site.client("bob") as bob:
+        refused = bob.post("/admin/zerogpu/defaults", data={"anonymous": "1"})
+        assert refused.status_code in (400, 403)  # no CSRF token, not an admin: nothing saved
+    with site.client("root") as root:
+        saved = post_form(root, "/admin/zerogpu", "/admin/zerogpu/defaults",
+                          {"anonymous": "15", "signed_in": "450", "max_duration": "90"})
+        assert saved.status_code == 200 and "ZeroGPU defaults saved." in saved.text
+        assert 'value="15"' in saved.text and 'value="450"' in saved.text and "Longest call allowed: 90 s" in saved.text
+        override = post_form(root, "/admin/zerogpu", "/admin/zerogpu/quota", {"account": "bob", "seconds": "77"})
+        assert override.status_code == 200 and "<td>77</td>" in override.text
+        removed = post_form(root, "/admin/zerogpu", "/admin/zerogpu/quota", {"account": "bob", "seconds": ""})
+        assert removed.status_code == 200 and "<td>77</td>" not in removed.text
+        ghost = post_form(root, "/admin/zerogpu", "/admin/zerogpu/quota", {"account": "ghost", "seconds": "5"})
+        assert ghost.status_code == 404 and "No user or organization named" in ghost.text
+        negative = post_form(root, "/admin/zerogpu", "/admin/zerogpu/defaults", {"anonymous": "-1"})
+        assert negative.status_code == 400 and "0 or more" in negative.text
+        garbage = post_form(root, "/admin/zerogpu", "/admin/zerogpu/quota", {"account": "bob", "seconds": "lots"})
+        assert garbage.status_code == 400 and "whole number" in garbage.text
+    assert "450" in site.server.cli("zerogpu", "defaults").stdout  # the CLI sees the same settings

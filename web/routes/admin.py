@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,15 +35,16 @@ def admin_page(web: Web, status: int = 200, notice: str | None = None) -> Respon
     )
 
 
-def act(web: Web, action: Any, notice: str) -> Response:
+def act(web: Web, action: Any, notice: str, page: Callable[..., Response] = admin_page) -> Response:
+    """Run an admin action, then show `page` (the admin page, or e.g. the ZeroGPU page) with its outcome."""
     web.require_admin()
     try:
         action()
         web.session.commit()
     except SpaceportError as error:
         web.fail(error)
-        return admin_page(web, status=error.status)
-    return admin_page(web, notice=notice)
+        return page(web, status=error.status)
+    return page(web, notice=notice)
 
 
 @router.get("")
@@ -50,11 +52,41 @@ def show(web: WebDep) -> Response:
     return admin_page(web)
 
 
-@router.get("/zerogpu")
-def zerogpu_page(web: WebDep) -> Response:
+def zerogpu_view(web: Web, status: int = 200, notice: str | None = None) -> Response:
     """ZeroGPU (issue 15): the pool, who holds which device, quotas, today's usage and recent leases."""
     web.require_admin()
-    return web.render("admin_zerogpu.html", view=zerogpu.overview(web.session, datetime.now(UTC)))
+    return web.render("admin_zerogpu.html", status=status, notice=notice,
+                      view=zerogpu.overview(web.session, datetime.now(UTC)))
+
+
+def zerogpu_act(web: Web, action: Any, notice: str) -> Response:
+    return act(web, action, notice, page=zerogpu_view)
+
+
+@router.get("/zerogpu")
+def zerogpu_page(web: WebDep) -> Response:
+    return zerogpu_view(web)
+
+
+@router.post("/zerogpu/defaults", dependencies=[CSRF])
+def zerogpu_defaults(web: WebDep, anonymous: str = Form(""), signed_in: str = Form(""), max_duration: str = Form("")) -> Response:
+    values = {"anonymous": anonymous, "signed_in": signed_in, "max_duration": max_duration}
+    return zerogpu_act(web, lambda: zerogpu.set_defaults(web.session, **{
+        k: parse_int(v, f"ZeroGPU {k.replace('_', '-')}") for k, v in values.items() if v.strip()}), "ZeroGPU defaults saved.")
+
+
+@router.post("/zerogpu/quota", dependencies=[CSRF])
+def zerogpu_quota(web: WebDep, account: str = Form(""), seconds: str = Form("")) -> Response:
+    name, raw = account.strip(), seconds.strip()
+
+    def save() -> None:
+        limit = parse_int(raw, "The GPU seconds per day") if raw else None
+        if limit is not None and limit < 0:
+            raise BadRequest("GPU seconds per day must be 0 or more (leave empty to remove the override).")
+        zerogpu.set_quota(web.session, name, limit)
+
+    done = f"{name}: {raw} GPU seconds per day." if raw else f"{name}'s ZeroGPU override removed."
+    return zerogpu_act(web, save, done)
 
 
 def parse_int(value: str, what: str) -> int:
