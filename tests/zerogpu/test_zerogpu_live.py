@@ -3,7 +3,8 @@
 One server, two spaces with the same code: `@spaces.GPU(duration=5)` on a CPU function that reports its
 pid and its parent's. On zero-a10g (a fake inventory: one device with a made-up UUID; there is no GPU
 here) each call goes schedule -> fork -> /allow -> release through the device API, charged to the
-signed-in caller; on cpu-basic the decorator is a no-op. The apps run in the default sandbox (bubblewrap,
+signed-in caller; on cpu-basic the decorator is a no-op; a second zero-a10g space calling at the same
+moment gets the one device after the first released it; pausing a zero space kills its worker. The apps run in the default sandbox (bubblewrap,
 their own network namespace): the zero space reaches the device API's own listener (169.254.231.1, one
 port, opened for zero-* instances only). The site's data plane is the default one (HAProxy when
 installed): zero-* routes stay on the Python proxy, which is where X-IP-Token is added.
