@@ -273,7 +273,7 @@ def signing_key(session: Session, platform: Platform) -> RSAKey:
     row = session.get(PlatformSetting, SIGNING_KEY_SETTING)
     if row is None:
         key = RSAKey.generate_key(2048, parameters={"use": "sig", "alg": "RS256"}, auto_kid=True)
-        row = PlatformSetting(key=SIGNING_KEY_SETTING, value={"pem": platform.cipher.encrypt(key.as_pem().decode())})
+        row = PlatformSetting(key=SIGNING_KEY_SETTING, value={"pem": platform.cipher.encrypt(key.as_pem(private=True).decode())})
         session.add(row)
         session.flush()
         return key

@@ -122,3 +122,13 @@ def test_each_space_gets_its_own_client(db_platform: Platform) -> None:
         second = oauth.oauth_env(session, db_platform, make_space(session, db_platform, "copy"))
         assert first["OAUTH_CLIENT_ID"] != second["OAUTH_CLIENT_ID"]
         assert first["OAUTH_CLIENT_SECRET"] != second["OAUTH_CLIENT_SECRET"]
+
+
+def test_signing_key_survives_a_reload(db_platform: Platform) -> None:
+    with db_platform.tx() as session:
+        first = oauth.signing_key(session, db_platform)
+    with db_platform.tx() as session:
+        again = oauth.signing_key(session, db_platform)
+        assert again.kid == first.kid and again.is_private
+        token = oauth.sign_id_token(session, db_platform, {"sub": "1"}, 60)
+        assert jwt.decode(token, KeySet.import_key_set(oauth.jwks(session, db_platform))).claims["sub"] == "1"
