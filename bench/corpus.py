@@ -17,7 +17,9 @@ traceback's last line); both logs are saved next to the JSON. Each space is paus
 
 Prints: repo | sdk | version | stage | push->RUNNING s | UI | cause, then RUNNING / UI ok / total, overall
 and restricted to the repos that need nothing from the internet at run time (manifest field
-needs_internet_at_runtime). Writes all results as JSON (--json) so that runs can be compared.
+needs_internet_at_runtime), and within those to the repos that also need nothing at build time
+(needs_internet_at_build) and have no Git LFS pointers whose objects the corpus lacks (lfs_pointers; the
+server refuses a push of those). Writes all results as JSON (--json) so that runs can be compared.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ class Entry:
     needs_internet: bool
     subdir: str = ""  # the space is this folder of the repo ("" = the whole repo)
     why: str = ""
+    needs_internet_build: bool = False  # downloads from a non-registry host while building
+    lfs_pointers: bool = False  # some files are Git LFS pointers whose objects the corpus lacks
 
     @property
     def key(self) -> str:
@@ -95,6 +99,8 @@ class Result:
     sdk: str
     sdk_version: str
     needs_internet: bool
+    needs_internet_build: bool = False
+    lfs_pointers: bool = False
     stage: str = "—"
     running_s: float | None = None
     terminal_s: float | None = None
@@ -113,10 +119,12 @@ def load_manifest(path: Path = MANIFEST) -> list[Entry]:
     entries = []
     for item in data["repos"]:
         internet = item.get("needs_internet_at_runtime") or {}
+        at_build = item.get("needs_internet_at_build") or {}
         entries.append(Entry(
             repo=str(item["repo"]), commit=str(item["commit"]), sdk=str(item.get("sdk") or ""),
             sdk_version=str(item.get("sdk_version") or ""), needs_internet=bool(internet.get("value")),
             subdir=str(item.get("subdir") or ""), why=str(item.get("why") or ""),
+            needs_internet_build=bool(at_build.get("value")), lfs_pointers=bool(item.get("lfs_pointers")),
         ))
     return entries
 
@@ -142,7 +150,7 @@ def git(cwd: Path, *args: str, git_dir: Path | None = None, timeout: float = 600
                             timeout=timeout, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)} failed ({result.returncode}): "
-                           f"{result.stderr.decode(errors='replace').strip()[-500:]}")
+                           f"{result.stderr.decode(errors='replace').strip()[-1500:]}")
     return result
 
 
@@ -176,6 +184,13 @@ def fresh_repo(source: Path, work: Path) -> Path:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", f"corpus: {source.name}")
     return repo
+
+
+def push_cause(error: str) -> str:
+    """The server's own refusal (`remote: ...`) when git printed one, else git's last line."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    remote = [line.removeprefix("remote:").strip() for line in lines if line.startswith("remote:")]
+    return ((remote[0] if remote else lines[-1]) if lines else error)[:300]
 
 
 def sse_lines(server: LiveServer, path: str, token: str) -> list[str]:
@@ -320,7 +335,8 @@ def wait_terminal(server: LiveServer, space: str, token: str, sha: str, start: f
 
 def deploy(server: LiveServer, token: str, entry: Entry, corpus: Path, work: Path, timeout: float,
            keep: bool, logs_dir: Path | None = None) -> Result:
-    result = Result(entry.repo, entry.sdk, entry.sdk_version, entry.needs_internet)
+    result = Result(entry.repo, entry.sdk, entry.sdk_version, entry.needs_internet, entry.needs_internet_build,
+                    entry.lfs_pointers)
     source = corpus / entry.key
     if not source.is_dir():
         result.stage, result.cause = "MISSING", f"no checkout at {source} (run `corpus.py checkout`)"
@@ -333,7 +349,7 @@ def deploy(server: LiveServer, token: str, entry: Entry, corpus: Path, work: Pat
         start = time.time()
         git(repo, "push", "-q", remote(server.url, OWNER, name, OWNER, token), "main", timeout=900)
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        result.stage, result.cause = "PUSH_FAILED", str(exc).splitlines()[-1][:300]
+        result.stage, result.cause = "PUSH_FAILED", push_cause(str(exc))
         return result
     state = wait_terminal(server, space, token, sha, start, timeout, result)
     result.stage = str(state.get("stage"))
@@ -369,7 +385,9 @@ def summary(results: Sequence[Result]) -> list[str]:
         return f"{label}: RUNNING {running} / UI ok {ui_ok} / total {len(subset)}"
 
     offline = [r for r in results if not r.needs_internet]
-    return [line("all repos", results), line("repos needing nothing from the internet at run time", offline)]
+    complete = [r for r in offline if not r.needs_internet_build and not r.lfs_pointers]
+    return [line("all repos", results), line("repos needing nothing from the internet at run time", offline),
+            line("  of those, also nothing at build time and no missing Git LFS objects", complete)]
 
 
 def tree_state() -> dict[str, object]:
