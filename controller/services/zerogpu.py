@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 DEFAULTS_KEY = "zerogpu_defaults"
 DEFAULT_DURATION = 60  # what the package asks for without a duration
 LIVE_STATES = ("starting", "ready", "frozen")  # may call the device API (a frozen one answers once thawed)
+MAX_QUEUED_PER_INSTANCE = 16  # an instance's calls waiting at once; past it: "No GPU was available"
 CALLER_TTL = 2.0  # seconds a looked-up calling instance is trusted without the database
 CALLER_CACHE = 4096  # bound on remembered callers (cleared when full)
 RUNNING_STATES = ("starting", "ready")  # may keep GPU workers: any other state's are killed (sweep)
@@ -416,7 +417,7 @@ class ZeroGpu:
                        ) -> Granted | Refused | Queued | Unavailable:
         visitor = self.visitor(caller, token)
         wanted = DEFAULT_DURATION if duration is None else duration
-        approval, limit_used = await run_in_threadpool(self._approve, visitor, wanted, caller)
+        approval, limit_used = await run_in_threadpool(self._approve, visitor, wanted, self._pending(visitor.subject))
         auth: dz.AuthLevel | None = "regular" if visitor.user_id is not None else None
         if approval.result != "approved":
             self._event("schedule", caller, result=approval.result, duration=wanted, subject=visitor.subject)
@@ -431,7 +432,7 @@ class ZeroGpu:
             return "no-device"
         if not pool.waiting and pool.free():
             return Granted(await self._grant(pool, request, visitor))
-        if not enable_queue:
+        if not enable_queue or sum(r.instance == caller.instance for r in pool.waiting) >= MAX_QUEUED_PER_INSTANCE:
             return "no-device"
         future: asyncio.Future[dz.Lease] = asyncio.get_running_loop().create_future()
         self.futures[request.seq] = future
@@ -439,12 +440,16 @@ class ZeroGpu:
         self.queued[request.seq] = visitor
         return Queued(future, request)
 
-    def _approve(self, visitor: dz.Visitor, duration: int, caller: Caller) -> tuple[dz.Approval, float]:
+    def _pending(self, subject: str) -> int:
+        """Seconds `subject` may still spend: its leases' and its queued calls' durations (read on the loop)."""
+        held = [lease.request for pool in self.pools.values() for lease in pool.leases.values()]
+        queued = [request for pool in self.pools.values() for request in pool.waiting]
+        return sum(request.duration for request in [*held, *queued] if request.subject == subject)
+
+    def _approve(self, visitor: dz.Visitor, duration: int, pending: int) -> tuple[dz.Approval, float]:
         now = datetime.fromtimestamp(self.clock(), UTC)
         with self.platform.sessions() as session:
             limit, used = daily_limit(session, visitor), used_today(session, visitor.subject, now)
-            pending = sum(lease.request.duration for pool in self.pools.values() for lease in pool.leases.values()
-                          if lease.request.subject == visitor.subject)
             approval = dz.approve(duration, limit, used + pending, policy(session).max_duration, now)
         return approval, float(approval.left)
 

@@ -359,3 +359,29 @@ def test_light_sleep_kills_idle_workers_and_a_queued_call_of_a_gone_instance_fai
     assert [e for e in got["r"].text.split("\n\n") if e.strip()][-1] == "event: failed"
     assert site.zero.pools["nvidia-a10g"].waiting == []
     assert site.client.post(site.url("o/other", "release"), params={"allowToken": blocker}).status_code == 200
+
+
+def _queue(site: Site, space: str, count: int, duration: int) -> list[threading.Thread]:
+    """`count` calls of `space` waiting in the queue (each in its own thread, blocked on its event stream)."""
+    size = int(site.client.get(site.url(space, "queue-size")).json())
+    threads = [threading.Thread(target=site.schedule, args=(space, duration), kwargs={"queue": True}) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    while int(site.client.get(site.url(space, "queue-size")).json()) < size + count:
+        threads[0].join(0.01)
+    return threads
+
+
+def test_an_instance_cannot_flood_the_queue_or_queue_past_its_quota(site: Site) -> None:
+    blocker = site.schedule("o/other", 5).json()["allowToken"]  # the only device is busy
+    flood = _queue(site, "o/gpu", zs.MAX_QUEUED_PER_INSTANCE, 1)  # 16 s of the space's 20 s anonymous quota
+    assert site.schedule("o/gpu", 1, queue=True).status_code == 503  # past the cap: "No GPU was available"
+    assert site.client.get(site.url("o/other", "queue-size")).json() == zs.MAX_QUEUED_PER_INSTANCE
+    refused = site.schedule("o/gpu", 5, queue=True)  # 16 s queued + 5 > 20: the queue counts against the quota
+    assert refused.status_code == 429 and refused.headers["X-Approve-Result"] == "quota-exceeded"
+    assert refused.json()["left"] == 4
+    _stopped(site, "o/gpu")
+    site.client.portal.call(site.zero.sweep)  # type: ignore[union-attr]
+    for thread in flood:
+        thread.join(30)
+    assert site.client.post(site.url("o/other", "release"), params={"allowToken": blocker}).status_code == 200
