@@ -22,7 +22,7 @@ from builder.spaceconfig import parse_front_matter
 from controller.api.deps import DB, Caller, PlatformDep, User
 from controller.api.limits import too_deep
 from controller.db.models import Space
-from controller.domain.errors import BadRequest
+from controller.domain.errors import BadRequest, NotImplementedHere
 from controller.git import quota, storage
 from controller.services import blobs, builds, commits, duplicate, lifecycle, settings_vars, spaces
 from controller.services.accounts import Principal
@@ -93,6 +93,17 @@ def _repo(platform: Platform, space: Space) -> Path:
 
 
 # ----------------------------------------------------------------------------- variables
+
+
+XET_MESSAGE = ("Spaceport stores large files with Git LFS, not Xet: set HF_HUB_DISABLE_XET=1 (or uninstall "
+               "hf_xet) where huggingface_hub runs, and upload again")
+
+
+@router.get(SPACE + "/xet-{kind}-token/{revision:path}", include_in_schema=False)
+@router.get(SPACE + "/xet-{kind}-token", include_in_schema=False)
+def xet_token(kind: str) -> None:
+    """huggingface_hub with hf_xet installed asks for a Xet token and never falls back to LFS: say what to do."""
+    raise NotImplementedHere(XET_MESSAGE)
 
 
 @router.get(SPACE + "/variables")

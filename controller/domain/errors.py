@@ -42,6 +42,10 @@ class Conflict(SpaceportError):
     status, code = 409, "conflict"
 
 
+class NotImplementedHere(SpaceportError):
+    status, code = 501, "not_implemented"
+
+
 class QuotaExceeded(Forbidden):
     code = "quota_exceeded"
 

@@ -62,6 +62,20 @@ def no_xet(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
 
 
+def test_an_upload_by_xet_is_refused_saying_how_to_use_lfs(server: LiveServer, tokens: dict[str, str]) -> None:
+    """With hf_xet installed (it is here) and Xet not disabled, the client asks for a Xet token first; hf_xet
+    (Rust) shows only the status and URL, the answer's body and X-Error-Message say what to do."""
+    hf = HfApi(endpoint=server.url, token=tokens["alice"])
+    hf.create_repo("alice/lfs-xet", repo_type="space", space_sdk="static")
+    with pytest.raises(ConnectionError, match=r"501 Not Implemented.*xet-write-token"):
+        hf.upload_file(path_or_fileobj=blob("xet", 11 * 1024 * 1024), path_in_repo="big.dat",
+                       repo_id="alice/lfs-xet", repo_type="space")
+    answer = httpx.get(f"{server.url}/api/spaces/alice/lfs-xet/xet-write-token/main", timeout=30,
+                       headers={"authorization": f"Bearer {tokens['alice']}"})
+    assert answer.status_code == 501 and "HF_HUB_DISABLE_XET=1" in answer.json()["error"]
+    assert "HF_HUB_DISABLE_XET=1" in answer.headers["x-error-message"]
+
+
 @pytest.mark.usefixtures("no_xet")
 def test_hub_upload_file_goes_through_lfs(server: LiveServer, tokens: dict[str, str], tmp_path: Path) -> None:
     hf = HfApi(endpoint=server.url, token=tokens["alice"])
