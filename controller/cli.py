@@ -89,6 +89,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: DataDir = None,
     settings = settings_for(data_dir)  # first: a wrong setting ends the command before the slow imports
     import uvicorn
 
+    from controller.accesslog import log_config
     from controller.app import create_app
     from controller.dataplane import front
 
@@ -105,7 +106,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: DataDir = None,
     try:
         asgi = create_app(settings)
         with front(settings, host, port, asgi) as (app_host, app_port):  # HAProxy on the port, when installed
-            uvicorn.run(asgi, host=app_host, port=app_port, log_level="info", loop="uvloop",
+            uvicorn.run(asgi, host=app_host, port=app_port, log_level="info", loop="uvloop", log_config=log_config(),
                         http="httptools", ws="websockets", timeout_graceful_shutdown=5,
                         server_header=False, date_header=False)  # the proxied app's own headers pass through
     finally:

@@ -278,7 +278,10 @@ async def start_listener(zero: zs.ZeroGpu, address: tuple[str, int]) -> tuple[_L
                     "the device API; fix that, or set SPACEPORT_ZEROGPU_DEVICE_API_URL to a URL they reach",
                     address[0], address[1], exc)
         return None
-    config = uvicorn.Config(device_app(zero), lifespan="off", log_level="warning", access_log=False,
+    # log_config/log_level None: a second uvicorn.Config would otherwise re-run the process's logging set-up
+    # (the main server's access log and its INFO lines were lost); its requests go to the one access log,
+    # capabilities redacted (controller.accesslog)
+    config = uvicorn.Config(device_app(zero), lifespan="off", log_config=None, log_level=None,
                             limit_concurrency=LISTENER_CONNECTIONS, timeout_graceful_shutdown=2)
     server = _Listener(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
