@@ -189,7 +189,7 @@ def fresh_repo(source: Path, work: Path) -> Path:
 def push_cause(error: str) -> str:
     """The server's own refusal (`remote: ...`) when git printed one, else git's last line."""
     lines = [line.strip() for line in error.splitlines() if line.strip()]
-    remote = [line.removeprefix("remote:").strip() for line in lines if line.startswith("remote:")]
+    remote = [line.split("remote:", 1)[1].strip() for line in lines if "remote:" in line]
     return ((remote[0] if remote else lines[-1]) if lines else error)[:300]
 
 
