@@ -127,3 +127,12 @@ def test_user_outside_the_authorized_org_is_refused(site: Site, browser: Browser
         shot(page, "oauth-03-refused")
     finally:
         page.context.close()
+
+
+def test_the_client_secret_is_in_no_log_or_file(site: Site) -> None:
+    """The app got OAUTH_CLIENT_SECRET in clear (it signed in above); nothing on disk has it in clear."""
+    _, secret = site.credentials("alice/signin")
+    roots = [site.server.data_dir, site.server.log_path]
+    found = [str(path) for root in roots for path in ([root] if root.is_file() else root.rglob("*"))
+             if path.is_file() and secret.encode() in path.read_bytes()]
+    assert not found, f"the client secret is in clear in {found}"

@@ -233,7 +233,15 @@ def test_no_client_without_hf_oauth_and_no_secret_in_the_api(site: Site) -> None
         assert secret not in body, path
 
 
-def test_expired_or_unknown_token_is_refused(site: Site) -> None:
+def test_a_duplicate_gets_its_own_client(site: Site) -> None:
+    api = HfApi(endpoint=site.url, token=site.tokens["bob"])
+    api.duplicate_repo("alice/signin", "bob/signin-copy", repo_type="space")
+    wait_stage(site.server, "bob/signin-copy", {"RUNNING"})
+    source, copy = site.credentials("alice/signin"), site.credentials("bob/signin-copy")
+    assert copy[0] != source[0] and copy[1] != source[1]
+
+
+def test_unknown_token_is_refused(site: Site) -> None:
     response = httpx.get(f"{site.url}/api/whoami-v2", headers={"authorization": "Bearer sp_oauth_nope"}, timeout=10)
     assert response.status_code == 401
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from joserfc.jwk import KeySet
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.db.models import OAuthClient, Space
+from controller.db.models import OAuthAccessToken, OAuthClient, OAuthCode, Space, utcnow
 from controller.domain.errors import Unauthorized
 from controller.domain.oauth import OAuthProblem
 from controller.services import accounts, oauth, spaces
@@ -132,3 +133,20 @@ def test_signing_key_survives_a_reload(db_platform: Platform) -> None:
         assert again.kid == first.kid and again.is_private
         token = oauth.sign_id_token(session, db_platform, {"sub": "1"}, 60)
         assert jwt.decode(token, KeySet.import_key_set(oauth.jwks(session, db_platform))).claims["sub"] == "1"
+
+
+def test_expired_codes_and_tokens_are_refused(db_platform: Platform) -> None:
+    with db_platform.tx() as session:
+        space = make_space(session, db_platform)
+        client, _ = oauth.ensure_client(session, db_platform, space)
+        code, redirect = authorize(session, db_platform, space)
+        token = oauth.exchange_code(session, db_platform, client, code, redirect, None)["access_token"]
+        for row in session.scalars(select(OAuthAccessToken)):
+            row.expires_at = utcnow() - timedelta(seconds=1)
+        with pytest.raises(Unauthorized, match="expired"):
+            accounts.authenticate_token(session, token)
+        code, redirect = authorize(session, db_platform, space)
+        for code_row in session.scalars(select(OAuthCode).where(OAuthCode.used.is_(False))):
+            code_row.expires_at = utcnow() - timedelta(seconds=1)
+        with pytest.raises(OAuthProblem, match="expired"):
+            oauth.exchange_code(session, db_platform, client, code, redirect, None)
