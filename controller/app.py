@@ -21,6 +21,7 @@ from controller.api import logs as logs_api
 from controller.api import oauth as oauth_api
 from controller.api import repos as repos_api
 from controller.api import spaces as spaces_api
+from controller.api import volumes as volumes_api
 from controller.api import zerogpu as zerogpu_api
 from controller.api.framing import FrameGuard
 from controller.api.limits import RequestLimits, StreamLimiter
@@ -104,7 +105,7 @@ def create_app(settings: Settings, *, platform: Platform | None = None, runtime:
     app.add_exception_handler(SpaceportError, _error_response)
     zerogpu_api.install(app, platform, runtime)  # ZeroGPU device API + quota (issue 15), before /api/spaces/{o}/{n}
     for router in (repos_api.router, hardware_api.router, spaces_api.router, logs_api.router, hub_api.router,
-                   admin_api.router, git_http.router, lfs_api.router, oauth_api.router):
+                   admin_api.router, git_http.router, lfs_api.router, oauth_api.router, volumes_api.router):
         app.include_router(router)
 
     @app.get("/healthz", include_in_schema=False)

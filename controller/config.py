@@ -200,6 +200,12 @@ class Settings(BaseSettings):
                                   "stopped with RUNTIME_ERROR saying so")
     space_disk_check_interval: float = Field(default=10.0, ge=0, description="Seconds between measurements of each "
                                              "running app's disk use (0: every reconcile pass)")
+    storage_small_bytes: int = Field(default=20 * 10**9, ge=0, description="Size of the small persistent storage "
+                                     "tier (/data of request_space_storage); 0: not offered")
+    storage_medium_bytes: int = Field(default=150 * 10**9, ge=0, description="Size of the medium persistent "
+                                      "storage tier; 0: not offered")
+    storage_large_bytes: int = Field(default=10**12, ge=0, description="Size of the large persistent storage "
+                                     "tier; 0: not offered")
     gc_interval: float = Field(default=3600.0, gt=0, description="How often beat collects build sources, venvs "
                                "and images no space's current or running build uses")
     # Kubernetes runtime (SPACEPORT_RUNTIME=kubernetes): how this site's spaces run on the cluster.
@@ -258,6 +264,10 @@ class Settings(BaseSettings):
     @property
     def runtime_dir(self) -> Path:
         return self.data_dir / "runtime"
+
+    @property
+    def volumes_dir(self) -> Path:
+        return self.data_dir / "volumes"
 
     @property
     def broker_dir(self) -> Path:

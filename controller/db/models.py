@@ -122,6 +122,11 @@ class Space(Base):
     # Bumped by restart, config (variables/secrets) and hardware changes: a new instance replaces the old.
     generation: Mapped[int] = mapped_column(Integer, default=1)
     last_activity_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Persistent storage at /data (controller.services.volumes): its tier and the directory key (random,
+    # so a reused id or a rename never reaches another space's data); read-only volumes as the API shows them.
+    storage_tier: Mapped[str | None] = mapped_column(String(16), default=None)
+    storage_key: Mapped[str | None] = mapped_column(String(32), default=None)
+    volumes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
     owner: Mapped[Account] = relationship()
 
     @property

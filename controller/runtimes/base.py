@@ -29,6 +29,18 @@ class HardwareSpec:
 
 
 @dataclass(frozen=True)
+class Mount:
+    """A host directory the app sees at `target` (controller.services.volumes): the space's persistent
+    storage (read-write, `claim` names it on Kubernetes, `size_bytes` is its tier) or a space's files."""
+
+    source: str  # absolute host path
+    target: str  # absolute path inside the app's filesystem (checked by controller.domain.volumes)
+    read_only: bool = True
+    claim: str = ""  # persistent storage: its stable name (PersistentVolumeClaim on Kubernetes)
+    size_bytes: int = 0
+
+
+@dataclass(frozen=True)
 class InstanceSpec:
     """Everything a runtime needs to start one instance of a space."""
 
@@ -39,6 +51,7 @@ class InstanceSpec:
     hardware: HardwareSpec = field(default_factory=HardwareSpec)
     labels: dict[str, str] = field(default_factory=dict)
     secret_keys: frozenset[str] = frozenset()  # which env names hold secrets (masked in logs on disk)
+    mounts: tuple[Mount, ...] = ()  # persistent storage at /data and read-only volumes
 
 
 @dataclass(frozen=True)

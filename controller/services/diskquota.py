@@ -32,8 +32,9 @@ from starlette.concurrency import run_in_threadpool
 
 from controller.domain.units import format_bytes
 from controller.runtimes.base import InstanceStatus, Runtime, RuntimeFailure, State
-from controller.runtimes.localstate import MAX_DEPTH, TooDeep
+from controller.runtimes.localstate import MAX_DEPTH, TooDeep, disk_usage
 from controller.services import instances as db
+from controller.services import volumes
 from controller.services.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,12 @@ class DiskMeter(Protocol):
 def over_quota_message(used: int, limit: int) -> str:
     return (f"The app wrote {format_bytes(used)} to its disk, more than the {format_bytes(limit)} per space "
             f"({SETTING}); it was stopped. Write less, or ask an admin to raise the limit.")
+
+
+def storage_over_message(used: int, limit: int, tier: str) -> str:
+    return (f"The app wrote {format_bytes(used)} to its persistent storage (/data), more than the {format_bytes(limit)} "
+            f"of its {tier} tier; it was stopped. Its files are kept: request a larger tier "
+            "(request_space_storage), or restart it and delete files.")
 
 
 TOO_DEEP = (f"The app nested directories more than {MAX_DEPTH} levels deep on its disk, which cannot be measured "
@@ -110,9 +117,29 @@ class DiskWatch:
                 continue
             if isinstance(used, int) and used > self.limit:
                 self._over[name] = over_quota_message(used, self.limit)
+        await self._measure_storage(names)
         self.last_round_seconds = time.monotonic() - began
         if self._over:
             self.kick()
+
+    async def _measure_storage(self, names: list[str]) -> None:
+        """Persistent storage (/data) against its tier's size: the same watch, the directory on the host."""
+        try:
+            found = await run_in_threadpool(volumes.storage_limits, self.platform, names)
+        except Exception as exc:
+            log.warning("cannot read the storage of running instances: %s", exc)
+            return
+        for name, storage in found.items():
+            try:
+                used = await run_in_threadpool(disk_usage, [storage.path], storage.limit)
+            except TooDeep:
+                self._over[name] = TOO_DEEP
+                continue
+            except OSError as exc:
+                log.warning("cannot measure the persistent storage of %s: %s", name, exc)
+                continue
+            if used > storage.limit:
+                self._over[name] = storage_over_message(used, storage.limit, storage.tier)
 
     async def _stop(self, name: str, message: str, starting: dict[str, asyncio.Task[bool]]) -> None:
         task = starting.pop(name, None)

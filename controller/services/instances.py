@@ -17,7 +17,7 @@ from controller.domain.hardware import hardware_spec
 from controller.domain.lifecycle import Observed, restart_backoff
 from controller.domain.naming import instance_name
 from controller.runtimes.base import Accelerators, HardwareSpec, InstanceSpec
-from controller.services import oauth, quotas, zerogpu
+from controller.services import oauth, quotas, volumes, zerogpu
 from controller.services.buildlogs import secret_masker
 from controller.services.lifecycle import release_accelerators
 from controller.services.platform import Platform
@@ -256,7 +256,8 @@ def instance_spec(platform: Platform, space_pk: int, name: str) -> InstanceSpec:
         artifact: Artifact = artifact_from_dict(build.artifact)
         labels = {"spaceport.space": space.space_id, "spaceport.build": str(build.id)}
         return InstanceSpec(name=name, space_id=space.space_id, artifact=artifact, env=env, hardware=hardware, labels=labels,
-                            secret_keys=frozenset(secret_keys(session, space)))
+                            secret_keys=frozenset(secret_keys(session, space)),
+                            mounts=volumes.instance_mounts(session, platform, space))  # /data, volumes (issue 16)
 
 
 def app_env(session: Session, platform: Platform, space: Space, hardware: HardwareSpec) -> dict[str, str]:

@@ -12,7 +12,7 @@ from controller.db.models import AcceleratorDevice, PlatformSetting, Space
 from controller.domain.errors import BadRequest
 from controller.domain.stages import SERVING, Stage
 from controller.git import storage
-from controller.services import artifact_gc, builds, quotas
+from controller.services import artifact_gc, builds, quotas, volumes
 from controller.services.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,9 @@ def bump_generation(space: Space) -> None:
 
 def delete_space(session: Session, platform: Platform, space: Space) -> None:
     """Delete the space: its builds stop, its instances (homes, logs) are removed by the reconciler, its
-    repo and exported sources go, and its venvs and images once no other space uses them (issue 19)."""
+    repo and exported sources go, and its venvs and images once no other space uses them (issue 19).
+    Refused while it has persistent storage (controller.services.volumes.check_deletable)."""
+    volumes.check_deletable(platform, space)
     builds.cancel_active(session, space)
     release_accelerators(session, space)
     repo = storage.repo_path(platform.settings.repos_dir, space.owner.name, space.name)

@@ -26,6 +26,7 @@ _KINDS: dict[str, tuple[type, str, bool]] = {
     "ResourceQuota": (k8s.CoreV1Api, "namespaced_resource_quota", True),
     "Deployment": (k8s.AppsV1Api, "namespaced_deployment", True),
     "NetworkPolicy": (k8s.NetworkingV1Api, "namespaced_network_policy", True),
+    "PersistentVolumeClaim": (k8s.CoreV1Api, "namespaced_persistent_volume_claim", True),
 }
 
 

@@ -21,7 +21,7 @@ from builder.artifact import ImageArtifact
 from controller.domain.hardware import AcceleratorType, Catalog
 from controller.domain.naming import registry_host
 from controller.runtimes.appenv import app_env
-from controller.runtimes.base import InstanceSpec, RuntimeFailure
+from controller.runtimes.base import InstanceSpec, Mount, RuntimeFailure
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 INSTANCE_LABEL = "spaceport.instance"
@@ -42,6 +42,7 @@ PRIVATE_V4 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
 PRIVATE_V6 = ("fc00::/7", "fe80::/10")
 CACHE_VOLUME = "cache"
 CACHE_PATH = "/home/user/.cache"  # HF_HOME's default parent: model downloads, the big writes
+DATA_VOLUME = "data"  # the space's persistent storage (request_space_storage), a PersistentVolumeClaim
 # Namespaces an owner's name must never map to (the prefix alone cannot rule them all out).
 RESERVED_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
 
@@ -297,9 +298,50 @@ def container(spec: InstanceSpec, site: SiteConfig) -> JSON:
             "failureThreshold": 3,
         },
     }
-    if site.storage_class:
-        body["volumeMounts"] = [{"name": CACHE_VOLUME, "mountPath": CACHE_PATH}]
+    mounts = [{"name": CACHE_VOLUME, "mountPath": CACHE_PATH}] if site.storage_class else []
+    data = storage_mount(spec)
+    if data is not None:
+        mounts.append({"name": DATA_VOLUME, "mountPath": data.target})
+    if mounts:
+        body["volumeMounts"] = mounts
     return body
+
+
+def storage_mount(spec: InstanceSpec) -> Mount | None:
+    """The space's persistent storage; read-only repo volumes are not mounted on Kubernetes (refused
+    when they are set, so a spec holding one is a runtime failure)."""
+    if any(m.read_only for m in spec.mounts):
+        raise RuntimeFailure("volumes of type 'space' are not mounted on the Kubernetes runtime")
+    return next((m for m in spec.mounts if m.claim), None)
+
+
+def persistent_volume_claim(spec: InstanceSpec, site: SiteConfig) -> JSON | None:
+    """The space's /data: one claim per space (its name from the storage key, so every instance, restart and
+    rebuild of the space binds the same one), of the site's storage class (or the cluster's default), sized by
+    its tier. It is not owned by any Deployment: removing an instance never deletes it."""
+    data = storage_mount(spec)
+    if data is None:
+        return None
+    body: JSON = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": str(data.size_bytes)}}}
+    if site.storage_class:
+        body["storageClassName"] = site.storage_class
+    labels = {**common_labels(site), SPACE_LABEL: label_value(spec.space_id.replace("/", ".")),
+              OWNER_LABEL: label_value(owner_of(spec.space_id))}
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": dns_label(data.claim), "namespace": namespace_name(owner_of(spec.space_id), site),
+                     "labels": labels, "annotations": {SPACE_ID_ANNOTATION: spec.space_id}},
+        "spec": body,
+    }
+
+
+def same_node_as_space(spec: InstanceSpec) -> JSON:
+    """A ReadWriteOnce claim is usable on one node: a new instance (restart, push) starts beside the old one,
+    which keeps serving until the new is healthy, so both must run on the same node."""
+    term = {"labelSelector": {"matchLabels": {SPACE_LABEL: label_value(spec.space_id.replace("/", "."))}},
+            "topologyKey": "kubernetes.io/hostname"}
+    return {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
 
 
 def cache_volume(spec: InstanceSpec, site: SiteConfig) -> JSON:
@@ -340,8 +382,13 @@ def pod_spec(spec: InstanceSpec, site: SiteConfig) -> JSON:
         body["imagePullSecrets"] = [{"name": name} for name in site.image_pull_secrets]
     if site.runtime_class_name:
         body["runtimeClassName"] = site.runtime_class_name
-    if site.storage_class:
-        body["volumes"] = [cache_volume(spec, site)]
+    volumes = [cache_volume(spec, site)] if site.storage_class else []
+    data = storage_mount(spec)
+    if data is not None:
+        volumes.append({"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": dns_label(data.claim)}})
+        body["affinity"] = same_node_as_space(spec)
+    if volumes:
+        body["volumes"] = volumes
     return body
 
 
@@ -414,4 +461,6 @@ def owner_objects(owner: str, quotas: Mapping[str, int] | None, site: SiteConfig
 
 
 def instance_objects(spec: InstanceSpec, site: SiteConfig, replicas: int = 1) -> list[JSON]:
-    return [deployment(spec, site, replicas), service(spec, site)]
+    """The space's claim (when it has persistent storage), then the Deployment and Service."""
+    claim = persistent_volume_claim(spec, site)
+    return [*([claim] if claim is not None else []), deployment(spec, site, replicas), service(spec, site)]

@@ -105,7 +105,8 @@ def test_rbac_is_least_privilege_and_covers_the_runtime() -> None:
     assert not any("*" in item for item in granted)
     assert not any(r in ("secrets", "configmaps") for _, r, _ in granted)
     plural = {"Namespace": ("", "namespaces"), "Service": ("", "services"), "ResourceQuota": ("", "resourcequotas"),
-              "Deployment": ("apps", "deployments"), "NetworkPolicy": ("networking.k8s.io", "networkpolicies")}
+              "Deployment": ("apps", "deployments"), "NetworkPolicy": ("networking.k8s.io", "networkpolicies"),
+              "PersistentVolumeClaim": ("", "persistentvolumeclaims")}
     for kind in _KINDS:
         group, resource = plural[kind]
         assert {(group, resource, "patch"), (group, resource, "create")} <= granted, kind
