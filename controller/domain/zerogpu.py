@@ -12,11 +12,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
+
+from controller.domain import hs256
 
 ApproveResult = Literal["approved", "quota-exceeded", "illegal-duration"]
 AuthLevel = Literal["regular", "pro"]
@@ -204,39 +205,23 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def _mac(key: str, purpose: str, message: str) -> bytes:
     return hmac.new(hashlib.sha256(f"{purpose}:{key}".encode()).digest(), message.encode(), hashlib.sha256).digest()
 
 
 def sign_visitor_token(key: str, issuer: str, space_id: str, visitor: Visitor, now: float, ttl: int = TOKEN_TTL) -> str:
     """A JWT (HS256) the package decodes for display and passes back to /schedule untouched."""
-    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
     claims = {"iss": issuer, "aud": space_id.lower(), "sub": visitor.subject, "uid": visitor.user_id,
               "iat": int(now), "exp": int(now) + ttl}
-    payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
-    signature = _b64(_mac(key, "zerogpu-visitor", f"{header}.{payload}"))
-    return f"{header}.{payload}.{signature}"
+    return hs256.sign(hs256.derive_secret(key, "zerogpu-visitor"), claims)
 
 
 def verify_visitor_token(key: str, issuer: str, space_id: str, token: str, now: float) -> Visitor | None:
     """The visitor a token names, if this site signed it for this space and it has not expired."""
-    parts = token.split(".")
-    if len(parts) != 3:
+    claims = hs256.verify(hs256.derive_secret(key, "zerogpu-visitor"), token, now)
+    if claims is None or claims.get("iss") != issuer or claims.get("aud") != space_id.lower():
         return None
-    expected = _b64(_mac(key, "zerogpu-visitor", f"{parts[0]}.{parts[1]}"))
-    if not hmac.compare_digest(expected, parts[2]):
-        return None
-    try:
-        claims = json.loads(_unb64(parts[1]))
-    except ValueError:
-        return None
-    if not isinstance(claims, dict) or claims.get("iss") != issuer or claims.get("aud") != space_id.lower():
-        return None
-    if not isinstance(claims.get("exp"), int) or now >= claims["exp"] or not isinstance(claims.get("sub"), str):
+    if not isinstance(claims.get("sub"), str):
         return None
     uid = claims.get("uid")
     return Visitor(claims["sub"], uid if isinstance(uid, int) else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 
 from controller.domain import zerogpu as dz
@@ -97,7 +98,10 @@ def test_visitor_token_is_bound_to_site_key_space_and_expiry() -> None:
     assert dz.verify_visitor_token(KEY, "http://other.example", "alice/a", token, now=1001) is None
     assert dz.verify_visitor_token(KEY, SITE, "alice/a", token, now=1000 + dz.TOKEN_TTL) is None  # expired
     header, payload, signature = token.split(".")
-    forged = dz._b64(dz._unb64(payload).replace(b'"uid":7', b'"uid":8').replace(b"user:7", b"user:8"))
+    plain = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    changed = plain.replace(b'"uid":7', b'"uid":8').replace(b"user:7", b"user:8")
+    assert changed != plain
+    forged = base64.urlsafe_b64encode(changed).rstrip(b"=").decode()
     assert dz.verify_visitor_token(KEY, SITE, "alice/a", f"{header}.{forged}.{signature}", 1001) is None
     assert dz.verify_visitor_token(KEY, SITE, "alice/a", "not-a-jwt", 1001) is None
 
