@@ -51,7 +51,7 @@ def test_bootstrap_is_idempotent(client: docker.DockerClient) -> None:
     progress: list[str] = []
     ready = bootstrap_images(client, python_versions=("3.11",), progress=progress.append)
     assert ready == ["spaceport/base-debian:bookworm", "spaceport/base-python:3.11", "spaceport/base-sdk:3.11",
-                     "spaceport/base-node:18"]
+                     "spaceport/base-node:18", "spaceport/base-uv:latest"]
     assert all(line.endswith(": present") for line in progress)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import docker
 
-from builder.baseimages import DEBIAN_BASE, node_base, python_base, sdk_base
+from builder.baseimages import DEBIAN_BASE, UV_BASE, node_base, python_base, sdk_base
 from builder.bootstrap import bootstrap_images
 
 PYTHON_VERSIONS = ("3.11",)
@@ -26,7 +26,8 @@ def _lock_path(docker_host: str) -> Path:
 
 
 def _present(client: docker.DockerClient) -> bool:
-    names = [DEBIAN_BASE, *(python_base(v) for v in PYTHON_VERSIONS), *(sdk_base(v) for v in PYTHON_VERSIONS), node_base()]
+    names = [DEBIAN_BASE, *(python_base(v) for v in PYTHON_VERSIONS), *(sdk_base(v) for v in PYTHON_VERSIONS), node_base(),
+             UV_BASE]
     try:
         for name in names:
             client.images.get(name)
