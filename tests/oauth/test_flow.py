@@ -241,6 +241,17 @@ def test_a_duplicate_gets_its_own_client(site: Site) -> None:
     assert copy[0] != source[0] and copy[1] != source[1]
 
 
+def test_a_private_spaces_app_only_signs_in_its_readers(site: Site, clients: dict[str, httpx.Client]) -> None:
+    settings = clients["alice"].get("/spaces/alice/other/settings")
+    made = clients["alice"].post("/spaces/alice/other/settings/visibility",
+                                 data={"visibility": "private", "csrf": csrf_of(settings.text)})
+    assert made.status_code in (200, 303) and httpx.get(f"{site.url}/api/spaces/alice/other", timeout=10).status_code == 404
+    params = authorize_params(site, "alice/other")
+    page = clients["carol"].get("/oauth/authorize", params=params)
+    assert page.status_code == 404 and "code=" not in page.headers.get("location", "")
+    assert clients["alice"].get("/oauth/authorize", params=params).status_code == 200
+
+
 def test_unknown_token_is_refused(site: Site) -> None:
     response = httpx.get(f"{site.url}/api/whoami-v2", headers={"authorization": "Bearer sp_oauth_nope"}, timeout=10)
     assert response.status_code == 401

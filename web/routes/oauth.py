@@ -13,8 +13,9 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Form
 from fastapi.responses import Response
 
+from controller.domain.errors import NotFound
 from controller.domain.oauth import SCOPES, OAuthProblem
-from controller.services import oauth
+from controller.services import oauth, spaces
 from controller.services.oauth import AuthorizeRequest, Grant
 from web.context import CSRF, WebDep
 from web.routing import WebRoute
@@ -45,6 +46,8 @@ def _checked(web: WebDep, request: AuthorizeRequest) -> Grant | Response:
     except OAuthProblem as problem:
         return _problem_page(web, problem)
     principal = web.require_user()  # guests log in first and come back here (LoginRequired)
+    if not spaces.can_read(web.session, principal, grant.space):  # a private space's app: only its readers
+        raise NotFound(f"No space {grant.space.space_id!r}.")
     refusal = oauth.refusal_for(web.session, grant, principal.user)
     if refusal is not None:
         return web.render("oauth_refused.html", status=403, grant=grant, message=refusal)
