@@ -34,7 +34,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     server = make_server(tmp)
     for site in make_site(server):
         spaces = {"signin": readme("hf_oauth_expiration_minutes: 60\n"), "other": readme(),
-                  "orgonly": readme("hf_oauth_authorized_org: acme\n"),
+                  "orgonly": readme("hf_oauth_authorized_org: acme\nhf_oauth_scopes: [admin]\n"),
                   "plain": "---\nsdk: static\n---\n"}
         for name, card in spaces.items():
             site.push("alice", name, {**STATIC, "README.md": card}, tmp)
@@ -219,6 +219,14 @@ def test_user_outside_the_authorized_org_is_refused(site: Site, clients: dict[st
     forged = clients["bob"].post("/oauth/authorize", data={**params, "decision": "allow", "csrf": csrf_of(page.text)})
     assert forged.status_code == 403 and "location" not in forged.headers
     assert signed_in(site, clients, "alice", "alice/orgonly")["access_token"]
+
+
+def test_the_owner_is_told_which_readme_values_were_ignored(site: Site, clients: dict[str, httpx.Client]) -> None:
+    params = authorize_params(site, "alice/orgonly")
+    owner_page = clients["alice"].get("/oauth/authorize", params=params).text
+    assert "unknown scope &#39;admin&#39;" in owner_page and "fix them in README.md" in owner_page
+    params = authorize_params(site, "alice/signin")
+    assert "fix them in README.md" not in clients["alice"].get("/oauth/authorize", params=params).text
 
 
 def test_no_client_without_hf_oauth_and_no_secret_in_the_api(site: Site) -> None:

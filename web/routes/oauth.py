@@ -63,7 +63,9 @@ def authorize_page(web: WebDep, client_id: str = "", redirect_uri: str = "", res
     if not isinstance(checked, Grant):
         return checked
     scopes = [(name, SCOPES[name]) for name in checked.scopes]
-    response = web.render("oauth_authorize.html", grant=checked, auth=request, scopes=scopes)
+    owner = spaces.can_write(web.session, web.require_user(), checked.space)
+    notes = checked.config.ignored if owner else ()  # README values not used: told to those who can fix them
+    response = web.render("oauth_authorize.html", grant=checked, auth=request, scopes=scopes, notes=notes)
     response.headers["Cache-Control"] = "no-store"
     return response
 
