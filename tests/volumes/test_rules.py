@@ -143,17 +143,17 @@ def test_storage_lifecycle_and_the_delete_rule(db_platform: Platform) -> None:
             lifecycle.delete_space(session, platform, space)
     (platform.settings.volumes_dir / "storage" / key / "kept.txt").write_text("x")
     with platform.tx() as session:
-        space = spaces.find_space(session, "alice", "notes")
-        assert space is not None and space.storage_key == key  # the refused delete changed nothing
-        volumes.delete_storage(session, platform, space)
-        assert space.storage_tier is None and volumes.instance_mounts(session, platform, space) == ()
+        found = spaces.find_space(session, "alice", "notes")
+        assert found is not None and found.storage_key == key  # the refused delete changed nothing
+        volumes.delete_storage(session, platform, found)
+        assert found.storage_tier is None and volumes.instance_mounts(session, platform, found) == ()
     assert not (platform.settings.volumes_dir / "storage" / key).exists()  # its data went after the commit
     with platform.tx() as session:
-        space = spaces.find_space(session, "alice", "notes")
-        assert space is not None
+        again = spaces.find_space(session, "alice", "notes")
+        assert again is not None
         with pytest.raises(BadRequest, match="has no persistent storage"):
-            volumes.delete_storage(session, platform, space)
-        lifecycle.delete_space(session, platform, space)  # no storage: deleted at once
+            volumes.delete_storage(session, platform, again)
+        lifecycle.delete_space(session, platform, again)  # no storage: deleted at once
 
 
 def test_a_duplicate_does_not_get_the_storage(db_platform: Platform) -> None:
