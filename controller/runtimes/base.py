@@ -85,6 +85,15 @@ class RuntimeFailure(Exception):
     """A runtime could not do what was asked; the message says why."""
 
 
+class AppExited(RuntimeFailure):
+    """The app exited while it was being started (before the runtime could give an endpoint): a crash,
+    restarted with backoff like any other, not a failure of the runtime."""
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class Runtime(Protocol):
     name: str
 

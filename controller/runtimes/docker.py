@@ -39,7 +39,7 @@ from builder.registry import registry_hint, split_ref
 from controller.domain.naming import in_registry, registry_host
 from controller.runtimes import netns
 from controller.runtimes.appenv import LABEL_INSTANCE, LABEL_SPEC, app_env, instance_labels, spec_hash
-from controller.runtimes.base import Endpoint, InstanceSpec, InstanceStatus, RuntimeFailure, State
+from controller.runtimes.base import AppExited, Endpoint, InstanceSpec, InstanceStatus, RuntimeFailure, State
 from controller.runtimes.sandbox import ASCEND_DRIVER, ASCEND_SHARED
 
 NETWORK = "spaceport-apps"
@@ -255,6 +255,9 @@ class DockerRuntime:
         container.reload()
         self._device_api(container, netns.device_api_port(spec.env))  # ZeroGPU: zero-* instances only
         endpoint = _endpoint(container, self.bind_address)
+        if endpoint is None and container.status in ("exited", "dead"):  # it crashed at once: ports are gone
+            code = container.attrs.get("State", {}).get("ExitCode")
+            raise AppExited(f"{spec.name} exited with exit code {code} while starting", code)
         if endpoint is None:
             raise RuntimeFailure(f"{spec.name} started but published no port (state {container.status})")
         return endpoint

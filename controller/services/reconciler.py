@@ -30,7 +30,7 @@ from controller.domain.lifecycle import (
 from controller.proxy.activity import ThrottledActivity
 from controller.proxy.routes import RouteTable
 from controller.proxy.types import Route
-from controller.runtimes.base import InstanceStatus, Runtime, RuntimeFailure, State
+from controller.runtimes.base import AppExited, InstanceStatus, Runtime, RuntimeFailure, State
 from controller.services import instances as db
 from controller.services import quotas, routing
 from controller.services.diskquota import DiskWatch
@@ -41,6 +41,7 @@ from controller.services.startwatch import StartWatch, log_lines
 log = logging.getLogger(__name__)
 LIVE = (State.RUNNING, State.FROZEN)
 RETIRE_GRACE = timedelta(seconds=2)
+EXIT_TAIL_LINES = 20  # log lines an exit message keeps
 
 
 class WakeFailed(Exception):
@@ -244,6 +245,13 @@ class Reconciler:
             earlier, _ = await log_lines(self.runtime, name)  # output of an earlier run of this instance
             endpoint = await self.runtime.start(spec)
             self.starts += 1
+        except AppExited as exc:  # a crash before any endpoint: its last lines say why, restarted with backoff
+            _, lines = await log_lines(self.runtime, name, earlier)
+            message = exited_message(exc.exit_code, last_traceback_line(lines), "\n".join(lines[-EXIT_TAIL_LINES:]),
+                                     before_answering=True)
+            await run_in_threadpool(db.mark_crashed, self.platform, name, message)
+            self.kick()
+            return False
         except (SpaceportError, RuntimeFailure) as exc:
             message = getattr(exc, "message", str(exc))
             await run_in_threadpool(db.update_row, self.platform, name, state="failed", message=message)
