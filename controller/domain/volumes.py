@@ -63,7 +63,7 @@ def parse_tier(value: object, sizes: Mapping[str, int]) -> str:
     if sizes.get(value, 0) <= 0:
         offered = [t for t in TIERS if sizes.get(t, 0) > 0]
         raise BadRequest(f"The {value} storage tier is not offered on this site; offered: "
-                         f"{', '.join(offered) or 'none (an admin sets SPACEPORT_STORAGE_*_BYTES)'}.")
+                         f"{', '.join(offered) or 'none (an admin sets SPACEPORT_STORAGE_SMALL_BYTES, _MEDIUM_ or _LARGE_)'}.")
     return value
 
 
