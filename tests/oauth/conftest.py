@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +15,7 @@ from controller.db.models import OAuthClient, Space
 from controller.services.platform import Platform
 from tests.support.gitrepo import make_repo, push, remote
 from tests.support.server import LiveServer
-
-PASSWORD = "correct-horse-1"
-CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
+from tests.web.conftest import PASSWORD, csrf_of
 
 
 @dataclass
@@ -49,12 +46,6 @@ class Site:
                 return row.client_id, platform.cipher.decrypt(row.secret_ciphertext)
         finally:
             platform.dispose()
-
-
-def csrf_of(html: str) -> str:
-    match = CSRF_RE.search(html)
-    assert match, f"page has no CSRF field: {html[:500]}"
-    return match.group(1)
 
 
 def login(client: httpx.Client, user: str) -> None:
