@@ -8,6 +8,7 @@ app's RouteTable reaches HAProxy through the table's listener hook. Without it, 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -77,13 +78,15 @@ def _layout(settings: Settings, host: str, port: int) -> Layout:
     from controller.services.websession import SESSION_COOKIE
     from web.context import CSRF_COOKIE
 
-    run_dir = settings.data_dir / f"haproxy-{port}"  # replicas sharing a data dir listen on other ports
-    if len(str(run_dir / "admin.sock")) > 100:  # a unix socket path must be short
-        run_dir = Path(tempfile.mkdtemp(prefix="spaceport-haproxy-"))
     apps_domain = (settings.apps_domain or "localhost").lower().split(":")[0].strip(".")
-    return Layout(bind_host=host, bind_port=port, python_port=_free_port(), run_dir=run_dir,
-                  apps_domain=apps_domain, platform_cookies=(SESSION_COOKIE, CSRF_COOKIE, APP_COOKIE),
-                  token_prefix=TOKEN_PREFIX, app_cookie=APP_COOKIE, app_cookie_secret=app_cookie_secret(settings.key))
+    layout = Layout(bind_host=host, bind_port=port, python_port=_free_port(),
+                    run_dir=settings.data_dir / f"haproxy-{port}",  # replicas sharing a data dir use other ports
+                    apps_domain=apps_domain, platform_cookies=(SESSION_COOKIE, CSRF_COOKIE, APP_COOKIE),
+                    token_prefix=TOKEN_PREFIX, app_cookie=APP_COOKIE,
+                    app_cookie_secret=app_cookie_secret(settings.key))
+    if layout.socket_fits:
+        return layout
+    return dataclasses.replace(layout, run_dir=Path(tempfile.mkdtemp(prefix="spaceport-haproxy-")))
 
 
 def _free_port() -> int:

@@ -80,6 +80,9 @@ class DataPlaneError(Exception):
     """HAProxy could not be started or refused a runtime command; the message says what happened."""
 
 
+MAX_SOCKET_PATH = 97  # HAProxy's own limit on a stats socket path (below the kernel's 107)
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where HAProxy listens, where the Python app listens, and the files of this one process."""
@@ -112,12 +115,16 @@ class Layout:
     def socket(self) -> Path:
         return self.run_dir / "admin.sock"
 
+    @property
+    def socket_fits(self) -> bool:
+        return len(str(self.socket)) <= MAX_SOCKET_PATH
+
 
 def _check(layout: Layout) -> None:
     for path in (layout.config, layout.hosts_map, layout.socket, layout.lua):
         if not _SAFE_PATH.match(str(path)):
             raise DataPlaneError(f"HAProxy cannot use the path {path!r}: choose a data dir without quotes")
-    if len(str(layout.socket)) > 100:
+    if not layout.socket_fits:
         raise DataPlaneError(f"the stats socket path {layout.socket} is too long for a unix socket")
     if not _DOMAIN.match(layout.apps_domain):
         raise DataPlaneError(f"APPS_DOMAIN {layout.apps_domain!r} is not a plain host name")

@@ -165,6 +165,21 @@ def test_rendered_config_is_valid_for_haproxy(tmp_path: Path, secret: str) -> No
         "backend spaceport", "backend s1", "backend s2", "backend s3"]
 
 
+@pytest.mark.parametrize("extra", [0, 1, 3, 60])
+def test_a_long_data_dir_still_gets_a_socket_haproxy_accepts(tmp_path: Path, extra: int) -> None:
+    """HAProxy refuses a stats socket path over 97 characters (CI's pytest dirs made 98-100): serve moves
+    its run dir to a short temporary one rather than failing to start."""
+    from controller.config import Settings
+    from controller.dataplane import _layout
+    pad = 97 - len(str(tmp_path / "d" / "haproxy-8000" / "admin.sock")) + extra
+    data_dir = tmp_path / ("d" + "x" * pad)
+    layout = _layout(Settings(data_dir=data_dir), "127.0.0.1", 8000)
+    assert layout.socket_fits and (layout.run_dir.parent == data_dir) == (extra == 0)
+    HAProxyProcess(layout).write_files()
+    checked = __import__("subprocess").run(["haproxy", "-c", "-f", str(layout.config)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+
+
 @pytest.mark.parametrize("bad", [
     {"apps_domain": "apps.localhost\n    bind :1"}, {"apps_domain": "a b"}, {"platform_cookies": ("x;y",)},
     {"token_prefix": "sp_' }"}, {"bind_host": "127.0.0.1:1\nbind"}, {"run_dir": Path("/tmp/has space")},

@@ -84,17 +84,28 @@ def fresh_page(browser: Browser) -> Page:
 
 
 def sign_in_from_the_app(page: Page, site: Site, user: str) -> None:
+    seen = watch(page)
     page.goto(site.app_origin("alice", "signin") + "/")
     try:
         expect(page.get_by_text("Not signed in")).to_be_visible(timeout=120_000)
     except AssertionError:
         shot(page, "oauth-debug-app-not-loaded")
-        raise AssertionError(page.content()[:3000]) from None
+        raise AssertionError("the app did not render; what the page did:\n" + "\n".join(seen)) from None
     page.get_by_role("button", name=re.compile("Sign in", re.I)).click()
     expect(page).to_have_url(re.compile(rf"^{re.escape(site.url)}/login\?next="), timeout=30_000)
     page.get_by_label("User name").fill(user)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
+
+
+def watch(page: Page) -> list[str]:
+    """What the page loaded, failed to load and logged, for a failure message (CI once saw a blank app)."""
+    seen: list[str] = []
+    page.on("console", lambda msg: seen.append(f"console {msg.type}: {msg.text[:300]}"))
+    page.on("pageerror", lambda error: seen.append(f"page error: {str(error)[:300]}"))
+    page.on("requestfailed", lambda req: seen.append(f"failed {req.method} {req.url[:200]}: {req.failure}"))
+    page.on("response", lambda resp: seen.append(f"{resp.status} {resp.request.method} {resp.url[:200]}"))
+    return seen
 
 
 def shot(page: Page, name: str) -> None:
