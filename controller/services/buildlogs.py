@@ -1,6 +1,6 @@
 """Build log lines: stored in the database (so any process can stream them) with secrets masked.
 
-`secret_masker` is the one place a space's secrets become a Masker: for build logs, app log streams and
+`secret_masker` is the one place a space's secrets (and its OAuth client secret) become a Masker: for build logs, app log streams and
 every message about a space that is stored or shown (Build/Space/Instance error messages).
 """
 
@@ -16,16 +16,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db.models import BuildLogLine, Space, utcnow
 from controller.domain.masking import MASK, Masker
+from controller.services.oauth import client_secret
 from controller.services.platform import Platform
+from controller.services.settings_vars import space_env
 
 __all__ = ["MASK", "BuildLogWriter", "read_lines", "secret_masker"]
 
 
 def secret_masker(session: Session, platform: Platform, space: Space) -> Masker:
-    """A Masker for the space's secrets (decrypts them: build one per stream or stored message, not per line)."""
-    from controller.services.settings_vars import space_env  # settings_vars -> lifecycle -> builds -> here
-
-    return Masker(space_env(session, platform, space)[1].values())
+    """A Masker for the space's secrets and its OAuth client secret (decrypts them: build one per stream or
+    stored message, not per line)."""
+    oauth_secret = client_secret(session, platform, space)
+    return Masker([*space_env(session, platform, space)[1].values(), *([oauth_secret] if oauth_secret else [])])
 
 
 class BuildLogWriter:

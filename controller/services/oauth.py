@@ -118,6 +118,12 @@ def ensure_client(session: Session, platform: Platform, space: Space) -> tuple[O
     return client, platform.cipher.decrypt(client.secret_ciphertext)
 
 
+def client_secret(session: Session, platform: Platform, space: Space) -> str | None:
+    """The space's client secret in clear, if it has a client (for the log masker; never creates one)."""
+    client = client_of(session, space)
+    return None if client is None else platform.cipher.decrypt(client.secret_ciphertext)
+
+
 def oauth_env(session: Session, platform: Platform, space: Space) -> dict[str, str]:
     """OAUTH_* and OPENID_PROVIDER_URL for a space whose README sets hf_oauth: true (else nothing)."""
     config = rules.config_from_card(space.card_data)

@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 from builder.envnames import reserved_reason, without_reserved_names
 from controller.db.models import Secret, Space, Variable, utcnow
 from controller.domain.errors import BadRequest
-from controller.services import lifecycle
 from controller.services.platform import Platform
 
 KEY_PATTERN = re.compile(r"^[A-Z_][A-Z0-9_]*$")
@@ -158,6 +157,8 @@ def secret_keys(session: Session, space: Space) -> set[str]:
 
 def config_changed(session: Session, platform: Platform, space: Space) -> None:
     """Restart a built space with the new configuration; an unbuilt one picks it up on first start."""
+    from controller.services import lifecycle  # lifecycle -> builds -> space_env here: import at use
+
     if space.target_build_id is not None and space.desired == "running":
         lifecycle.bump_generation(space)
     elif space.target_build_id is not None:  # paused/sleeping: the next start uses the new config

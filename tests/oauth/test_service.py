@@ -52,6 +52,19 @@ def test_env_client_and_encrypted_secret(db_platform: Platform) -> None:
         assert row is not None and env["OAUTH_CLIENT_SECRET"] not in row.secret_ciphertext
 
 
+def test_the_client_secret_is_masked_in_logs(db_platform: Platform) -> None:
+    """The app gets OAUTH_CLIENT_SECRET in clear; an app that prints it shows MASK in its logs (as secrets do)."""
+    from controller.services.buildlogs import MASK, secret_masker
+
+    with db_platform.tx() as session:
+        space = make_space(session, db_platform)
+        secret = oauth.oauth_env(session, db_platform, space)["OAUTH_CLIENT_SECRET"]
+        plain = make_space(session, db_platform, "plain", card={})
+        masked = secret_masker(session, db_platform, space)(f"my secret is {secret}!")
+        assert secret not in masked and masked == f"my secret is {MASK}!"
+        assert secret_masker(session, db_platform, plain)(f"x {secret}") == f"x {secret}", "only its own client's"
+
+
 def test_code_flow_id_token_and_token_principal(db_platform: Platform) -> None:
     with db_platform.tx() as session:
         space = make_space(session, db_platform)
