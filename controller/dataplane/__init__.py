@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.config import Settings
-from controller.dataplane.haproxy import HAPROXY, DataPlaneError, HAProxyProcess, Layout
+from controller.dataplane.haproxy import HAPROXY, DataPlaneError, HAProxyProcess, Layout, frame_ancestors_fits
 from controller.dataplane.plane import DataPlane
 
 log = logging.getLogger(__name__)
@@ -83,10 +83,24 @@ def _layout(settings: Settings, host: str, port: int) -> Layout:
                     run_dir=settings.data_dir / f"haproxy-{port}",  # replicas sharing a data dir use other ports
                     apps_domain=apps_domain, platform_cookies=(SESSION_COOKIE, CSRF_COOKIE, APP_COOKIE),
                     token_prefix=TOKEN_PREFIX, app_cookie=APP_COOKIE,
-                    app_cookie_secret=app_cookie_secret(settings.key))
+                    app_cookie_secret=app_cookie_secret(settings.key), frame_ancestors=_frame_ancestors(settings))
     if layout.socket_fits:
         return layout
     return dataclasses.replace(layout, run_dir=Path(tempfile.mkdtemp(prefix="spaceport-haproxy-")))
+
+
+def _frame_ancestors(settings: Settings) -> str:
+    """The CSP the Python proxy adds for `disable_embedding` (its platform origin, as ProxyMiddleware derives
+    it from PUBLIC_URL); "" when HAProxy's config cannot carry it as it is (then such routes stay on Python)."""
+    from controller.proxy.isolation import frame_ancestors
+
+    public_url = settings.public_url.rstrip("/")
+    policy = frame_ancestors("/".join(public_url.split("/")[:3]) if "://" in public_url else "")
+    if frame_ancestors_fits(policy):
+        return policy
+    log.warning("data plane: PUBLIC_URL %r gives no plain origin; spaces with disable_embedding stay on the "
+                "Python proxy", settings.public_url)
+    return ""
 
 
 def _free_port() -> int:

@@ -1,7 +1,7 @@
 """HAProxy as Spaceport's data plane: the config it starts with, the child process, its runtime API.
 
 The config never changes while HAProxy runs. Routes live in a map file (`hosts.map`: app hostname ->
-`SLOT|MODE|BASE|ORIGIN`) that the runtime API edits, and in a fixed pool of slot backends (`s1`..`sN`)
+`SLOT|MODE|BASE|ORIGIN|ACCESS|COEP|COOP|CORP|EMBED`) that the runtime API edits, and in a fixed pool of slot backends (`s1`..`sN`)
 whose servers are added and removed at run time (`add server`, `set server ... state`, `del server`).
 Everything the map does not name (the platform, unknown, sleeping, starting, failing and private
 spaces) goes to the default backend: Spaceport's own ASGI app, which stays the activator.
@@ -11,6 +11,11 @@ X-Forwarded-For/Host/Proto; the platform's cookies and a platform token in Autho
 X-HF-Authorization never reach an app; an app never sets the platform's cookies; a Location at the
 app's internal origin becomes a path; host URLs under the app's base path are stripped (Gradio) or
 get it prepended (Streamlit). Nothing is buffered (WebSocket and SSE pass as they come).
+A route's README headers (isolation.route_headers) are added to its app's responses: each of COEP, COOP
+and CORP (a map field, `-` for none) replaces the app's own, and only a value its spec defines is ever
+written (the config lists them: whatever else a map field held would add nothing); EMBED `no` adds the
+site's fixed `frame-ancestors` CSP next to the app's own. Not to a 101 (Python adds none to a WebSocket's)
+and not to what the slot's Python backup answered (Python adds its own).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.domain.appheaders import ALLOWED
+
 HAPROXY = "/usr/sbin/haproxy"
 PYTHON_BACKEND = "spaceport"
 PYTHON_BACKUP = "python"  # every slot's backup server: Spaceport's own app
@@ -38,6 +45,18 @@ _COOKIE = re.compile(r"^[A-Za-z0-9_-]+$")
 _DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
 _HOST = re.compile(r"^[A-Za-z0-9.:\[\]-]+$")
 _SECRET = re.compile(r"^[0-9a-f]{64}$")
+# the CSP a non-embeddable route gets (isolation.frame_ancestors): 'none' or a plain origin, nothing to escape
+_FRAME_ANCESTORS = re.compile(
+    r"^frame-ancestors ('none'|https?://([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?)$")
+# the map value's README header fields, in the order the Python proxy appends them (appheaders: sorted names)
+HEADER_FIELDS: tuple[str, ...] = tuple(sorted(ALLOWED))
+FIRST_HEADER_FIELD = 6  # SLOT|MODE|BASE|ORIGIN|ACCESS come first
+NO_HEADER = "-"
+
+
+def frame_ancestors_fits(value: str) -> bool:
+    """Can HAProxy's config carry this CSP value as it is (see _FRAME_ANCESTORS)?"""
+    return bool(_FRAME_ANCESTORS.match(value))
 
 
 # Exact header work that HAProxy's rules cannot express, run only when a rule saw it is needed:
@@ -98,6 +117,9 @@ class Layout:
     app_cookie_secret: str = ""  # its secret (hex); empty: private spaces stay on Python
     slots: int = 256
     threads: int = 0  # 0: one per core
+    # added to responses of routes with `disable_embedding` (isolation.frame_ancestors of the site's origin);
+    # empty: HAProxy carries no such route (they stay on Python)
+    frame_ancestors: str = "frame-ancestors 'none'"
 
     @property
     def config(self) -> Path:
@@ -132,6 +154,8 @@ def _check(layout: Layout) -> None:
         raise DataPlaneError("platform cookie names and the token prefix must be letters, digits, _ or -")
     if layout.app_cookie_secret and not _SECRET.match(layout.app_cookie_secret):
         raise DataPlaneError("the app cookie secret must be 64 hex characters")
+    if layout.frame_ancestors and not frame_ancestors_fits(layout.frame_ancestors):
+        raise DataPlaneError(f"the frame-ancestors policy {layout.frame_ancestors!r} is not 'none' or a plain origin")
     if not _HOST.match(layout.bind_host) or not 0 < layout.bind_port < 65536 or layout.slots < 1:
         raise DataPlaneError(f"cannot listen on {layout.bind_host!r}:{layout.bind_port}")
 
@@ -193,6 +217,7 @@ def _frontend(layout: Layout) -> list[str]:
         "    http-request set-var(txn.mode) var(txn.route),field(2,|) if app",
         "    http-request set-var(txn.base) var(txn.route),field(3,|) if app",
         "    http-request set-var(txn.origin) var(txn.route),field(4,|) if app",
+        *_header_vars(),
         "    http-request set-header X-Forwarded-Host %[req.hdr(host)] if app",
         "    http-request lua.spaceport_hop if app"
         " { req.fhdr(connection) -m reg -i '(^|,)\\s*(?!(keep-alive|close|upgrade)\\s*(,|$))[^,\\s]' }",
@@ -215,10 +240,37 @@ def _frontend(layout: Layout) -> list[str]:
         " if { var(txn.route) -m found } { res.hdr(location) -m found }",
         "    http-response replace-header Location '^https?://[^/?#]*/?(.*)$' '/\\1'"
         " if { var(txn.route) -m found } { var(txn.lorigin),strcmp(txn.origin) eq 0 }",
+        *_response_headers(layout),
         "    use_backend %[var(txn.slot)] if app",
         f"    default_backend {PYTHON_BACKEND}",
         "",
     ]
+
+
+def _header_vars() -> list[str]:
+    """The route's README header fields, read at request time (the map changes without a reload)."""
+    fields = [*HEADER_FIELDS, "embed"]
+    return [f"    http-request set-var(txn.h{FIRST_HEADER_FIELD + n}) var(txn.route),field({FIRST_HEADER_FIELD + n},|) if app"
+            for n in range(len(fields))]
+
+
+def _response_headers(layout: Layout) -> list[str]:
+    """isolation.route_headers on the instance's own answers: only spec values (listed here) are written."""
+    first = FIRST_HEADER_FIELD
+    lines = [
+        f"    acl by_backup srv_name -m str {PYTHON_BACKUP}",
+        "    acl upgraded status 101",
+    ]
+    for n, name in enumerate(HEADER_FIELDS):
+        var = f"txn.h{first + n}"
+        values = " ".join(sorted(ALLOWED[name]))
+        lines.append(f"    http-response set-header {name} %[var({var})]"
+                     f" if {{ var({var}) -m str {values} }} !by_backup !upgraded")
+    if layout.frame_ancestors:
+        embed = f"txn.h{first + len(HEADER_FIELDS)}"
+        lines.append(f'    http-response add-header content-security-policy "{layout.frame_ancestors}"'
+                     f" if {{ var({embed}) -m str no }} !by_backup !upgraded")
+    return lines
 
 
 def _private_access(layout: Layout) -> list[str]:

@@ -1,10 +1,13 @@
 """DataPlane: keeps HAProxy's map and servers equal to the route table, and feeds activity back.
 
 Only ready routes with a plain `http://IP:PORT` target and safe names are given to HAProxy; every other
-route (asleep, paused, unavailable, a hostname target, README headers, ZeroGPU) is left out of the map,
+route (asleep, paused, unavailable, a hostname target, ZeroGPU) is left out of the map,
 so its traffic reaches the Python proxy (the activator, the error pages). A private space is mapped
 with its id: HAProxy serves a request itself only with a valid app cookie for that space (an HS256 JWT
 it verifies, `jwt_verify`); without one (a first visit, a token, an expired cookie) Python decides.
+A route's README headers (`custom_headers`, `disable_embedding`) travel in its map value, so HAProxy adds
+to its responses exactly what the Python proxy would; a route whose headers are not all spec values (no
+README gives such a route: appheaders drops them) stays on Python, which adds what the route says.
 
 Each mapped space owns one slot backend. Its instance is one dynamic server there; a redeploy adds the
 new instance's server, enables it and puts the old one in maintenance (no new requests; open
@@ -27,12 +30,15 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from controller.dataplane.haproxy import (
+    HEADER_FIELDS,
+    NO_HEADER,
     PYTHON_BACKUP,
     SERVER_CHECKS,
     SLOT_PREFIX,
     DataPlaneError,
     HAProxyProcess,
 )
+from controller.domain.appheaders import ALLOWED
 from controller.proxy.types import Route
 
 log = logging.getLogger(__name__)
@@ -45,15 +51,20 @@ class Mapping:
     """What HAProxy knows of one route: its map key and value, and the instance's address."""
 
     key: str  # "owner-name.apps_domain"
-    value: str  # "SLOT|strip|/apps/o/n|http://ip:port|public" (SLOT filled in by the plane; the last field
-    # is `public` or, for a private space, its lower-case id: HAProxy then checks the app cookie)
+    value: str  # "SLOT|strip|/apps/o/n|http://ip:port|public|COEP|COOP|CORP|EMBED" (SLOT filled in by the
+    # plane; ACCESS is `public` or, for a private space, its lower-case id: HAProxy then checks the app
+    # cookie; COEP/COOP/CORP a spec value or `-`, EMBED `yes` or `no`: see header_fields)
     address: str  # "ip:port" as `add server` takes it
 
 
-def mapping_of(route: Route, apps_domain: str) -> Mapping | None:
-    """The mapping of a route HAProxy may carry, or None (the route stays on the Python proxy)."""
-    if route.state != "ready" or route.visitor_token or route.headers or not route.embeddable:
-        return None  # what HAProxy does not add yet (a visitor token, README headers)
+def mapping_of(route: Route, apps_domain: str, *, frame_ancestors: bool = True) -> Mapping | None:
+    """The mapping of a route HAProxy may carry, or None (the route stays on the Python proxy).
+    `frame_ancestors`: HAProxy's config has the site's CSP for routes that disable embedding."""
+    if route.state != "ready" or route.visitor_token:
+        return None  # HAProxy signs no visitor token (ZeroGPU's X-IP-Token)
+    headers = header_fields(route)
+    if headers is None or (not route.embeddable and not frame_ancestors):
+        return None
     slug = route.slug.lower()
     if not _SLUG.match(slug) or not _SPACE.match(route.space_id):
         return None
@@ -64,7 +75,19 @@ def mapping_of(route: Route, apps_domain: str) -> Mapping | None:
         return None
     mode = "strip" if route.strip_base_path else "keep"
     access = route.space_id.lower() if route.private else "public"
-    return Mapping(f"{slug}.{apps_domain}", f"{mode}|{route.base_path}|http://{address}|{access}", address)
+    return Mapping(f"{slug}.{apps_domain}", f"{mode}|{route.base_path}|http://{address}|{access}|{headers}",
+                   address)
+
+
+def header_fields(route: Route) -> str | None:
+    """"COEP|COOP|CORP|EMBED" of a route's README headers, or None if one is not a spec value (then only
+    Python can add it). Values come from the owner's README: only ALLOWED ones (letters and `-`) get here."""
+    values = dict.fromkeys(HEADER_FIELDS, NO_HEADER)
+    for name, value in route.headers:
+        if name not in values or value not in ALLOWED[name] or values[name] != NO_HEADER:
+            return None  # not a spec header (or twice): the Python proxy adds it as the route says
+        values[name] = value
+    return "|".join([*values.values(), "yes" if route.embeddable else "no"])
 
 
 def _address(target: str) -> str | None:
@@ -114,7 +137,8 @@ class DataPlane:
     # -- routes --------------------------------------------------------------------------------
     def apply(self, space_id: str, route: Route | None) -> None:
         """Make HAProxy carry `route` (or stop carrying the space when None / not mappable)."""
-        wanted = mapping_of(route, self.apps_domain) if route is not None else None
+        wanted = (mapping_of(route, self.apps_domain, frame_ancestors=bool(self.haproxy.layout.frame_ancestors))
+                  if route is not None else None)
         key = space_id.lower()
         with self._lock:
             current = self._mapped.get(key)

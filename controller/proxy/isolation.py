@@ -42,9 +42,14 @@ def route_headers(headers: Iterable[tuple[str, str]], embeddable: bool, platform
     own space page frame it (a second CSP header: browsers enforce both, the app's own stays in force)."""
     added = [(name.encode(), value.encode()) for name, value in headers]
     if not embeddable:
-        ancestors = f"frame-ancestors {platform_origin}" if platform_origin else "frame-ancestors 'none'"
-        added.append((b"content-security-policy", ancestors.encode()))
+        added.append((b"content-security-policy", frame_ancestors(platform_origin).encode()))
     return added
+
+
+def frame_ancestors(platform_origin: str) -> str:
+    """The CSP a route that disables embedding adds: only the platform's own pages may frame the app
+    (the HAProxy data plane adds the same value: controller.dataplane.haproxy)."""
+    return f"frame-ancestors {platform_origin}" if platform_origin else "frame-ancestors 'none'"
 
 
 def response_filter(

@@ -21,8 +21,9 @@ from aiohttp import WSMsgType, web
 
 from controller.dataplane.haproxy import DataPlaneError, HAProxyProcess, Layout, RuntimeAPI, render_config
 from controller.dataplane.plane import DataPlane, mapping_of
-from controller.domain import hs256
+from controller.domain import appheaders, hs256
 from controller.proxy.appauth import APP_COOKIE, AppAuth, app_cookie_secret
+from controller.proxy.isolation import cookie_names, frame_ancestors, response_filter, route_headers
 from controller.proxy.routes import RouteTable
 from controller.proxy.types import Route
 
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy
 DOMAIN = "apps.localhost"
 COOKIES = ("spaceport_session", "spaceport_csrf", "spaceport_app_session")
 KEY = "the-site-key"
+PLATFORM = "http://localhost:8000"  # the site's origin: what a non-embeddable app may be framed by
 
 
 def free_port() -> int:
@@ -64,6 +66,9 @@ class Upstream:
                                                 "__Host-spaceport_app_session=x; Secure", "theme=dark")]
         if request.path == "/redirect":
             headers.append(("Location", f"{self.target}/next?x=1"))
+        if request.path == "/own-policies":  # an app that sets isolation headers and a CSP of its own
+            headers += [("Cross-Origin-Opener-Policy", "unsafe-none"), ("Cross-Origin-Embedder-Policy", "unsafe-none"),
+                        ("Content-Security-Policy", "default-src 'self'")]
         body = {"tag": self.tag, "path": request.raw_path, "headers": [list(h) for h in request.headers.items()]}
         return web.json_response(body, status=302 if request.path == "/redirect" else 200, headers=headers)
 
@@ -115,7 +120,7 @@ def upstreams() -> Iterator[dict[str, Upstream]]:
 @pytest.fixture
 def stack(tmp_path: Path, upstreams: dict[str, Upstream]) -> Iterator[Stack]:
     layout = Layout("127.0.0.1", free_port(), upstreams["python"].port, tmp_path / "hap", DOMAIN, COOKIES, "sp_",
-                    app_cookie_secret=app_cookie_secret(KEY), slots=4)
+                    app_cookie_secret=app_cookie_secret(KEY), slots=4, frame_ancestors=frame_ancestors(PLATFORM))
     haproxy = HAProxyProcess(layout)
     haproxy.start()
     seen: list[str] = []
@@ -184,6 +189,9 @@ def test_a_long_data_dir_still_gets_a_socket_haproxy_accepts(tmp_path: Path, ext
     {"apps_domain": "apps.localhost\n    bind :1"}, {"apps_domain": "a b"}, {"platform_cookies": ("x;y",)},
     {"token_prefix": "sp_' }"}, {"bind_host": "127.0.0.1:1\nbind"}, {"run_dir": Path("/tmp/has space")},
     {"app_cookie_secret": 'x") -m int 1 }\n    bind :1'}, {"app_cookie": "a b"},
+    {"frame_ancestors": "frame-ancestors 'none'\"\n    bind :1"}, {"frame_ancestors": "frame-ancestors http://a%[src]"},
+    {"frame_ancestors": "frame-ancestors http://a b"}, {"frame_ancestors": "frame-ancestors *"},
+    {"frame_ancestors": "frame-ancestors 'none'; script-src *"},
 ])
 def test_config_refuses_values_that_could_inject_directives(tmp_path: Path, bad: dict[str, Any]) -> None:
     values: dict[str, Any] = {"bind_host": "127.0.0.1", "bind_port": 8000, "python_port": 8001, "run_dir": tmp_path,
@@ -220,7 +228,7 @@ def test_private_and_not_ready_routes_stay_on_python() -> None:
     for state in ("asleep", "paused", "unavailable"):
         assert mapping_of(Route(space_id="a/b", slug="a-b", target=target, state=state), DOMAIN) is None  # type: ignore[arg-type]
     private = mapping_of(Route(space_id="A/b", slug="a-b", target=target, private=True), DOMAIN)
-    assert private is not None and private.value.endswith("|a/b")  # HAProxy checks the app cookie for a/b
+    assert private is not None and private.value.split("|")[3] == "a/b"  # HAProxy checks the app cookie for a/b
     assert mapping_of(Route(space_id="a/b", slug="a-b", target=target, visitor_token=True), DOMAIN) is None
 
 
@@ -425,3 +433,208 @@ async def test_a_failed_update_leaves_no_server_behind_for_the_next_space(stack:
     assert "s1/" not in api.command("show servers state s1").split("\n", 2)[-1]  # the server is gone
     stack.plane.apply("bob/next", route("bob/next", upstreams["b1"].target))
     assert (await get(client, stack, f"bob-next.{DOMAIN}"))[1]["tag"] == "b1"
+
+
+# ---- README headers: custom_headers and disable_embedding -----------------------------------------
+ISOLATED = (("cross-origin-embedder-policy", "require-corp"), ("cross-origin-opener-policy", "same-origin"),
+            ("cross-origin-resource-policy", "cross-origin"))
+WATCHED = ("cross-origin-embedder-policy", "cross-origin-opener-policy", "cross-origin-resource-policy",
+           "content-security-policy")
+APP_OWN = [("cross-origin-opener-policy", "unsafe-none"), ("cross-origin-embedder-policy", "unsafe-none"),
+           ("content-security-policy", "default-src 'self'")]  # what /own-policies sets itself
+
+
+def watched(resp: aiohttp.ClientResponse) -> list[tuple[str, str]]:
+    """The README-header-related lines of a response, in order (several CSP lines stay several)."""
+    lines = [(k.decode().lower(), v.decode()) for k, v in resp.raw_headers]
+    return [(k, v) for k, v in lines if k in WATCHED]
+
+
+async def python_answer(client: aiohttp.ClientSession, upstream: Upstream, path: str, r: Route) -> list[tuple[str, str]]:
+    """What the Python proxy sends for the same route and answer: its own filter over the app's raw headers."""
+    async with client.get(f"{upstream.target}{path}") as resp:
+        raw = [(k.lower(), v) for k, v in resp.raw_headers]
+    fix = response_filter(cookie_names(COOKIES), on_platform_origin=False, sandboxed=False, rewrite_location=None,
+                          added=route_headers(r.headers, r.embeddable, PLATFORM))
+    return [(k.decode(), v.decode()) for k, v in fix(raw) if k.decode() in WATCHED]
+
+
+def test_readme_headers_travel_in_the_map_value() -> None:
+    target = "http://127.0.0.1:1"
+    isolated = mapping_of(Route(space_id="a/b", slug="a-b", target=target, headers=ISOLATED[:2], embeddable=False),
+                          DOMAIN)
+    assert isolated is not None
+    assert isolated.value == "strip|/apps/a/b|http://127.0.0.1:1|public|require-corp|same-origin|-|no"
+    plain = mapping_of(Route(space_id="a/b", slug="a-b", target=target), DOMAIN)
+    assert plain is not None and plain.value == "strip|/apps/a/b|http://127.0.0.1:1|public|-|-|-|yes"
+    # a site whose origin HAProxy's config cannot hold: disable_embedding stays on Python, headers do not
+    assert mapping_of(Route(space_id="a/b", slug="a-b", target=target, embeddable=False), DOMAIN,
+                      frame_ancestors=False) is None
+    assert mapping_of(Route(space_id="a/b", slug="a-b", target=target, headers=ISOLATED), DOMAIN,
+                      frame_ancestors=False) is not None
+
+
+@pytest.mark.parametrize("headers", [
+    (("cross-origin-opener-policy", "same-origin\r\nset-cookie: spaceport_session=x"),),
+    (("cross-origin-opener-policy", "same-origin|s1|keep"),),
+    (("cross-origin-embedder-policy", "require-corp; del map #0 x"),),
+    (("cross-origin-embedder-policy", "%[src]"),), (("cross-origin-embedder-policy", ""),),
+    (("cross-origin-embedder-policy", "-"),), (("x-frame-options", "ALLOWALL"),),
+    (("Cross-Origin-Opener-Policy", "same-origin"),),
+    (("cross-origin-opener-policy", "same-origin"), ("cross-origin-opener-policy", "unsafe-none")),
+])
+def test_headers_that_are_not_spec_values_never_reach_the_map(headers: tuple[tuple[str, str], ...]) -> None:
+    """A README's headers arrive filtered (appheaders); a Route holding anything else stays on Python
+    (which adds what the route says) rather than put it in HAProxy's map."""
+    assert mapping_of(Route(space_id="a/b", slug="a-b", target="http://127.0.0.1:1", headers=headers), DOMAIN) is None
+
+
+def test_config_without_a_frame_ancestors_policy_adds_no_csp(tmp_path: Path) -> None:
+    layout = Layout("127.0.0.1", 8000, 8001, tmp_path, DOMAIN, COOKIES, "sp_", slots=1, frame_ancestors="")
+    HAProxyProcess(layout).write_files()
+    checked = __import__("subprocess").run(["haproxy", "-c", "-f", str(layout.config)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    assert "content-security-policy" not in render_config(layout)
+
+
+@pytest.mark.parametrize("public_url, policy", [
+    ("", "frame-ancestors 'none'"), ("http://localhost:8000", "frame-ancestors http://localhost:8000"),
+    ("https://Spaces.example.com/", "frame-ancestors https://Spaces.example.com"),
+    ("http://[::1]:8000/site/", "frame-ancestors http://[::1]:8000"), ("http://user@host:1", ""),
+])
+def test_serve_gives_haproxy_the_python_proxys_frame_ancestors(tmp_path: Path, public_url: str, policy: str) -> None:
+    from controller.config import Settings
+    from controller.dataplane import _layout
+    from controller.proxy.middleware import ProxyMiddleware
+
+    layout = _layout(Settings(data_dir=tmp_path, public_url=public_url), "127.0.0.1", 8000)
+    assert layout.frame_ancestors == policy
+    python = ProxyMiddleware(web.Application(), apps_domain=DOMAIN, routes=RouteTable(), activity=RouteTable(),  # type: ignore[arg-type]
+                             access=RouteTable(), activator=None, public_url=public_url)  # type: ignore[arg-type]
+    if policy:  # the same CSP line the Python proxy adds (else such routes stay on it)
+        assert route_headers((), False, python._public_origin) == [(b"content-security-policy", policy.encode())]
+
+
+async def test_readme_headers_on_haproxy_are_exactly_the_python_proxys(stack: Stack, upstreams: dict[str, Upstream],
+                                                                       client: aiohttp.ClientSession) -> None:
+    """custom_headers replace the app's own, disable_embedding adds a CSP next to the app's; a route without
+    them gets none of them; all carried by HAProxy (the app answers, not Python)."""
+    isolated = route("alice/iso", upstreams["a1"].target, headers=ISOLATED, embeddable=False)
+    framed = route("alice/framed", upstreams["a2"].target, embeddable=False)
+    plain = route("bob/plain", upstreams["b1"].target)
+    for r in (isolated, framed, plain):
+        stack.plane.apply(r.space_id, r)
+        assert r.space_id in stack.plane.mapped()
+    frame = ("content-security-policy", "frame-ancestors http://localhost:8000")
+    expected = {
+        ("alice/iso", "/own-policies"): [APP_OWN[2], *ISOLATED, frame], ("alice/iso", "/"): [*ISOLATED, frame],
+        ("alice/framed", "/own-policies"): [*APP_OWN, frame], ("alice/framed", "/"): [frame],
+        ("bob/plain", "/own-policies"): APP_OWN, ("bob/plain", "/"): [],
+    }
+    for r, tag in ((isolated, "a1"), (framed, "a2"), (plain, "b1")):
+        for path in ("/own-policies", "/"):
+            status, body, resp = await get(client, stack, f"{r.slug}.{DOMAIN}", path)
+            assert (status, body["tag"]) == (200, tag)
+            assert watched(resp) == await python_answer(client, upstreams[tag], path, r), (r.space_id, path)
+            assert watched(resp) == expected[(r.space_id, path)], (r.space_id, path)
+
+
+async def test_an_owners_crafted_custom_headers_add_only_spec_values(stack: Stack, upstreams: dict[str, Upstream],
+                                                                    client: aiohttp.ClientSession) -> None:
+    """As an attacker (the README is the owner's): newlines, map separators, runtime API separators, log-format
+    tags, other headers and values outside the spec reach neither the map nor a response; the one allowed
+    value among them does."""
+    card = {"custom_headers": {
+        "Cross-Origin-Opener-Policy": "same-origin\r\nSet-Cookie: spaceport_session=forged",
+        "Cross-Origin-Embedder-Policy": "require-corp|s1|keep|http://127.0.0.1:1|public",
+        "cross-origin-resource-policy": "same-site; del map #0 x",
+        "cross-origin-resource-policy ": " Same-Site ",
+        "Cross-Origin-Embedder-Policy\n": "%[req.hdr(cookie)]",
+        "X-Frame-Options": "ALLOWALL", "Set-Cookie": "spaceport_session=forged", "content-security-policy": "*",
+    }, "disable_embedding": "true"}
+    headers, embeddable = appheaders.custom_headers(card), appheaders.embeddable(card)
+    assert (headers, embeddable) == ((("cross-origin-resource-policy", "same-site"),), False)
+    r = route("mallory/app", upstreams["a1"].target, headers=headers, embeddable=embeddable)
+    stack.plane.apply(r.space_id, r)
+    assert stack.plane.mapped()["mallory/app"].value.endswith("|public|-|-|same-site|no")
+    entries = stack.haproxy.api.command(f"show map {stack.plane._map}").strip().splitlines()
+    assert len(entries) == 1 and entries[0].endswith(f"mallory-app.{DOMAIN} s1|strip|/apps/mallory/app|"
+                                                     f"{upstreams['a1'].target}|public|-|-|same-site|no")
+    status, body, resp = await get(client, stack, f"mallory-app.{DOMAIN}", "/own-policies", {"Cookie": "a=b"})
+    assert (status, body["tag"]) == (200, "a1")
+    assert watched(resp) == [*APP_OWN, ("cross-origin-resource-policy", "same-site"),
+                             ("content-security-policy", "frame-ancestors http://localhost:8000")]
+    assert watched(resp) == await python_answer(client, upstreams["a1"], "/own-policies", r)
+    assert "X-Frame-Options" not in resp.headers and not [c for c in resp.headers.getall("Set-Cookie") if "forged" in c]
+
+
+async def test_readme_headers_are_not_added_to_what_python_or_an_upgrade_answers(
+        stack: Stack, upstreams: dict[str, Upstream], client: aiohttp.ClientSession) -> None:
+    """The slot's Python backup (a dead instance) answers with Python's own headers: HAProxy adds none (no
+    second CSP); a WebSocket's 101 gets none either, as from the Python proxy."""
+    gone = f"http://127.0.0.1:{free_port()}"
+    stack.plane.apply("alice/dead", route("alice/dead", gone, headers=ISOLATED, embeddable=False))
+    status, body, resp = await get(client, stack, f"alice-dead.{DOMAIN}", "/own-policies")
+    assert (status, body["tag"]) == (200, "python") and watched(resp) == APP_OWN
+    stack.plane.apply("alice/iso", route("alice/iso", upstreams["a1"].target, headers=ISOLATED, embeddable=False))
+    head = await raw(stack, f"GET /ws HTTP/1.1\r\nHost: alice-iso.{DOMAIN}\r\nUpgrade: websocket\r\n"
+                            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                            "Sec-WebSocket-Version: 13\r\n\r\n")
+    assert head.startswith("HTTP/1.1 101"), head
+    assert "cross-origin" not in head.lower() and "frame-ancestors" not in head.lower(), head
+
+
+async def test_changing_a_routes_headers_takes_effect_without_reload(stack: Stack, upstreams: dict[str, Upstream],
+                                                                     client: aiohttp.ClientSession) -> None:
+    """A README change (a redeploy with new front matter, same instance) is one `set map`: the same HAProxy
+    process and config, the same server, an open WebSocket of the space goes on."""
+    table = RouteTable()
+    table.listen(lambda space: stack.plane.apply(space, table.get(space)))
+    target, host = upstreams["a1"].target, f"alice-demo.{DOMAIN}"
+    assert stack.haproxy.proc is not None
+    pid, config = stack.haproxy.proc.pid, stack.haproxy.layout.config.read_text()
+    table.set(route("alice/demo", target))
+    assert watched((await get(client, stack, host))[2]) == []
+    server = stack.plane._slots["alice/demo"].server
+    steps: list[tuple[Route, list[tuple[str, str]]]] = [
+        (route("alice/demo", target, headers=(("cross-origin-opener-policy", "same-origin"),)),
+         [("cross-origin-opener-policy", "same-origin")]),
+        (route("alice/demo", target, headers=(("cross-origin-embedder-policy", "credentialless"),
+                                              ("cross-origin-opener-policy", "same-origin-allow-popups")),
+               embeddable=False),
+         [("cross-origin-embedder-policy", "credentialless"), ("cross-origin-opener-policy", "same-origin-allow-popups"),
+          ("content-security-policy", "frame-ancestors http://localhost:8000")]),
+        (route("alice/demo", target), []),
+    ]
+    async with client.ws_connect(f"{stack.url}/ws", headers={"Host": host}) as ws:
+        for changed, expect in steps:
+            table.set(changed)
+            status, body, resp = await get(client, stack, host)
+            assert (status, body["tag"]) == (200, "a1")
+            assert watched(resp) == expect == await python_answer(client, upstreams["a1"], "/", changed)
+            await ws.send_str("still")
+            assert await ws.receive_str() == "a1:still"
+    assert stack.plane._slots["alice/demo"].server == server and not stack.plane._slots["alice/demo"].draining
+    assert stack.haproxy.alive() and stack.haproxy.proc.pid == pid
+    assert stack.haproxy.layout.config.read_text() == config
+    assert f"Pid: {pid}" in stack.haproxy.api.command("show info")
+
+
+async def test_haproxy_writes_only_spec_values_whatever_a_map_field_holds(
+        stack: Stack, upstreams: dict[str, Upstream], client: aiohttp.ClientSession) -> None:
+    """Defence in depth: even a map entry that bypassed mapping_of (hand-written here) makes HAProxy write
+    a header only with a value its spec defines, and the CSP only as the site's fixed policy."""
+    r = route("alice/demo", upstreams["a1"].target)
+    stack.plane.apply(r.space_id, r)
+    key, slot = f"alice-demo.{DOMAIN}", stack.plane._slots["alice/demo"].name
+    base = f"{slot}|strip|/apps/alice/demo|{upstreams['a1'].target}|public"
+    for fields in ("require-corp,x|same-origin,unsafe-none|%[src]|yes", "REQUIRE-CORP|same-origin_|cross-origin.|yess",
+                   "require-corp-|-same-origin|same-sitee|no,frame-ancestors", "-|-|-|No"):
+        stack.haproxy.api.expect(f"set map {stack.plane._map} {key} {base}|{fields}")
+        assert stack.haproxy.api.command(f"show map {stack.plane._map}").strip().endswith(fields)
+        status, body, resp = await get(client, stack, key, "/")
+        assert (status, body["tag"]) == (200, "a1") and watched(resp) == [], fields
+    stack.haproxy.api.expect(f"set map {stack.plane._map} {key} {base}|credentialless|-|same-site|no")
+    assert watched((await get(client, stack, key, "/"))[2]) == [
+        ("cross-origin-embedder-policy", "credentialless"), ("cross-origin-resource-policy", "same-site"),
+        ("content-security-policy", "frame-ancestors http://localhost:8000")]
