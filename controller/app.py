@@ -17,6 +17,7 @@ from controller.api import admin as admin_api
 from controller.api import hardware as hardware_api
 from controller.api import hub as hub_api
 from controller.api import lfs as lfs_api
+from controller.api import listener as listener_api
 from controller.api import logs as logs_api
 from controller.api import oauth as oauth_api
 from controller.api import repos as repos_api
@@ -107,6 +108,7 @@ def create_app(settings: Settings, *, platform: Platform | None = None, runtime:
     for router in (repos_api.router, hardware_api.router, spaces_api.router, logs_api.router, hub_api.router,
                    admin_api.router, git_http.router, lfs_api.router, oauth_api.router, volumes_api.router):
         app.include_router(router)
+    listener_api.install(app)  # the platform listener: device API + OpenID endpoints for sandboxed apps
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -105,7 +105,8 @@ class Settings(BaseSettings):
     public_url: str = Field(default="", description="External URL of this site, e.g. http://localhost:8000")
     secret_key: str = Field(default="", description="Signs sessions, encrypts secrets; default kept in data dir")
     oauth_provider_url: str = Field(default="", description="OPENID_PROVIDER_URL given to hf_oauth apps: where "
-                                    "they reach the token, userinfo and JWKS endpoints (default: PUBLIC_URL)")
+                                    "they reach the token, userinfo and JWKS endpoints (default: the platform listener "
+                                    "when serve runs as root on the local or docker runtime, else PUBLIC_URL)")
     docker_host: str = ""
     registry_mirror: str = ""
     registry: str = Field(default="", description="Registry every container build is pushed to and every runtime "

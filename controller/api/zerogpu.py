@@ -13,17 +13,14 @@ visitor (the signed-in user of a platform token, else the client address).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
-import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
-import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -40,7 +37,6 @@ from controller.services.platform import Platform
 router = APIRouter(tags=["zerogpu"])  # the caller's quota (the main app only)
 device_router = APIRouter()  # what the `spaces` package calls: the main app and the device listener
 log = logging.getLogger(__name__)
-LISTENER_CONNECTIONS = 512  # the device listener's bound on open connections (every app's calls share it)
 PING_INTERVAL = 5.0  # < the package's 60 s read timeout; each event must arrive in its own chunk
 TOKEN_HEADER = b"x-ip-token"
 Scope = MutableMapping[str, Any]
@@ -233,83 +229,17 @@ class VisitorTokens:
 
 def install(app: FastAPI, platform: Platform, runtime: Any) -> None:
     """Mount the device API and the quota endpoint (before the routers whose /api/spaces/{owner}/{name}
-    would match zero-gpu/quota), keep the service on app.state, and run the device API's own listener
-    for as long as the app runs (its lifespan is wrapped: app.py's stays as it is)."""
+    would match zero-gpu/quota) and keep the service on app.state (the platform listener serves the
+    device API to sandboxed apps: controller/api/listener.py)."""
     pid = getattr(runtime, "pid", None)
     app.state.zerogpu = zs.ZeroGpu(platform, supervisor_pid=pid if callable(pid) else (lambda _name: None))
     app.include_router(device_router)
     app.include_router(router)
-    address = zs.listener_address(platform.settings)
-    if address is not None:
-        _with_listener(app, address)
-
-
-# ---- the device API's own listener ------------------------------------------------------------------
 
 
 def device_app(zero: zs.ZeroGpu) -> FastAPI:
-    """Only the device API: what app sandboxes reach is no way into the site's API, UI or git."""
+    """Only the device API, over a ZeroGPU service (the benches serve it on loopback)."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app.state.zerogpu = zero
     app.include_router(device_router)
     return app
-
-
-class _Listener(uvicorn.Server):
-    """A uvicorn server inside the main one's event loop: the main server keeps the signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-async def start_listener(zero: zs.ZeroGpu, address: tuple[str, int]) -> tuple[_Listener, asyncio.Task[None]] | None:
-    """Bind (a failure is logged with its fix, the site runs on) and serve the device app."""
-    problem = await run_in_threadpool(zs.prepare_listener)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        if problem is not None:
-            raise OSError(problem)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        log.warning("ZeroGPU: the device API listener cannot bind %s:%s (%s): sandboxed zero-* apps cannot reach "
-                    "the device API; fix that, or set SPACEPORT_ZEROGPU_DEVICE_API_URL to a URL they reach",
-                    address[0], address[1], exc)
-        return None
-    # log_config/log_level None: a second uvicorn.Config would otherwise re-run the process's logging set-up
-    # (the main server's access log and its INFO lines were lost); its requests go to the one access log,
-    # capabilities redacted (controller.accesslog)
-    config = uvicorn.Config(device_app(zero), lifespan="off", log_config=None, log_level=None,
-                            limit_concurrency=LISTENER_CONNECTIONS, timeout_graceful_shutdown=2)
-    server = _Listener(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started and not task.done():
-        await asyncio.sleep(0.01)
-    log.info("ZeroGPU: device API listening on http://%s:%s (zero-* apps only)", *address)
-    return server, task
-
-
-async def stop_listener(running: tuple[_Listener, asyncio.Task[None]] | None) -> None:
-    if running is None:
-        return
-    server, task = running
-    server.should_exit = True
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-def _with_listener(app: FastAPI, address: tuple[str, int]) -> None:
-    inner = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(a: Any) -> AsyncIterator[Any]:
-        async with inner(a) as state:
-            running = await start_listener(a.state.zerogpu, address)
-            try:
-                yield state
-            finally:
-                await stop_listener(running)
-
-    app.router.lifespan_context = lifespan

@@ -253,7 +253,7 @@ class DockerRuntime:
         except APIError as exc:
             raise RuntimeFailure(f"docker could not start {spec.name}: {exc.explanation or exc}") from exc
         container.reload()
-        self._device_api(container, netns.device_api_port(spec.env))  # ZeroGPU: zero-* instances only
+        self._listener_access(container, netns.listener_port(spec.env))  # zero-* and hf_oauth instances only
         endpoint = _endpoint(container, self.bind_address)
         if endpoint is None and container.status in ("exited", "dead"):  # it crashed at once: ports are gone
             code = container.attrs.get("State", {}).get("ExitCode")
@@ -337,7 +337,7 @@ class DockerRuntime:
         if container.status == "paused":
             container.unpause()
         container.stop(timeout=self.stop_timeout)
-        self._device_api(container, None)
+        self._listener_access(container, None)
 
     def _disk_usage(self, name: str) -> int | None:
         labels = [f"{LABEL_INSTANCE}={name}", *([f"{LABEL_SITE}={self.site}"] if self.site else [])]
@@ -349,12 +349,12 @@ class DockerRuntime:
     def _remove(self, name: str) -> None:
         container = self._get(name)
         if container is not None:
-            self._device_api(container, None)
+            self._listener_access(container, None)
             with contextlib.suppress(NotFound):
                 container.remove(force=True)
 
-    def _device_api(self, container: Container, port: int | None) -> None:
-        """ZeroGPU: the device API's port opened for this container's address on the apps' bridge, or
+    def _listener_access(self, container: Container, port: int | None) -> None:
+        """The platform listener's port opened for this container's address on the apps' bridge, or
         closed (None; the rule is named after the container, so it is found once its address is gone)."""
         networks = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
         address = (networks.get(self.network) or {}).get("IPAddress") or ""
@@ -365,9 +365,9 @@ class DockerRuntime:
         if (port is not None and not address) or not Path(f"/sys/class/net/{bridge}").exists():
             return
         try:
-            netns.set_device_api(container.name, ["-s", f"{address}/32", "-i", bridge], port)
+            netns.set_listener_access(container.name, ["-s", f"{address}/32", "-i", bridge], port)
         except netns.NetworkSetupError as exc:
-            raise RuntimeFailure(f"cannot open the ZeroGPU device API for {container.name}: {exc}") from exc
+            raise RuntimeFailure(f"cannot open the platform listener for {container.name}: {exc}") from exc
 
     async def _logs(self, name: str, follow: bool) -> AsyncIterator[str]:
         container = await asyncio.to_thread(self._get, name)

@@ -246,7 +246,7 @@ class LocalRuntime:
             if not self._firewall_ready:  # installed or upgraded once per runtime (idempotent)
                 netns.ensure_firewall()
                 self._firewall_ready = True
-            netns.create(slot, self.egress_allow, netns.device_api_port(spec.env))  # ZeroGPU: zero-* only
+            netns.create(slot, self.egress_allow, netns.listener_port(spec.env))  # zero-*, hf_oauth only
         except netns.NetworkSetupError as exc:
             raise RuntimeFailure(f"cannot set up the app's network: {exc}") from exc
         return uid, slot

@@ -16,12 +16,13 @@ with `iptables-restore --noflush` so an older rule set is upgraded in place on s
 * Per slot, `create(slot, allow=...)` opens CIDRs from the operator's allow-list
   (SPACEPORT_EGRESS_ALLOW), in the `SPACEPORT-ALLOW` chain, matched on that slot's interface only.
 * The host side of each veth has IPv6 disabled: an app cannot reach the host over link-local IPv6.
-* ZeroGPU's device API is the one exception, and only for instances on a zero-* flavor: the controller
-  serves it on its own listener at `DEVICE_API_ADDRESS` (a link-local address added to the host's
-  loopback, like a cloud metadata service) on one port; `SPACEPORT-ZEROGPU`, jumped to from INPUT for
+* The platform's own listener (controller.services.listener) is the one exception, and only for
+  instances that need it (a zero-* flavor's ZeroGPU device API, an hf_oauth app's OpenID provider): the
+  controller serves it at `LISTENER_ADDRESS` (a link-local address added to the host's loopback, like a
+  cloud metadata service) on one port; `SPACEPORT-LISTENER`, jumped to from INPUT for
   that address before anything else, lets the host itself (lo) through, accepts exactly that TCP port
   from the interfaces (a slot's veth, or a docker container's source address on its bridge) listed in
-  `SPACEPORT-ZEROGPU-ALLOW` (one rule each, named by a comment), and drops everything else sent to it (other slots, other ports, the LAN).
+  `SPACEPORT-LISTENER-ALLOW` (one rule each, named by a comment), and drops everything else sent to it (other slots, other ports, the LAN).
 
 The proxy reaches the app at `10.231.x.2:PORT`, the port the app chose in its own namespace.
 `bridge_firewall` applies the same policy to a docker bridge (docker runtime, DOCKER-USER).
@@ -44,9 +45,9 @@ SUBNET = ipaddress.IPv4Network("10.231.0.0/16")
 IN_CHAIN = "SPACEPORT-IN"
 FWD_CHAIN = "SPACEPORT-FWD"
 ALLOW_CHAIN = "SPACEPORT-ALLOW"
-ZERO_CHAIN = "SPACEPORT-ZEROGPU"
-ZERO_ALLOW_CHAIN = "SPACEPORT-ZEROGPU-ALLOW"
-DEVICE_API_ADDRESS = "169.254.231.1"  # ZeroGPU's device API listener (on lo; outside SUBNET, never a slot's)
+LISTENER_CHAIN = "SPACEPORT-LISTENER"
+LISTENER_ALLOW_CHAIN = "SPACEPORT-LISTENER-ALLOW"
+LISTENER_ADDRESS = "169.254.231.1"  # the platform's own listener (on lo; outside SUBNET, never a slot's)
 IFACE_PREFIX = "spx"
 DEFAULT_BLOCKED = (
     "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
@@ -259,9 +260,9 @@ def exists(slot: Slot) -> bool:
     return slot.netns_path.exists() and _run("ip", "link", "show", slot.host_if, check=False).returncode == 0
 
 
-def create(slot: Slot, allow: tuple[str, ...] = (), device_api: int | None = None) -> None:
+def create(slot: Slot, allow: tuple[str, ...] = (), listener: int | None = None) -> None:
     """Namespace + veth pair + addresses + default route (idempotent), the slot's allow-list, and the
-    ZeroGPU device API's port opened for it (`device_api`, zero-* flavors only) or closed (None)."""
+    platform listener's port opened for it (`listener`: see `listener_port`) or closed (None)."""
     if not exists(slot):
         delete(slot)
         _run("ip", "netns", "add", slot.netns)
@@ -276,7 +277,7 @@ def create(slot: Slot, allow: tuple[str, ...] = (), device_api: int | None = Non
         _run(*inside, "link", "set", "lo", "up")
         _run(*inside, "route", "add", "default", "via", slot.host_ip)
     set_allow(slot.host_if, allow)
-    set_device_api(slot.host_if, ["-i", slot.host_if], device_api)
+    set_listener_access(slot.host_if, ["-i", slot.host_if], listener)
 
 
 def _no_ipv6(iface: str) -> None:
@@ -287,7 +288,7 @@ def _no_ipv6(iface: str) -> None:
 
 def delete(slot: Slot) -> None:
     _clear_allow(slot.host_if)
-    set_device_api(slot.host_if, ["-i", slot.host_if], None)
+    set_listener_access(slot.host_if, ["-i", slot.host_if], None)
     _run("ip", "link", "del", slot.host_if, check=False)
     _run("ip", "netns", "del", slot.netns, check=False)
 
@@ -297,38 +298,43 @@ def enter_argv(slot: Slot) -> list[str]:
     return [hosttools.path("nsenter"), f"--net={slot.netns_path}", "--"]
 
 
-# ---------------------------------------------------------------- ZeroGPU device API (issue 15)
-def device_api_port(env: dict[str, str]) -> int | None:
-    """The device API port an instance's environment was given, if it is on a zero-* flavor and its URL
-    points at the dedicated listener (the platform sets both; a space's own variables of these names are
-    dropped before the runtime sees the environment)."""
-    if env.get("SPACES_ZERO_GPU") != "true":
-        return None
-    url = urlsplit(env.get("SPACES_ZERO_DEVICE_API_URL", ""))
+# ---------------------------------------------------------------- the platform's own listener
+def listener_port(env: dict[str, str]) -> int | None:
+    """The listener port an instance's environment points at, if the instance is one the listener serves:
+    a zero-* flavor's SPACES_ZERO_DEVICE_API_URL, an hf_oauth app's OPENID_PROVIDER_URL (the platform sets
+    them; a space's own variables of these names are dropped before the runtime sees the environment)."""
+    urls = [env.get("OPENID_PROVIDER_URL", "")]
+    if env.get("SPACES_ZERO_GPU") == "true":
+        urls.append(env.get("SPACES_ZERO_DEVICE_API_URL", ""))
+    return next((port for port in map(_listener_url_port, urls) if port), None)
+
+
+def _listener_url_port(text: str) -> int | None:
+    url = urlsplit(text)
     try:
         port = url.port
     except ValueError:
         return None
-    return port if url.scheme == "http" and url.hostname == DEVICE_API_ADDRESS and port else None
+    return port if url.scheme == "http" and url.hostname == LISTENER_ADDRESS and port else None
 
 
-def ensure_device_address() -> None:
-    """DEVICE_API_ADDRESS on the host's loopback (idempotent) and the chain that guards it, jumped to
+def ensure_listener_address() -> None:
+    """LISTENER_ADDRESS on the host's loopback (idempotent) and the chain that guards it, jumped to
     first in INPUT: lo passes on to the usual rules, listed interfaces reach their port, the rest drops."""
     shown = _run("ip", "-4", "addr", "show", "dev", "lo").stdout
-    if f"inet {DEVICE_API_ADDRESS}/" not in shown:
-        _run("ip", "addr", "add", f"{DEVICE_API_ADDRESS}/32", "dev", "lo")
-    _chain(ZERO_ALLOW_CHAIN)
-    _restore("iptables-restore", [ZERO_CHAIN], [f"-A {ZERO_CHAIN} -i lo -j RETURN", f"-A {ZERO_CHAIN} -j {ZERO_ALLOW_CHAIN}",
-                                                 f"-A {ZERO_CHAIN} -j DROP"])
+    if f"inet {LISTENER_ADDRESS}/" not in shown:
+        _run("ip", "addr", "add", f"{LISTENER_ADDRESS}/32", "dev", "lo")
+    _chain(LISTENER_ALLOW_CHAIN)
+    _restore("iptables-restore", [LISTENER_CHAIN], [f"-A {LISTENER_CHAIN} -i lo -j RETURN", f"-A {LISTENER_CHAIN} -j {LISTENER_ALLOW_CHAIN}",
+                                                 f"-A {LISTENER_CHAIN} -j DROP"])
     _first_in_input()
 
 
 def _first_in_input() -> None:
     """The guard's jump is INPUT's first rule (other chains insert theirs at 1 too: re-asserted after)."""
-    if _run("iptables", "-w", "-S", ZERO_CHAIN, check=False).returncode != 0:
+    if _run("iptables", "-w", "-S", LISTENER_CHAIN, check=False).returncode != 0:
         return
-    jump = ["-d", f"{DEVICE_API_ADDRESS}/32", "-j", ZERO_CHAIN]
+    jump = ["-d", f"{LISTENER_ADDRESS}/32", "-j", LISTENER_CHAIN]
     rules = [line for line in _run("iptables", "-w", "-S", "INPUT").stdout.splitlines() if line.startswith("-A ")]
     if rules and rules[0].split()[2:] == jump:
         return
@@ -337,18 +343,18 @@ def _first_in_input() -> None:
         _run("iptables", "-w", "-D", "INPUT", str(number))
 
 
-def set_device_api(tag: str, match: list[str], port: int | None) -> None:
-    """Open the device API's `port` for packets matching `match` (["-i", veth] for a slot, ["-s", ip,
+def set_listener_access(tag: str, match: list[str], port: int | None) -> None:
+    """Open the listener's `port` for packets matching `match` (["-i", veth] for a slot, ["-s", ip,
     "-i", bridge] for a docker container), replacing the rule named `tag` (its comment: a slot's veth, a
     container's name, so it is found again when the container's address is gone); None closes it.
     Idempotent; a no-op to close without the chain."""
-    if hosttools.find("iptables") is None or _run("iptables", "-w", "-S", ZERO_ALLOW_CHAIN, check=False).returncode:
+    if hosttools.find("iptables") is None or _run("iptables", "-w", "-S", LISTENER_ALLOW_CHAIN, check=False).returncode:
         if port is None:
             return
-        ensure_device_address()
-    for line in _run("iptables", "-w", "-S", ZERO_ALLOW_CHAIN).stdout.splitlines():
+        ensure_listener_address()
+    for line in _run("iptables", "-w", "-S", LISTENER_ALLOW_CHAIN).stdout.splitlines():
         if f" --comment {tag} " in line or f' --comment "{tag}" ' in line:
             _run("iptables", "-w", "-D", *line.split()[1:], check=False)
     if port is not None:
-        _run("iptables", "-w", "-A", ZERO_ALLOW_CHAIN, *match, "-p", "tcp", "--dport", str(port),
+        _run("iptables", "-w", "-A", LISTENER_ALLOW_CHAIN, *match, "-p", "tcp", "--dport", str(port),
              "-m", "comment", "--comment", tag, "-j", "ACCEPT")

@@ -34,7 +34,7 @@ from controller.db.models import (
 from controller.domain import oauth as rules
 from controller.domain.errors import Unauthorized
 from controller.domain.oauth import OAuthConfig, OAuthProblem
-from controller.services import accounts
+from controller.services import accounts, listener
 from controller.services.accounts import Principal, hash_token
 from controller.services.platform import Platform
 from controller.services.views import app_host
@@ -73,8 +73,10 @@ def issuer(settings: Settings) -> str:
 
 
 def provider_url(settings: Settings) -> str:
-    """OPENID_PROVIDER_URL: where apps fetch the discovery document (server to server)."""
-    return (settings.oauth_provider_url or issuer(settings)).rstrip("/")
+    """OPENID_PROVIDER_URL: where apps fetch the discovery document (server to server): the operator's
+    OAUTH_PROVIDER_URL, else the platform listener (the one platform address a sandboxed app reaches),
+    else the issuer."""
+    return (settings.oauth_provider_url or listener.base_url(settings) or issuer(settings)).rstrip("/")
 
 
 def discovery(settings: Settings) -> dict[str, Any]:

@@ -46,8 +46,8 @@ from controller.db.models import (
 from controller.domain import zerogpu as dz
 from controller.domain.errors import BadRequest, NotFound
 from controller.domain.hardware import Catalog, HardwareFlavor
-from controller.runtimes import netns, procs
-from controller.services import quotas
+from controller.runtimes import procs
+from controller.services import listener, quotas
 from controller.services.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -64,37 +64,14 @@ OWNED_PREFIXES = ("SPACES_ZERO_GPU", "SPACES_ZERO_DEVICE_API_URL", "ZEROGPU_CUDA
 # ---- env of an instance on a zero-* flavor ----------------------------------------------------------
 
 
-def listener_address(settings: Settings) -> tuple[str, int] | None:
-    """Where the device API's own listener binds, the one address and port app sandboxes and containers
-    of zero-* spaces may open (controller/runtimes/netns.py): none when the operator gave a URL of their
-    own (ZEROGPU_DEVICE_API_URL, e.g. a Service on Kubernetes) or when not root (no sandbox, no address
-    to add: apps then run on the host and reach PUBLIC_URL)."""
-    if settings.zerogpu_device_api_url or os.geteuid() != 0:
-        return None
-    return netns.DEVICE_API_ADDRESS, dz.listener_port(settings.key)
-
-
 def device_api_base(settings: Settings) -> str:
-    listener = listener_address(settings)
-    if listener is not None:
-        return f"http://{listener[0]}:{listener[1]}"
-    return (settings.zerogpu_device_api_url or settings.public_url or "http://localhost:8000").rstrip("/")
+    """The operator's ZEROGPU_DEVICE_API_URL, else the platform's own listener, else PUBLIC_URL."""
+    own = None if settings.zerogpu_device_api_url else listener.base_url(settings)
+    return (settings.zerogpu_device_api_url or own or settings.public_url or "http://localhost:8000").rstrip("/")
 
 
 def device_api_url(platform: Platform, instance: str) -> str:
     return f"{device_api_base(platform.settings)}/zerogpu/{dz.instance_capability(platform.settings.key, instance)}/"
-
-
-def prepare_listener() -> str | None:
-    """The host side of the listener (its address on lo, the guard chain); what went wrong, or None."""
-    missing = netns.tools_missing()
-    if missing:
-        return f"missing host tools: {', '.join(missing)}"
-    try:
-        netns.ensure_device_address()
-    except (netns.NetworkSetupError, OSError) as exc:
-        return str(exc)
-    return None
 
 
 def with_zero_env(platform: Platform, requested_hardware: str, instance: str, env: dict[str, str]) -> dict[str, str]:

@@ -2,9 +2,9 @@
 with git push, signs a Spaceport user in and shows their name; the token it received works for whoami;
 a user outside hf_oauth_authorized_org is refused.
 
-The server runs its apps unsandboxed (SPACEPORT_SANDBOX=none, as an operator who allows it would): the
-app calls the token endpoint server to server at OPENID_PROVIDER_URL (http://localhost:PORT here), an
-address a sandboxed app cannot reach (its egress is public addresses only; README, Sign-in for apps).
+The app runs in the site's default sandbox (as root here: bubblewrap and its own network namespace, whose
+egress is public addresses only): it calls the token, userinfo and whoami endpoints server to server at
+OPENID_PROVIDER_URL, the platform listener (169.254.231.1, opened for hf_oauth instances only).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ demo.launch()
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("oauth-browser")
-    server = make_server(tmp, SPACEPORT_SANDBOX="none", SPACEPORT_ALLOW_UNSANDBOXED="true")
+    server = make_server(tmp)
     for site in make_site(server):
         site.push("alice", "signin", {"README.md": README, "app.py": APP}, tmp)
         wait_stage(server, "alice/signin", {"RUNNING"}, timeout=600)

@@ -5,6 +5,7 @@ wrong secrets, CSRF, users outside the authorized org)."""
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -17,6 +18,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from controller.domain.oauth import s256
+from controller.runtimes import netns
 from tests.oauth.conftest import Site, csrf_of, make_site
 from tests.support.server import make_server
 from tests.support.spaces import wait_stage
@@ -86,7 +88,14 @@ def test_discovery_and_jwks(site: Site) -> None:
     doc = httpx.get(f"{site.url}/.well-known/openid-configuration", timeout=10).json()
     assert doc["issuer"] == site.url
     assert doc["authorization_endpoint"] == f"{site.url}/oauth/authorize"
-    assert doc["token_endpoint"] == f"{site.url}/oauth/token" and doc["userinfo_endpoint"] == f"{site.url}/oauth/userinfo"
+    # apps call the provider server to server: as root the platform listener (what a sandboxed app reaches)
+    provider = doc["token_endpoint"].removesuffix("/oauth/token")
+    assert provider.startswith(f"http://{netns.LISTENER_ADDRESS}:") if os.geteuid() == 0 else provider == site.url
+    assert doc["userinfo_endpoint"] == f"{provider}/oauth/userinfo" and doc["jwks_uri"] == f"{provider}/oauth/jwks"
+    assert httpx.get(f"{provider}/.well-known/openid-configuration", timeout=10).json() == doc
+    if provider != site.url:  # the listener serves the provider's machine endpoints, not the site
+        for path in ("/oauth/authorize", "/api/spaces", "/login", "/spaces/alice/signin"):
+            assert httpx.get(provider + path, timeout=10).status_code == 404, path
     assert {"openid", "profile", "email", "read-repos", "manage-repos"} <= set(doc["scopes_supported"])
     keys = httpx.get(doc["jwks_uri"], timeout=10).json()["keys"]
     assert keys and all("d" not in key and "p" not in key for key in keys), "only public keys are published"

@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 from controller.db.models import OAuthAccessToken, OAuthClient, OAuthCode, Space, utcnow
 from controller.domain.errors import Unauthorized
 from controller.domain.oauth import OAuthProblem
-from controller.services import accounts, oauth, spaces
+from controller.runtimes import netns
+from controller.services import accounts, listener, oauth, spaces
 from controller.services.oauth import AuthorizeRequest
 from controller.services.platform import Platform
 from controller.services.views import app_host
@@ -46,7 +47,11 @@ def test_env_client_and_encrypted_secret(db_platform: Platform) -> None:
         env = oauth.oauth_env(session, db_platform, space)
         assert oauth.oauth_env(session, db_platform, plain) == {}
         assert env["OAUTH_SCOPES"] == "openid profile"
-        assert env["OPENID_PROVIDER_URL"] == "http://localhost:8000"
+        own = listener.address(db_platform.settings)  # as root: the platform listener, which sandboxes reach
+        assert env["OPENID_PROVIDER_URL"] == (f"http://{own[0]}:{own[1]}" if own else "http://localhost:8000")
+        assert netns.listener_port(env) == (own[1] if own else None), "the firewall opens for hf_oauth apps"
+        assert netns.listener_port({"OPENID_PROVIDER_URL": "http://169.254.231.2:1/"}) is None
+        assert netns.listener_port({"OPENID_PROVIDER_URL": "https://evil.example/"}) is None
         assert oauth.oauth_env(session, db_platform, space) == env, "one client per space, the same secret"
         row = session.scalar(select(OAuthClient).where(OAuthClient.space_id == space.id))
         assert row is not None and env["OAUTH_CLIENT_SECRET"] not in row.secret_ciphertext

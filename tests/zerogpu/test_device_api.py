@@ -275,16 +275,16 @@ def test_env_only_on_zero_flavors_and_owner_variables_cannot_fake_it(site: Site)
     env = zs.with_zero_env(site.platform, "zero-t4", "sp-o-gpu-1-1", spoof)
     assert env["SPACES_ZERO_GPU"] == "true" and env["ZEROGPU_CUDA_DEVICE_NAME"] == "Tesla T4"
     base = zs.device_api_base(site.platform.settings)  # the own listener (as root), else PUBLIC_URL
-    assert base == (f"http://{netns.DEVICE_API_ADDRESS}:{dz.listener_port(site.platform.settings.key)}"
+    assert base == (f"http://{netns.LISTENER_ADDRESS}:{dz.listener_port(site.platform.settings.key)}"
                     if os.geteuid() == 0 else SITE)
     assert env["SPACES_ZERO_DEVICE_API_URL"] == f"{base}/zerogpu/{site.caps['o/gpu']}/"
-    assert netns.device_api_port(env) == (dz.listener_port(site.platform.settings.key) if os.geteuid() == 0 else None)
-    assert netns.device_api_port(spoof) is None  # an owner's URL never opens the firewall
+    assert netns.listener_port(env) == (dz.listener_port(site.platform.settings.key) if os.geteuid() == 0 else None)
+    assert netns.listener_port(spoof) is None  # an owner's URL never opens the firewall
     # httpx (the package's client) keeps the capability prefix when joining "/schedule"
     joined = httpx.Client(base_url=env["SPACES_ZERO_DEVICE_API_URL"]).build_request("POST", "/schedule").url
     assert str(joined) == f"{base}/zerogpu/{site.caps['o/gpu']}/schedule"
     operator = Settings(data_dir=site.platform.settings.data_dir, public_url=SITE, zerogpu_device_api_url="http://gpu.lan/")
-    assert zs.device_api_base(operator) == "http://gpu.lan" and zs.listener_address(operator) is None
+    assert zs.device_api_base(operator) == "http://gpu.lan"
 
 
 def test_quota_endpoint_for_the_signed_in_caller(site: Site) -> None:

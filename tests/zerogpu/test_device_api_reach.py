@@ -1,4 +1,4 @@
-"""Who reaches the ZeroGPU device API's address (netns.DEVICE_API_ADDRESS), on the local (bwrap) and docker
+"""Who reaches the ZeroGPU device API's address (netns.LISTENER_ADDRESS), on the local (bwrap) and docker
 runtimes: an instance on a zero-* flavor reaches exactly the listener's port there, nothing else on that
 address; an instance on any other flavor reaches nothing there; the rule goes with the instance.
 
@@ -32,10 +32,10 @@ from tests.support.tiers import missing
 
 @pytest.fixture
 async def listener() -> AsyncIterator[tuple[int, int]]:
-    """(device API port, another port) on DEVICE_API_ADDRESS, each answering a banner."""
+    """(device API port, another port) on LISTENER_ADDRESS, each answering a banner."""
     if not sandbox_status().available:
         missing("needs root, iptables and the sandbox")
-    netns.ensure_device_address()
+    netns.ensure_listener_address()
     servers = []
     for banner in (b"device-api", b"other-port"):
 
@@ -44,7 +44,7 @@ async def listener() -> AsyncIterator[tuple[int, int]]:
             await writer.drain()
             writer.close()
 
-        servers.append(await asyncio.start_server(accept, netns.DEVICE_API_ADDRESS, 0))
+        servers.append(await asyncio.start_server(accept, netns.LISTENER_ADDRESS, 0))
     yield servers[0].sockets[0].getsockname()[1], servers[1].sockets[0].getsockname()[1]
     for server in servers:
         server.close()
@@ -52,16 +52,16 @@ async def listener() -> AsyncIterator[tuple[int, int]]:
 
 
 def zero_env(port: int) -> dict[str, str]:
-    return {"SPACES_ZERO_GPU": "true", "SPACES_ZERO_DEVICE_API_URL": f"http://{netns.DEVICE_API_ADDRESS}:{port}/zerogpu/x/"}
+    return {"SPACES_ZERO_GPU": "true", "SPACES_ZERO_DEVICE_API_URL": f"http://{netns.LISTENER_ADDRESS}:{port}/zerogpu/x/"}
 
 
 async def reach(endpoint: Endpoint, port: int) -> object:
-    result = await ask(endpoint, f"/probe?to={netns.DEVICE_API_ADDRESS}:{port}")
+    result = await ask(endpoint, f"/probe?to={netns.LISTENER_ADDRESS}:{port}")
     return result["detail"] if result["ok"] else False
 
 
 def rules() -> str:
-    return subprocess.run(["iptables", "-w", "-S", netns.ZERO_ALLOW_CHAIN], capture_output=True, text=True).stdout
+    return subprocess.run(["iptables", "-w", "-S", netns.LISTENER_ALLOW_CHAIN], capture_output=True, text=True).stdout
 
 
 async def check(runtime: Runtime, specs: dict[str, InstanceSpec], ports: tuple[int, int]) -> None:
@@ -135,12 +135,12 @@ async def test_docker_containers_reach_the_device_api_only_on_zero_flavors(liste
 def test_the_guard_is_first_in_input_and_drops_all_but_listed_interfaces() -> None:
     if not sandbox_status().available:
         missing("needs root and iptables")
-    netns.ensure_device_address()
+    netns.ensure_listener_address()
     netns.ensure_firewall()  # inserts its own jump at 1: the guard must still come first
     listed = [x for x in subprocess.run(["iptables", "-w", "-S", "INPUT"], capture_output=True, text=True).stdout.splitlines()
               if x.startswith("-A ")]
-    assert listed[0] == f"-A INPUT -d {netns.DEVICE_API_ADDRESS}/32 -j {netns.ZERO_CHAIN}"
-    assert sum(netns.ZERO_CHAIN + " " in f"{x} " for x in listed) == 1
-    chain = subprocess.run(["iptables", "-w", "-S", netns.ZERO_CHAIN], capture_output=True, text=True).stdout.splitlines()
-    assert chain[1:] == [f"-A {netns.ZERO_CHAIN} -i lo -j RETURN", f"-A {netns.ZERO_CHAIN} -j {netns.ZERO_ALLOW_CHAIN}",
-                         f"-A {netns.ZERO_CHAIN} -j DROP"]
+    assert listed[0] == f"-A INPUT -d {netns.LISTENER_ADDRESS}/32 -j {netns.LISTENER_CHAIN}"
+    assert sum(netns.LISTENER_CHAIN + " " in f"{x} " for x in listed) == 1
+    chain = subprocess.run(["iptables", "-w", "-S", netns.LISTENER_CHAIN], capture_output=True, text=True).stdout.splitlines()
+    assert chain[1:] == [f"-A {netns.LISTENER_CHAIN} -i lo -j RETURN", f"-A {netns.LISTENER_CHAIN} -j {netns.LISTENER_ALLOW_CHAIN}",
+                         f"-A {netns.LISTENER_CHAIN} -j DROP"]

@@ -163,11 +163,12 @@ def client(server: LiveServer, name: str, token: str) -> Client:
 def test_sandboxes_reach_the_device_api_only_from_zero_spaces_and_only_its_paths(server: LiveServer, tokens: dict[str, str]) -> None:
     zero, plain = client(server, "zero", tokens["carol"]), client(server, "plain", tokens["carol"])
     url = zero.predict("", api_name="/device_url")
-    base = f"http://{netns.DEVICE_API_ADDRESS}:"
+    base = f"http://{netns.LISTENER_ADDRESS}:"
     assert url.startswith(base) and url.endswith("/") and "/zerogpu/" in url
     root = url.split("/zerogpu/")[0]
     assert zero.predict(url + "queue-size", api_name="/probe") == "200"
-    for path in ("/", "/api/whoami-v2", "/api/spaces/zero-gpu/quota", "/admin", "/login", "/spaces/carol/zero"):
+    for path in ("/", "/api/spaces", "/api/spaces/zero-gpu/quota", "/api/repos/create", "/admin", "/login",
+                 "/oauth/authorize", "/spaces/carol/zero", "/spaces/carol/zero.git/info/refs"):
         assert zero.predict(root + path, api_name="/probe") == "404", path  # the listener serves nothing else
     capability = url.split("/zerogpu/")[1].rstrip("/")
     instance, _, mac = capability.rpartition(".")
