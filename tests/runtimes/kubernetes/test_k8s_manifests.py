@@ -75,7 +75,7 @@ def test_manifests_render_and_validate(directory: str) -> None:
         kubernetes_validate.validate(doc, VERSION, strict=True)
     kinds = {d["kind"] for d in docs} - ({"PodDisruptionBudget"} if directory == "overlays/ha" else set())
     assert kinds == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap",
-                     "Service", "PersistentVolumeClaim", "Deployment", "StatefulSet", "Ingress"}
+                     "Service", "PersistentVolumeClaim", "Deployment", "StatefulSet", "Ingress", "NetworkPolicy"}
     namespaced = [d for d in docs if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding")]
     assert {d["metadata"]["namespace"] for d in namespaced} == {"spaceport"}
     assert not by_kind(docs, "Secret"), "secrets are referenced, never embedded"
@@ -90,7 +90,10 @@ def test_controller_runs_kubernetes_runtime_with_catalog() -> None:
     assert args["spaceport-beat"] == ["spaceport", "beat"]
     config = next(c for c in by_kind(docs, "ConfigMap") if c["metadata"]["name"].startswith("spaceport-config"))
     assert config["data"]["SPACEPORT_RUNTIME"] == "kubernetes"
-    assert config["data"]["SPACEPORT_BROKER_URL"] == "redis://spaceport-redis:6379/0"  # not the embedded broker
+    assert "SPACEPORT_BROKER_URL" not in config["data"], "it carries Redis' password: built from the Secret in env"
+    broker = {c["name"]: c["env"] for d in deployments.values() for c in d["spec"]["template"]["spec"]["containers"]}
+    for name in ("controller", "worker", "beat"):  # the Redis broker (not the embedded one), with the password
+        assert {"name": "SPACEPORT_BROKER_URL", "value": "redis://:$(REDIS_PASSWORD)@spaceport-redis:6379/0"} in broker[name]
     hardware = next(c for c in by_kind(docs, "ConfigMap") if c["metadata"]["name"].startswith("spaceport-hardware"))
     assert hardware["data"]["hardware.yaml"] == default_catalog_text()
     controller = deployments["spaceport"]["spec"]["template"]
