@@ -123,12 +123,14 @@ def app_env(spec: InstanceSpec, *, port: int, bind: str, home: str | None = None
 
 def spec_hash(spec: InstanceSpec) -> str:
     """Identity of what runs: same hash -> an existing instance can simply be (re)started."""
-    body = {
+    body: dict[str, object] = {
         "artifact": artifact_to_dict(spec.artifact),
         "env": sorted(spec.env.items()),
         "hardware": asdict(spec.hardware),
         "space": spec.space_id,
     }
+    if spec.mounts:  # only then, so instances without mounts keep the hash they were started with
+        body["mounts"] = [asdict(m) for m in spec.mounts]
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

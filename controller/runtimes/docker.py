@@ -40,7 +40,7 @@ from controller.domain.naming import in_registry, registry_host
 from controller.runtimes import netns
 from controller.runtimes.appenv import LABEL_INSTANCE, LABEL_SPEC, app_env, instance_labels, spec_hash
 from controller.runtimes.base import AppExited, Endpoint, InstanceSpec, InstanceStatus, RuntimeFailure, State
-from controller.runtimes.sandbox import ASCEND_DRIVER, ASCEND_SHARED
+from controller.runtimes.sandbox import ASCEND_DRIVER, ASCEND_SHARED, give_storage
 
 NETWORK = "spaceport-apps"
 APP_UID = "1000:1000"
@@ -102,7 +102,19 @@ def build_create_kwargs(spec: InstanceSpec, *, network: str = NETWORK, bind_addr
         "network": network,
         "hostname": "space",
         **accelerator_kwargs(spec),
-    }
+    } | _volume_kwargs(spec)
+
+
+def _volume_kwargs(spec: InstanceSpec) -> dict[str, Any]:
+    """Bind mounts: the space's persistent storage read-write at /data, its volumes read-only (beside the
+    Ascend driver's). The host paths are the controller's: the engine must run on the same machine (or see
+    the data dir at the same path)."""
+    if not spec.mounts:
+        return {}
+    binds = dict(accelerator_kwargs(spec).get("volumes") or {})
+    for mount in spec.mounts:
+        binds[mount.source] = {"bind": mount.target, "mode": "ro" if mount.read_only else "rw"}
+    return {"volumes": binds}
 
 
 def _pull_failure(image: str, registry: str, error: str) -> str:
@@ -242,6 +254,7 @@ class DockerRuntime:
             container = None
         try:
             if container is None:
+                self._give_storage(spec)
                 self.ensure_image(spec)
                 self.ensure_network()
                 container = self.client.containers.create(**build_create_kwargs(
@@ -261,6 +274,16 @@ class DockerRuntime:
         if endpoint is None:
             raise RuntimeFailure(f"{spec.name} started but published no port (state {container.status})")
         return endpoint
+
+    def _give_storage(self, spec: InstanceSpec) -> None:
+        """The space's storage directory owned by the container's user (uid 1000), so the app can write /data."""
+        uid, _, gid = APP_UID.partition(":")
+        for mount in spec.mounts:
+            if not mount.read_only:
+                try:
+                    give_storage(Path(mount.source), int(uid), int(gid))
+                except (OSError, RuntimeError) as exc:
+                    raise RuntimeFailure(f"cannot mount {mount.target} for {spec.name}: {exc}") from exc
 
     def ensure_image(self, spec: InstanceSpec) -> None:
         """The spec's image on this engine: already there, or pulled from SPACEPORT_REGISTRY (blocking)."""

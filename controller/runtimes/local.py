@@ -41,7 +41,7 @@ from typing import Literal
 from builder.artifact import VenvArtifact, artifact_to_dict
 from controller.runtimes import hosttools, logrelay, netns, procs, sandbox
 from controller.runtimes.appenv import APP_DIR, app_env, instance_labels, spec_hash, visible_devices_env
-from controller.runtimes.base import Endpoint, InstanceSpec, InstanceStatus, RuntimeFailure, State
+from controller.runtimes.base import Endpoint, InstanceSpec, InstanceStatus, Mount, RuntimeFailure, State
 from controller.runtimes.cgroups import Cgroups, Limits
 from controller.runtimes.localstate import InstanceDir, LocalRecord, disk_usage
 
@@ -185,6 +185,7 @@ class LocalRuntime:
         command = [c.replace("{port}", str(port)).replace("{host}", bind) for c in artifact.command]
         if command and not os.path.isabs(command[0]) and (artifact.venv / "bin" / command[0]).exists():
             command[0] = str(artifact.venv / "bin" / command[0])
+        self._prepare_mounts(spec, idir, uid)
         if uid is not None:
             sandbox.prepare_app_dir(idir.home, idir.app_layer, uid)
             sandbox.prepare_venv_layer(artifact.venv.resolve(), idir.venv_dirs, idir.venv_layer, uid)
@@ -310,8 +311,23 @@ class LocalRuntime:
             uid=uid, home=idir.home, etc_dir=idir.etc, ro_paths=tuple(dict.fromkeys(ro)), protected=self.protected,
             tmp_size_bytes=spec.hardware.disk_mb * 1024 * 1024, workdir=APP_DIR, devices=devices, extra_ro=driver,
             app_source=artifact.source.resolve(), app_layer=idir.app_layer,
-            venv=venv, venv_dirs=idir.venv_dirs, venv_layer=idir.venv_layer,
+            venv=venv, venv_dirs=idir.venv_dirs, venv_layer=idir.venv_layer, mounts=spec.mounts,
         )  # fmt: skip
+
+    def _prepare_mounts(self, spec: InstanceSpec, idir: InstanceDir, uid: int | None) -> None:
+        """Sandboxed: the storage directory (read-write mounts) becomes the space uid's; bwrap binds every mount.
+        Unsandboxed there is no mount namespace to bind into, so each mount is a symlink at HOME + its target
+        (~/data, ~/models) in the instance's own home; nothing is read-only then (the app runs as the
+        controller's user and sees the whole machine: that mode isolates nothing, see README)."""
+        for mount in spec.mounts:
+            try:
+                if uid is not None:
+                    if not mount.read_only:
+                        sandbox.give_storage(Path(mount.source), uid)
+                    continue
+                _link_mount(idir.home, mount)
+            except (OSError, RuntimeError) as exc:
+                raise RuntimeFailure(f"cannot mount {mount.target} for {spec.name}: {exc}") from exc
 
     def _rotate(self, idir: InstanceDir) -> None:
         with contextlib.suppress(OSError):
@@ -488,6 +504,24 @@ def in_app_dir(command: builtins.list[str], source: Path) -> builtins.list[str]:
         return arg
 
     return [mapped(arg) for arg in command]
+
+
+def _link_mount(home: Path, mount: Mount) -> None:
+    """HOME + target -> the mount's host directory (unsandboxed). Whatever the app left at that path (a file,
+    a directory of its own) is moved aside to NAME.replaced-by-mount; an older link is replaced, never followed."""
+    link = home / mount.target.lstrip("/")
+    for parent in reversed(link.relative_to(home).parents[:-1]):
+        where = home / parent
+        if where.is_symlink() or (where.exists() and not where.is_dir()):
+            where.unlink()
+        where.mkdir(exist_ok=True)
+    if link.is_symlink():
+        if os.readlink(link) == mount.source:
+            return
+        link.unlink()
+    elif link.exists():
+        link.rename(link.with_name(link.name + ".replaced-by-mount"))
+    link.symlink_to(mount.source, target_is_directory=True)
 
 
 def _memfd(name: str, data: bytes) -> int:

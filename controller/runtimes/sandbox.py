@@ -14,7 +14,10 @@ What an app sees (see `bwrap_argv`):
   app's uid, made once per instance: no chown of files on any wake) over the sealed shared venv, and
   whose upper is the instance's own, emptied on every start. New files, new directories, replacing or
   deleting files work; writing an existing file in place is refused (its inode stays root-owned).
-  Nothing else: not the data dir, not other spaces,
+  Its mounts (controller.services.volumes): its persistent storage bound read-write at /data (the host
+  directory given to its uid by `give_storage`) and read-only volumes (another space's files) at their
+  paths; only those directories, never their parents, so no link the app makes there leads anywhere but
+  into its own mount namespace. Nothing else: not the data dir, not other spaces,
   not the controller's code. `protected_paths` that would fall inside a bound directory are masked.
 * identity: its own unprivileged uid/gid (100000 + a per-space number, never root, never the
   controller's uid), set with setpriv *inside* the sandbox after bwrap (running as root) has built the
@@ -30,6 +33,7 @@ What an app sees (see `bwrap_argv`):
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -43,6 +47,7 @@ from pathlib import Path
 
 from controller.runtimes import hosttools, netns
 from controller.runtimes.appenv import APP_DIR, APP_HOME
+from controller.runtimes.base import Mount
 
 UID_BASE = 100_000
 UID_MAX = 165_535
@@ -110,6 +115,7 @@ class SandboxPlan:
     venv: Path | None = None  # made writable at its path (one of ro_paths) by an overlay:
     venv_dirs: Path | None = None  # its directory skeleton owned by the app (prepare_venv_layer)
     venv_layer: Path | None = None  # upper/ and work/ of that overlay (emptied by the caller)
+    mounts: tuple[Mount, ...] = ()  # persistent storage (read-write) and volumes (read-only) at their targets
 
 
 def _bwrap_works() -> str:
@@ -282,12 +288,55 @@ def check_plan(plan: SandboxPlan) -> None:
         for path in plan.protected:
             if path.is_relative_to(plan.venv):
                 raise RuntimeError(f"{plan.venv} cannot be the app's writable venv: it holds a protected path ({path})")
+    for mount in plan.mounts:
+        check_mount(mount, plan.protected)
     if plan.app_source is not None:  # an overlay's lower layer cannot be masked: nothing protected inside
         if plan.app_layer is None:
             raise RuntimeError("an app directory needs a layer directory for its writes")
         for path in plan.protected:
             if plan.app_source == Path("/") or plan.app_source.is_relative_to(path) or path.is_relative_to(plan.app_source):
                 raise RuntimeError(f"{plan.app_source} cannot be the app's code: it holds or is protected ({path})")
+
+
+SYSTEM_TARGETS = ("/usr", "/etc", "/proc", "/dev", "/home", "/run", "/tmp", "/bin", "/sbin", "/lib", "/lib64")
+
+
+def check_mount(mount: Mount, protected: tuple[Path, ...]) -> None:
+    """A mount binds one platform-made directory at a fresh absolute path: never a protected path or one
+    holding it, never over the system's directories or the app's home (controller.domain.volumes checked
+    the owner's path already; this is the sandbox's own line)."""
+    source, target = Path(mount.source), mount.target
+    if not source.is_absolute() or source == Path("/") or ".." in source.parts:
+        raise RuntimeError(f"mount source {mount.source!r} must be an absolute directory")
+    for path in protected:
+        if source.is_relative_to(path) or path.is_relative_to(source):
+            raise RuntimeError(f"{source} cannot be mounted into an app: it is or holds a protected path ({path})")
+    if not target.startswith("/") or any(p in ("", ".", "..") for p in target[1:].split("/")):
+        raise RuntimeError(f"mount target {target!r} must be a normalized absolute path")
+    if target == "/" or any(target == t or target.startswith(t + "/") for t in SYSTEM_TARGETS):
+        raise RuntimeError(f"mount target {target} is a system directory or inside one")
+
+
+def _mount_args(mounts: tuple[Mount, ...]) -> list[str]:
+    return [a for m in mounts for a in ("--ro-bind" if m.read_only else "--bind", m.source, m.target)]
+
+
+def give_storage(path: Path, uid: int, gid: int | None = None) -> None:
+    """Host side, before a start: the space's persistent storage directory owned by the app's uid (mode 0700),
+    so it can write /data. When it was someone else's (another runtime's uid), everything in it is handed
+    over too, walked by directory file descriptors without following any link the app left there (an old
+    instance of the space may still be running and swapping entries: nothing outside the tree is touched)."""
+    gid = uid if gid is None else gid
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise RuntimeError(f"{path} is not a directory")
+    if (info.st_uid, info.st_gid) != (uid, gid):
+        for _top, dirs, files, top_fd in os.fwalk(path, follow_symlinks=False):
+            for name in (*dirs, *files):
+                with contextlib.suppress(FileNotFoundError):
+                    os.chown(name, uid, gid, dir_fd=top_fd, follow_symlinks=False)
+        os.chown(path, uid, gid, follow_symlinks=False)
+    os.chmod(path, 0o700)  # a directory the platform made (checked above), not the app's
 
 
 def bwrap_argv(plan: SandboxPlan, command: list[str], exists: Callable[[str], bool] = os.path.exists) -> list[str]:
@@ -304,6 +353,7 @@ def bwrap_argv(plan: SandboxPlan, command: list[str], exists: Callable[[str], bo
     for path in (*plan.ro_paths, *(Path(p) for p in plan.extra_ro)):
         args += ["--ro-bind", str(path), str(path)]
     args += [a for dev in plan.devices for a in ("--dev-bind", dev, dev)]
+    args += _mount_args(plan.mounts)
     args += _mask_args(plan.protected, [Path("/usr"), Path("/etc"), *plan.ro_paths])
     args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", plan.hostname]
     setup: list[str] = []
