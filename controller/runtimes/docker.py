@@ -184,7 +184,7 @@ class DockerRuntime:
         """Image references and ids of this site's containers (running or stopped): never collected."""
         labels = [LABEL_INSTANCE, f"{LABEL_SITE}={self.site}"] if self.site else [LABEL_INSTANCE]
         used: set[str] = set()
-        for container in self.client.containers.list(all=True, filters={"label": labels}):
+        for container in self.client.containers.list(all=True, filters={"label": labels}, ignore_removed=True):
             used.add(str(container.attrs.get("Config", {}).get("Image", "")))
             used.add(str(container.attrs.get("Image", "")))
         return used - {""}
@@ -335,13 +335,16 @@ class DockerRuntime:
         if container.status == "paused":
             return InstanceStatus(name, State.FROZEN, endpoint=_endpoint(container, self.bind_address), labels=labels)
         code = container.attrs.get("State", {}).get("ExitCode")
-        tail = container.logs(tail=20).decode(errors="replace").strip()
+        try:
+            tail = container.logs(tail=20).decode(errors="replace").strip()
+        except NotFound:  # removed since it was listed or inspected: its exit is all there is to say
+            tail = ""
         return InstanceStatus(name, State.EXITED, exit_code=code, labels=labels,
                               message=f"exited with code {code}\n{tail}".strip())  # fmt: skip
 
     def _list(self) -> builtins.list[InstanceStatus]:
         labels = [LABEL_INSTANCE, f"{LABEL_SITE}={self.site}"] if self.site else [LABEL_INSTANCE]
-        found = self.client.containers.list(all=True, filters={"label": labels})
+        found = self.client.containers.list(all=True, filters={"label": labels}, ignore_removed=True)
         return [self._describe(c.labels[LABEL_INSTANCE], c) for c in found]
 
     def _call(self, name: str, action: str) -> None:

@@ -80,7 +80,7 @@ def host_get(server: LiveServer, slug: str, path: str = "/") -> httpx.Response:
 def the_container(engine: docker.DockerClient, space: str) -> Container:
     """The one container of a space on this test's site (other servers may share the engine)."""
     labels = [f"spaceport.space={space}", f"{LABEL_SITE}={SITE[0]}"]
-    found = engine.containers.list(all=True, filters={"label": labels})
+    found = engine.containers.list(all=True, filters={"label": labels}, ignore_removed=True)
     assert len(found) == 1, [(c.name, c.status) for c in found]
     return found[0]
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 
 import docker
 import pytest
 
 from builder.artifact import ImageArtifact
-from controller.runtimes.base import Accelerators, HardwareSpec, InstanceSpec
-from controller.runtimes.docker import DockerRuntime, build_create_kwargs
+from controller.runtimes.appenv import LABEL_INSTANCE
+from controller.runtimes.base import Accelerators, HardwareSpec, InstanceSpec, State
+from controller.runtimes.docker import LABEL_SITE, DockerRuntime, build_create_kwargs
 
 
 def _spec(name: str, image: str, acc: Accelerators | None) -> InstanceSpec:
@@ -54,4 +57,33 @@ def test_apps_network_disables_inter_container_traffic(docker_host: str) -> None
     except docker.errors.NotFound:
         pytest.fail("network not created")
     finally:
+        runtime.close()
+
+
+@pytest.mark.docker
+def test_list_skips_a_container_removed_while_it_is_listed(docker_host: str, test_image: str) -> None:
+    """A container removed between the engine's list and its inspect (another replica, a delete) is gone,
+    not an error: list() once raised NotFound here and the reconciler's pass failed with it."""
+    site = f"race-{uuid.uuid4().hex[:8]}"
+    runtime = DockerRuntime(docker_host, site=site)
+    labels = {LABEL_SITE: site}
+    made = {name: runtime.client.containers.create(test_image, labels={**labels, LABEL_INSTANCE: name})
+            for name in ("gone", "kept")}  # fmt: skip
+    real_inspect = runtime.client.api.inspect_container
+
+    def inspect_after_a_removal(container_id: str) -> object:
+        if container_id == made["gone"].id:
+            made["gone"].remove(force=True)
+        return real_inspect(container_id)
+
+    runtime.client.api.inspect_container = inspect_after_a_removal  # type: ignore[method-assign]
+    try:
+        listed = asyncio.run(runtime.list())
+        assert [status.name for status in listed] == ["kept"]
+        assert listed[0].state is State.EXITED
+    finally:
+        runtime.client.api.inspect_container = real_inspect  # type: ignore[method-assign]
+        for container in made.values():
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
         runtime.close()
