@@ -20,6 +20,9 @@ blobs is the registry's own `garbage-collect`). A manifest another kept tag of t
 points at (an identical rebuild) is left alone. Registries that need credentials are not supported here:
 their manifests stay (logged).
 
+Persistent storage left by no space, exports of volumes no space mounts, and on Kubernetes storage claims no
+space's key names go with every full collection (controller.services.volumes.collect_storage).
+
 Deleting a space (`release_space`) moves its exported sources away at once and collects its venvs right
 away (grace 0) when no other space uses them; its images are remembered (PlatformSetting
 "gc_pending_images") until its containers are gone and the next collection removes them. Its
@@ -64,7 +67,7 @@ VENV_MARKER = ".spaceport-env.json"  # builder/venv.py MARKER: holds the owner
 
 @dataclass(frozen=True)
 class Candidate:
-    kind: str  # "source" | "venv" | "image"
+    kind: str  # "source" | "venv" | "image" | "storage" | "export" | "claim" (controller.services.volumes)
     ref: str  # a path, or an image reference
     owner: str
 
@@ -79,6 +82,9 @@ class Report:
     def summary(self, *, dry_run: bool = False) -> str:
         kinds = {k: sum(1 for c in self.removed if c.kind == k) for k in ("source", "venv", "image")}
         what = f"{kinds['source']} sources, {kinds['venv']} venvs, {kinds['image']} images"
+        storage = sum(1 for c in self.removed if c.kind in ("storage", "export", "claim"))
+        if storage:
+            what += f", {storage} orphaned storage directories, exports or claims"
         if dry_run:
             return f"would remove {what}; {self.kept} unused kept for now"
         return f"freed {self.freed_bytes} bytes: {what} removed; {self.kept} unused kept for now"
@@ -228,14 +234,29 @@ def collect(platform: Platform, *, grace: float | None = None, dry_run: bool = F
         else:
             chosen.append(c)
     if dry_run:
-        report.removed = chosen
+        report.removed = chosen + (_storage(platform, grace, dry_run=True) if only is None else [])
         return report
     files = [c for c in chosen if c.kind != "image"]
     _remove_files(platform, settings, files, report)
     _remove_images(platform, settings, [c for c in chosen if c.kind == "image"], report, keep)
+    if only is None:
+        report.removed += _storage(platform, grace, dry_run=False)
     if report.removed or report.images_in_use:
         log.info("garbage collection: %s", report.summary())
     return report
+
+
+def _storage(platform: Platform, grace: float, *, dry_run: bool) -> list[Candidate]:
+    """Orphaned persistent storage, unused exports, Kubernetes claims of deleted storage (never an owner's
+    in use: controller.services.volumes.collect_storage)."""
+    from controller.services import volumes
+
+    try:
+        found = volumes.collect_storage(platform, grace=grace, dry_run=dry_run)
+    except Exception:  # the claims of an unreachable cluster: the rest of the collection still counts
+        log.exception("garbage collection of persistent storage failed; the next collection retries")
+        return []
+    return [Candidate(c.kind, c.ref, "") for c in found]
 
 
 def _remove_files(platform: Platform, settings: Settings, chosen: list[Candidate], report: Report) -> None:

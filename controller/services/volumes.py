@@ -7,7 +7,13 @@
   is sized by its tier.
 * Deleting storage is explicit (`delete_space_storage`): the data goes. Deleting a space that has storage is
   refused until its storage was deleted, so nobody loses /data by deleting the repo (the rule of both the API
-  and the web UI). A duplicate never gets the source's storage or its data (as on the hosted platform).
+  and the web UI): that second, explicit call is the confirmation. A duplicate never gets the source's storage
+  or its data (as on the hosted platform).
+* Collection (`collect_storage`, part of artifact GC): a storage directory whose key no space holds (its
+  deletion was interrupted, or a start raced with it), an export no space's volumes name, and on Kubernetes a
+  claim of this site no space's key names, are removed; directories once older than the grace period (an
+  export's age counts from its last mount). Directories are renamed out first and deleted without following
+  any link an app left in them.
 * Volumes of type `space` mount another space's files at a revision, exported from git once per commit into
   DATA_DIR/volumes/exports, read-only. Only a public space or one of the same owner can be mounted, checked
   when the volumes are set and again at every start.
@@ -15,10 +21,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import secrets
 import shutil
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +94,9 @@ def delete_storage(session: Session, platform: Platform, space: Space) -> None:
     _restart(session, platform, space)
     if key:
         path = storage_dir(platform.settings, key)
-        platform.after_commit(session, lambda: shutil.rmtree(path, ignore_errors=True))
+        platform.after_commit(session, lambda: _discard_quietly(platform.settings, path))
+        if platform.settings.runtime == "kubernetes":
+            platform.after_commit(session, lambda: _in_background(platform, "delete-claims", prune_claims))
 
 
 def check_deletable(platform: Platform, space: Space) -> None:
@@ -141,6 +154,8 @@ def _export(settings: Settings, volume: vol.VolumeSpec, sha: str) -> Path:
         tmp = dest.with_name(f".{sha}.{secrets.token_hex(4)}.tmp")
         storage.export_tree(storage.repo_path(settings.repos_dir, owner, name), sha, tmp)
         tmp.rename(dest)
+    with contextlib.suppress(OSError):
+        os.utime(dest)  # its age for collection counts from its last mount
     target = dest / volume.path if volume.path else dest
     if not target.is_dir() or target.is_symlink():
         raise BadRequest(f"Volume {volume.source}: {volume.path!r} is not a folder of that space at {volume.revision}.")
@@ -182,3 +197,128 @@ def storage_limits(platform: Platform, names: list[str]) -> dict[str, StorageLim
                                .where(Instance.name.in_(names), Space.storage_key.is_not(None)))
         return {name: StorageLimit(storage_dir(platform.settings, key), sizes.get(tier, 0), tier)
                 for name, tier, key in rows if tier and key}
+
+
+# ----------------------------------------------------------------------------- collection
+TRASH = ".trash"
+ClaimPruner = Callable[[set[str]], list[str]]
+
+
+@dataclass(frozen=True)
+class Collected:
+    kind: str  # "storage" | "export" | "claim"
+    ref: str  # a path, or NAMESPACE/NAME of a claim
+
+
+def _discard(settings: Settings, path: Path) -> bool:
+    """Rename `path` into the volumes' trash (so nothing starts with it meanwhile), then delete it; links
+    in it are removed, never followed (shutil.rmtree). False if it was already gone."""
+    trash = settings.volumes_dir / TRASH
+    trash.mkdir(parents=True, exist_ok=True, mode=0o700)
+    target = trash / f"{path.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(path, target)
+    except FileNotFoundError:
+        return False
+    shutil.rmtree(target, ignore_errors=True)
+    return True
+
+
+def _discard_quietly(settings: Settings, path: Path) -> None:
+    try:
+        _discard(settings, path)
+    except OSError as exc:  # it stays an orphan: the next garbage collection removes it
+        log.warning("deleting the persistent storage %s failed: %s", path, exc)
+
+
+def _dirs(path: Path) -> list[Path]:
+    try:
+        return sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink())
+    except FileNotFoundError:
+        return []
+
+
+def _old(path: Path, now: float, grace: float) -> bool:
+    try:
+        return now - path.lstat().st_mtime >= grace
+    except FileNotFoundError:
+        return False
+
+
+def _kept(platform: Platform) -> tuple[set[str], set[str]]:
+    """Storage keys any space holds, and the spaces (OWNER/NAME) any space's volumes mount."""
+    with platform.sessions() as session:
+        rows = session.execute(select(Space.storage_key, Space.volumes))
+        keys, sources = set(), set()
+        for key, volumes in rows:
+            if key:
+                keys.add(str(key))
+            sources |= {v.source for v in vol.volumes_from_json(volumes)}
+        return keys, sources
+
+
+def storage_candidates(platform: Platform, grace: float) -> list[Collected]:
+    """What collection would remove (listed before the database is read: a key is committed before its
+    directory is made, so a directory listed here whose key is not found is no space's)."""
+    settings, now = platform.settings, time.time()
+    stored = [p for p in _dirs(settings.volumes_dir / "storage") if _KEY.match(p.name)]
+    exports = [sha for owner in _dirs(settings.volumes_dir / "exports") for name in _dirs(owner) for sha in _dirs(name)]
+    keys, sources = _kept(platform)
+    found = [Collected("storage", str(p)) for p in stored if p.name not in keys and _old(p, now, grace)]
+    found += [Collected("export", str(p)) for p in exports
+              if f"{p.parent.parent.name}/{p.parent.name}" not in sources and _old(p, now, grace)]
+    return found
+
+
+def collect_storage(platform: Platform, *, grace: float | None = None, dry_run: bool = False,
+                    claims: ClaimPruner | None = None) -> list[Collected]:
+    """Remove orphaned storage directories and unused exports older than `grace` (default GC_GRACE), and on
+    Kubernetes (or with `claims`, a claim pruner) this site's storage claims no space's key names."""
+    settings = platform.settings
+    grace = settings.gc_grace if grace is None else grace
+    chosen = storage_candidates(platform, grace)
+    if dry_run:
+        return chosen
+    now = time.time()
+    for leftover in _dirs(settings.volumes_dir / TRASH):  # a deletion a crash interrupted after its rename
+        if _old(leftover, now, 60):
+            shutil.rmtree(leftover, ignore_errors=True)
+    removed = [c for c in chosen if _discard(settings, Path(c.ref))]
+    for c in removed:
+        log.info("garbage collection: removed %s %s", c.kind, c.ref)
+    for owner in _dirs(settings.volumes_dir / "exports"):
+        for name in [*_dirs(owner), owner]:
+            with contextlib.suppress(OSError):
+                name.rmdir()
+    if claims is not None or settings.runtime == "kubernetes":
+        removed += [Collected("claim", ref) for ref in prune_claims(platform, claims)]
+    return removed
+
+
+def kept_claims(platform: Platform) -> set[str]:
+    """The claim names of every storage key a space holds."""
+    return {claim_name(key) for key in _kept(platform)[0]}
+
+
+def prune_claims(platform: Platform, pruner: ClaimPruner | None = None) -> list[str]:
+    """Delete this site's storage claims that no space's key names (Kubernetes); NAMESPACE/NAME deleted.
+    Without `pruner`, the configured runtime's (only Kubernetes has one)."""
+    if pruner is not None:
+        return pruner(kept_claims(platform))
+    from controller.runtimes.factory import make_runtime
+
+    runtime = make_runtime(platform.settings)
+    prune = getattr(runtime, "prune_claims_sync", None)
+    return prune(kept_claims(platform)) if prune is not None else []
+
+
+def _in_background(platform: Platform, name: str, work: Callable[[Platform], object]) -> None:
+    import threading
+
+    def run() -> None:
+        try:
+            work(platform)
+        except Exception:
+            log.exception("%s failed; the next garbage collection retries", name)
+
+    threading.Thread(target=run, name=name, daemon=True).start()

@@ -237,7 +237,7 @@ def test_the_claim_is_per_space_of_the_site_class_sized_by_tier(site: SiteConfig
         "metadata": {"name": "spaceport-data-0123456789abcdef0123", "namespace": "spaceport-alice",
                      "labels": {"app.kubernetes.io/managed-by": "spaceport", "app.kubernetes.io/part-of": "spaceport",
                                 "spaceport.site": "spaceport", "spaceport.space": "alice.demo",
-                                "spaceport.owner": "alice"},
+                                "spaceport.owner": "alice", "spaceport.storage": "persistent"},
                      "annotations": {"spaceport.space-id": "alice/demo"}},
         "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast-ssd",
                  "resources": {"requests": {"storage": "20000000000"}}},

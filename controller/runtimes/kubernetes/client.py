@@ -43,6 +43,8 @@ class KubeApi(Protocol):
 
     def list_pods(self, label_selector: str, namespace: str | None = None) -> list[JSON]: ...
 
+    def list_claims(self, label_selector: str) -> list[JSON]: ...
+
     def pod_logs(self, name: str, namespace: str, follow: bool, tail_lines: int | None = None) -> Iterator[str]: ...
 
     def read_namespace(self, name: str) -> JSON | None: ...
@@ -121,6 +123,10 @@ class KubeClient:
             result = self.core.list_pod_for_all_namespaces(label_selector=label_selector)
         else:
             result = self.core.list_namespaced_pod(namespace, label_selector=label_selector)
+        return [self._plain(item) for item in result.items]
+
+    def list_claims(self, label_selector: str) -> list[JSON]:
+        result = self.core.list_persistent_volume_claim_for_all_namespaces(label_selector=label_selector)
         return [self._plain(item) for item in result.items]
 
     def pod_logs(self, name: str, namespace: str, follow: bool, tail_lines: int | None = None) -> Iterator[str]:

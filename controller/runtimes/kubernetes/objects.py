@@ -29,6 +29,8 @@ SPACE_LABEL = "spaceport.space"
 OWNER_LABEL = "spaceport.owner"
 SITE_LABEL = "spaceport.site"
 ACCELERATOR_LABEL = "spaceport.accelerator"
+STORAGE_LABEL = "spaceport.storage"  # "persistent" on a space's /data claim (what storage collection lists)
+PERSISTENT = "persistent"
 SPACE_ID_ANNOTATION = "spaceport.space-id"
 NAME_ANNOTATION = "spaceport.instance-name"  # InstanceSpec.name as given (the k8s name is sanitized)
 LABELS_ANNOTATION = "spaceport.labels"
@@ -318,7 +320,8 @@ def storage_mount(spec: InstanceSpec) -> Mount | None:
 def persistent_volume_claim(spec: InstanceSpec, site: SiteConfig) -> JSON | None:
     """The space's /data: one claim per space (its name from the storage key, so every instance, restart and
     rebuild of the space binds the same one), of the site's storage class (or the cluster's default), sized by
-    its tier. It is not owned by any Deployment: removing an instance never deletes it."""
+    its tier. It is not owned by any Deployment: removing an instance never deletes it; deleting the space's
+    storage does (KubernetesRuntime.prune_claims_sync, which lists claims by STORAGE_LABEL)."""
     data = storage_mount(spec)
     if data is None:
         return None
@@ -326,7 +329,7 @@ def persistent_volume_claim(spec: InstanceSpec, site: SiteConfig) -> JSON | None
     if site.storage_class:
         body["storageClassName"] = site.storage_class
     labels = {**common_labels(site), SPACE_LABEL: label_value(spec.space_id.replace("/", ".")),
-              OWNER_LABEL: label_value(owner_of(spec.space_id))}
+              OWNER_LABEL: label_value(owner_of(spec.space_id)), STORAGE_LABEL: PERSISTENT}
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",

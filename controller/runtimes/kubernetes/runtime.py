@@ -14,7 +14,8 @@
   EXITED with that reason, which the reconciler treats like a crash (restart with backoff).
 - status/list read Deployments and their pods; a pod waiting for a device or blocked by the owner's
   ResourceQuota shows as RUNNING with a "Waiting ..." message that says why.
-- remove deletes the Deployment and Service; the owner's namespace, quota and policy stay.
+- remove deletes the Deployment and Service; the owner's namespace, quota and policy stay, and so does the
+  space's storage claim (/data), which only prune_claims_sync deletes once no space's storage key names it.
 Every list selects on this installation's site label. The official client is synchronous: every
 call runs in a worker thread.
 """
@@ -35,8 +36,10 @@ from controller.runtimes.kubernetes.client import JSON, KubeApi
 from controller.runtimes.kubernetes.objects import (
     INSTANCE_LABEL,
     PAUSED_ANNOTATION,
+    PERSISTENT,
     SITE_LABEL,
     STOP_REASON_ANNOTATION,
+    STORAGE_LABEL,
     SiteConfig,
     instance_name,
     site_selector,
@@ -163,6 +166,22 @@ class KubernetesRuntime:
         meta = deployment["metadata"]
         await self._call(self.api.delete, "Deployment", meta["name"], meta["namespace"])
         await self._call(self.api.delete, "Service", meta["name"], meta["namespace"])
+
+    def prune_claims_sync(self, keep: set[str]) -> list[str]:
+        """Delete this site's storage claims whose name is not in `keep` (the claims of every storage key a
+        space holds); returns NAMESPACE/NAME of those deleted. Only claims with this site's label and the
+        storage label are listed: another installation's, a pod's ephemeral ~/.cache claim, anything an admin
+        made, are never touched."""
+        wanted = {objects.dns_label(name) for name in keep}
+        deleted = []
+        for claim in self.api.list_claims(site_selector(self.site, **{STORAGE_LABEL: PERSISTENT})):
+            meta = claim["metadata"]
+            labels = meta.get("labels") or {}
+            if labels.get(SITE_LABEL) != self.site.site or labels.get(STORAGE_LABEL) != PERSISTENT:
+                continue  # the selector already says so; never trust a list to have honoured it
+            if meta["name"] not in wanted and self.api.delete("PersistentVolumeClaim", meta["name"], meta["namespace"]):
+                deleted.append(f"{meta['namespace']}/{meta['name']}")
+        return deleted
 
     async def _pods_of(self, deployment: JSON) -> list[JSON]:
         meta = deployment["metadata"]

@@ -153,6 +153,11 @@ class FakeKube:
         return [copy.deepcopy(p) for (ns, _), p in sorted(self.pods.items())
                 if (namespace is None or ns == namespace) and _matches(p["metadata"]["labels"], label_selector)]
 
+    def list_claims(self, label_selector: str) -> list[JSON]:
+        self.calls.append(("list_claims", label_selector))
+        return [copy.deepcopy(o) for (kind, _, _), o in sorted(self.objects.items())
+                if kind == "PersistentVolumeClaim" and _matches(o["metadata"].get("labels"), label_selector)]
+
     def pod_logs(self, name: str, namespace: str, follow: bool, tail_lines: int | None = None) -> Iterator[str]:
         assert (namespace, name) in self.pods, f"no pod {namespace}/{name}"
         yield from list(self.logs.get(name, [f"{name} started"]))
