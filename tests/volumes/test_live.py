@@ -1,15 +1,21 @@
 """Persistent storage and volumes on real runtimes (issue 16): apps pushed with git to a live server, on the
-bubblewrap-sandboxed local runtime and on the docker runtime (and the unsandboxed local mode).
+bubblewrap-sandboxed local runtime and on the docker runtime (the real engine), one server per runtime for the
+whole module.
 
 * storage requested over the HTTP API (huggingface_hub 2.4 has no request_space_storage): the app writes
   /data, and the file is still there after a restart (HfApi.restart_space), a rebuild (a new push) and a deep
-  sleep and wake;
+  sleep and wake; after the controller is killed and started again the app it adopted still runs with it;
+* a tier's size is enforced: an app that writes more than its tier holds to /data is stopped (RUNTIME_ERROR
+  saying so) and its files are kept; a larger tier runs it again;
+* deleting a space that has storage is refused until its storage was deleted (the confirmation); deleting the
+  storage removes the directory without following the links the app left in it;
 * a volume of type space set with HfApi.set_space_volumes: the other space's files are readable at its path
   and nothing there can be written;
 * attacks by an ordinary account: mounting another owner's private space is refused; a link the app plants in
   /data towards another space's storage directory (its real host path) leads nowhere, that path is not visible,
-  and the host-side hand-over of /data (give_storage) never follows a link out of the tree.
-The rules and the service alone are tests/volumes/test_rules.py.
+  and the host-side hand-over of /data (give_storage) never follows a link out of the tree; another owner can
+  neither delete, grow nor see the storage of a space, nor delete the space.
+The rules and the service alone are tests/volumes/test_rules.py, collection tests/volumes/test_storage_gc.py.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from controller.services.volumes import storage_dir
 from tests.support.gitrepo import commit_file, push, remote
 from tests.support.images import ensure_base_images
 from tests.support.server import LiveServer, make_server
-from tests.support.spaces import push_fixture, wait_stage
+from tests.support.spaces import push_fixture, runtime, wait_stage
 from tests.support.tiers import missing
 
 # One tiny HTTP app (no gradio import) that does to its filesystem what the test asks and says what happened.
@@ -68,6 +74,16 @@ def run(q):
     if op == "mkdir":
         os.makedirs(path)
         return "made"
+    if op == "fill":
+        with open(path, "wb") as f:
+            for _ in range(int(q["mb"])):
+                f.write(os.urandom(1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+        return "filled"
+    if op == "rm":
+        os.remove(path)
+        return "removed"
     raise ValueError(op)
 
 
@@ -98,6 +114,7 @@ DOCKER_APP = {
 WEIGHTS = {"README.md": "---\ntitle: Weights\nsdk: static\n---\n", "index.html": "<p>weights</p>\n",
            "weights.txt": "the weights of alice\n"}
 SETTLED = {"RUNNING", "BUILD_ERROR", "RUNTIME_ERROR", "CONFIG_ERROR"}
+SMALL_MB = 4  # the small tier of these servers (SPACEPORT_STORAGE_SMALL_BYTES): the size test fills it quickly
 
 
 @dataclass
@@ -151,6 +168,15 @@ class Site:
         assert response.status_code == 200, response.text
         self.until(space, lambda a: a.get("ok") is True, op="write", path=self.data(".probe"), text="x")
 
+    def store(self, owner: str = "alice", name: str = "store") -> str:
+        """OWNER/NAME running with storage (pushed and given it here unless an earlier test did)."""
+        space = f"{owner}/{name}"
+        if not (self.tmp / f"{owner}-{name}").exists():
+            self.push_app(owner, name)
+        if runtime(self.server, space, self.tokens[owner]).get("storage") is None:
+            self.request_storage(space, owner)
+        return space
+
     def storage_path(self, space: str) -> Path:
         settings = Settings(data_dir=self.server.data_dir)
         platform = Platform(settings)
@@ -165,6 +191,7 @@ class Site:
 
 def _site(kind: str, tmp: Path, docker_host: str | None) -> LiveServer:
     extra = {"SPACEPORT_RUNTIME": "docker", "SPACEPORT_DOCKER_HOST": docker_host or ""} if kind == "docker" else {}
+    extra |= {"SPACEPORT_STORAGE_SMALL_BYTES": str(SMALL_MB * 10**6), "SPACEPORT_SPACE_DISK_CHECK_INTERVAL": "1"}
     if kind == "unsandboxed":
         extra["SPACEPORT_SANDBOX"] = "none"
     if kind == "local":
@@ -175,7 +202,7 @@ def _site(kind: str, tmp: Path, docker_host: str | None) -> LiveServer:
     return make_server(tmp, **extra).start()
 
 
-@pytest.fixture(scope="module", params=["local"])
+@pytest.fixture(scope="module", params=["local", pytest.param("docker", marks=pytest.mark.docker)])
 def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     docker_host = None
     if request.param == "docker":
@@ -226,6 +253,22 @@ def test_data_survives_restart_rebuild_and_sleep(site: Site) -> None:
     woken = site.ask("alice/store", op="info")  # the visit wakes it (an API client is held until it is ready)
     assert woken["ok"] and woken["result"]["boot"] != boot, woken
     assert site.ask("alice/store", op="read", path="/data/note.txt") == {"ok": True, "result": "kept"}
+
+
+def test_the_app_and_its_data_survive_a_controller_restart(site: Site) -> None:
+    """The controller is killed (SIGKILL, as a crash would) and started again: it adopts the app that kept
+    running (the same process: the same boot id), whose /data kept its contents."""
+    space = site.store()
+    assert site.ask(space, op="write", path="/data/restart.txt", text="before")["ok"] is True
+    boot = site.ask(space, op="info")["result"]["boot"]
+    site.server.kill()
+    site.server.start()
+    read = site.until(space, lambda a: a.get("ok") is True, timeout=60, op="read", path="/data/restart.txt")
+    assert read["result"] == "before"
+    assert site.ask(space, op="info")["result"]["boot"] == boot
+    assert wait_stage(site.server, space, {"RUNNING"}, timeout=30, token=site.tokens["alice"])["stage"] == "RUNNING"
+    assert site.ask(space, op="write", path="/data/restart.txt", text="after")["ok"] is True
+    assert (site.storage_path(space) / "restart.txt").read_text() == "after"
 
 
 def test_a_space_volume_is_readable_and_not_writable(site: Site) -> None:
@@ -293,3 +336,58 @@ def test_links_in_data_do_not_reach_another_spaces_storage(site: Site) -> None:
     assert bob_dir.stat().st_uid == bob_uid and (bob_dir / "bob.txt").stat().st_uid == bob_uid
     assert (bob_dir / "bob.txt").read_text() == "bob's data"
 
+
+
+def test_storage_beyond_its_tier_stops_the_app_and_keeps_its_files(site: Site) -> None:
+    """The small tier of these servers holds SMALL_MB MB: an app that writes more to /data is stopped by the
+    disk watch with a message naming its tier, its files stay; a larger tier starts it again with them."""
+    space = site.store()
+    assert runtime(site.server, space, site.tokens["alice"])["storage"] == "small"
+    filled = site.ask(space, op="fill", path="/data/big.bin", mb=str(SMALL_MB + 2))
+    assert filled == {"ok": True, "result": "filled"}, filled
+    stopped = wait_stage(site.server, space, {"RUNTIME_ERROR"}, timeout=60, token=site.tokens["alice"])
+    message = str(stopped["errorMessage"])
+    assert "persistent storage (/data)" in message and "small tier" in message, stopped
+    host = site.storage_path(space)
+    assert (host / "big.bin").stat().st_size == (SMALL_MB + 2) << 20  # kept
+    grown = site.api("POST", f"/api/spaces/{space}/storage", "alice", json={"tier": "medium"})
+    assert grown.status_code == 200 and grown.json()["storage"] == "medium", grown.text
+    read = site.until(space, lambda a: a.get("ok") is True, op="ls", path="/data")
+    assert "big.bin" in read["result"]
+    assert site.ask(space, op="rm", path="/data/big.bin")["ok"] is True
+
+
+def test_deleting_a_space_needs_its_storage_deleted_first_and_only_by_its_owner(site: Site) -> None:
+    space = site.store()
+    vault = site.store("bob", "vault")
+    bob_dir = site.storage_path(vault)
+    assert site.ask(vault, op="write", path="/data/bob.txt", text="bob's data")["ok"] is True
+    host = site.storage_path(space)
+    assert site.ask(space, op="write", path="/data/mine.txt", text="alice's")["ok"] is True
+    assert site.ask(space, op="symlink", path="/data/to-bob", target=str(bob_dir))["ok"] is True
+    # bob, an ordinary account: cannot delete, grow or shrink alice's storage, nor delete her space
+    for method, body in (("DELETE", None), ("POST", {"tier": "large"}), ("POST", {"tier": "small"})):
+        answer = site.api(method, f"/api/spaces/{space}/storage", "bob", json=body)
+        assert answer.status_code in (403, 404), (method, body, answer.status_code, answer.text)
+    with pytest.raises(HfHubHTTPError) as refused:
+        site.hf("bob").delete_repo(space, repo_type="space")
+    assert refused.value.response.status_code in (403, 404)
+    seen = site.api("GET", f"/api/spaces/{space}/runtime", "bob")
+    assert seen.status_code == 200 and host.name not in seen.text and str(host) not in seen.text
+    assert (host / "mine.txt").read_text() == "alice's"
+    # alice: deleting the space is refused until she deleted its storage (the confirmation), which she then does
+    with pytest.raises(HfHubHTTPError) as refused:
+        site.hf("alice").delete_repo(space, repo_type="space")
+    assert refused.value.response.status_code == 409 and "delete_space_storage" in refused.value.response.text
+    assert site.ask(space, op="read", path="/data/mine.txt") == {"ok": True, "result": "alice's"}
+    deleted = site.api("DELETE", f"/api/spaces/{space}/storage", "alice")
+    assert deleted.status_code == 200 and deleted.json()["storage"] is None, deleted.text
+    deadline = time.monotonic() + 10
+    while host.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not host.exists()
+    assert (bob_dir / "bob.txt").read_text() == "bob's data"  # the link alice left was not followed
+    assert site.ask(vault, op="read", path="/data/bob.txt") == {"ok": True, "result": "bob's data"}
+    site.hf("alice").delete_repo(space, repo_type="space")
+    gone = site.api("GET", f"/api/spaces/{space}/runtime", "alice")
+    assert gone.status_code == 404, gone.text
