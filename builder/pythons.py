@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -129,3 +130,50 @@ def _download(minor: str, env: Mapping[str, str], source: PythonSource, log: Log
 
 def _key(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
+# --- requirements written for other Pythons ---------------------------------------------------------
+
+_MARKER_CLAUSE = re.compile(r"""python_version\s*(<=|>=|==|!=|<|>)\s*["']([0-9]+(?:\.[0-9]+)*)["']""")
+_CANDIDATES = ("3.8", "3.9", "3.10", "3.11", "3.12", "3.13")
+
+
+def _marker_allows(marker: str, minor: str) -> bool | None:
+    """Whether a marker made only of `python_version OP "X.Y"` clauses joined by `and` admits `minor`
+    (None: the marker says something else, e.g. `or`, `sys_platform`, `python_full_version`)."""
+    clauses = [c.strip() for c in re.split(r"\band\b", marker)]
+    have = _key(minor)
+    for clause in clauses:
+        found = _MARKER_CLAUSE.fullmatch(clause.strip("() "))
+        if found is None:
+            return None
+        op, want = found.group(1), _key(found.group(2))
+        ok = {"<": have < want, "<=": have <= want, ">": have > want, ">=": have >= want,
+              "==": have[:len(want)] == want, "!=": have[:len(want)] != want}[op]
+        if not ok:
+            return False
+    return True
+
+
+def requirements_python(text: str, default: str) -> str | None:
+    """The Python a requirements file was written for, when it is not `default` (None: keep the default).
+
+    Poetry/pip-compile exports mark every line (`folium==0.14.0 ; python_version >= "3.8" and
+    python_version < "3.10"`): on any other Python the installer skips them all and the app then fails
+    with `No module named ...` (AaronBarbosa12/twitter_sentiment_ml). Only when every marked line excludes
+    the default and no unmarked requirement exists is the newest Python that all of them admit chosen."""
+    marked: list[str] = []
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith(("#", "-")):
+            continue
+        if ";" not in line:
+            return None
+        marked.append(line.split(";", 1)[1])
+    verdicts = [[_marker_allows(m, minor) for m in marked] for minor in _CANDIDATES]
+    if not marked or any(v is None for row in verdicts for v in row):
+        return None
+    if all(_marker_allows(m, default) is False for m in marked):
+        fits = [minor for minor, row in zip(_CANDIDATES, verdicts, strict=True) if all(row)]
+        return fits[-1] if fits else None
+    return None

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import uv
 
-from builder import pythons, sdkdeps
+from builder import bytecode, pythons, sdkdeps
 from builder.artifact import VenvArtifact
 from builder.buildpacks.streamlit import STREAMLIT_FLAGS
 from builder.card import card_command
@@ -88,7 +88,8 @@ def build_venv(
     venvs = cache_dir / "venvs"
     venvs.mkdir(parents=True, exist_ok=True)
     env = _uv_env(cache_dir, ca_dir)
-    config, interpreter = _choose_python(config, pythons.discovery_env(env, cache_dir, policy.python_source), policy, log)
+    config, interpreter = _choose_python(config, source, pythons.discovery_env(env, cache_dir, policy.python_source),
+                                         policy, log)
     files = {name for name in REQUIREMENT_FILES if (source / name).is_file()}
     plan = sdkdeps.install_plan(config, files, sdkdeps.release_for(config), policy.base_packages)
     key = environment_key(source, config, owner, sandboxed=sandbox is not None, plan=plan)
@@ -162,10 +163,20 @@ def environment(config: SpaceConfig) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(env.items()))
 
 
-def _choose_python(config: SpaceConfig, env: dict[str, str], policy: VenvPolicy, log: Log) -> tuple[SpaceConfig, Path]:
-    """README.md's python_version or the site default; downloaded or the nearest installed (warning) if need be."""
+def _choose_python(config: SpaceConfig, source: Path, env: dict[str, str], policy: VenvPolicy,
+                   log: Log) -> tuple[SpaceConfig, Path]:
+    """README.md's python_version, else the Python every line of requirements.txt is marked for, else the site
+    default; downloaded or the nearest installed (warning) if need be."""
+    requested = config.python_version or policy.default_python
     why = "python_version in README.md" if config.python_version else "the default python_version, as on Hugging Face Spaces"
-    chosen = pythons.choose(config.python_version or policy.default_python, why, env, policy.python_source, log)
+    requirements = source / "requirements.txt"
+    if not config.python_version and requirements.is_file():
+        marked = pythons.requirements_python(requirements.read_text(errors="replace"), policy.default_python)
+        if marked is not None:
+            log(f"spaceport: README.md sets no python_version and every line of requirements.txt is marked for "
+                f"other Pythons than {policy.default_python} (they would all be skipped): building with Python {marked}")
+            requested, why = marked, "the python_version markers of requirements.txt"
+    chosen = pythons.choose(requested, why, env, policy.python_source, log)
     return dataclasses.replace(config, python_version=chosen.version), chosen.interpreter
 
 
@@ -229,6 +240,7 @@ def _create(final: Path, job: _Job) -> None:
                                   "exclude_newer": job.plan.exclude_newer, "constraints": list(job.plan.constraints)}))
         if job.sandbox is not None:
             job.sandbox.seal(tmp)  # before it becomes visible: no build identity can change it afterwards
+            _compile_bytecode(tmp, work, job, job.sandbox)
             _log_shared(job.log, share_files(tmp, job.cache_dir / STORE))
         try:
             tmp.rename(final)
@@ -239,6 +251,25 @@ def _create(final: Path, job: _Job) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _compile_bytecode(venv: Path, work: Path, job: _Job, box: BuildSandbox) -> None:
+    """The sealed venv's bytecode, shared through the store with earlier venvs (builder/bytecode.py); the
+    files no venv had yet are compiled in the sandbox by the env's own interpreter."""
+    out = work / "bytecode"
+    out.mkdir()
+    box.prepare(out)
+    script, jobs = work / "bytecode-script.py", work / "bytecode-jobs.json"
+    readonly = [venv, script, jobs, *([_prefix(job.interpreter)] if not job.interpreter.is_relative_to("/usr") else [])]
+    inside = {"PATH": SANDBOX_PATH, "HOME": str(out), "TMPDIR": str(out)}
+
+    def run(argv: list[str]) -> Result:
+        wrapped, env = box.wrap(argv, writable={out: out}, readonly=readonly, env=inside, cwd=out)
+        return run_streaming(wrapped, log=job.log, env=env, deadline=job.deadline, cancel=job.cancel)
+
+    done = bytecode.compile_venv(venv, job.cache_dir / STORE, work, job.interpreter, run, os.cpu_count() or 1)
+    job.log(f"spaceport: bytecode for {done.shared + done.compiled} files: {done.shared} shared with earlier "
+            f"environments, {done.compiled} compiled" + (f", {done.failed} do not compile" if done.failed else ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,9 +287,9 @@ def share_files(venv: Path, store: Path) -> Shared:
     venv started as a full copy (about 1.1 GB for gradio). Here, as root, after `seal` (no build process is
     left and every inode is root-owned and read-only to everyone else): `store` names each content once
     (`<sha256>-<mode>`, root-only directories), so a file's bytes are on disk once across builds and
-    owners: content-addressed, as DESIGN's trust boundary allows caches to be shared. `.py` sources and
-    their `.pyc` are left alone: a shared source would carry another venv's mtime and make its timestamp
-    `.pyc` stale (recompiled in memory on every start, since apps cannot write the venv)."""
+    owners: content-addressed, as DESIGN's trust boundary allows caches to be shared. `.py` sources are
+    shared too: their bytecode is unchecked-hash (builder/bytecode.py), so another venv's mtime on a shared
+    source cannot make it stale; the `.pyc` files are already links to the store's."""
     store.mkdir(mode=0o700, exist_ok=True)
     prune_store(store)
     files = size = new = 0
@@ -297,7 +328,7 @@ def _shareable(venv: Path) -> Iterator[Path]:
     for top, _dirs, names in os.walk(venv, followlinks=False):
         for name in names:
             path = Path(top) / name
-            if path.suffix in (".py", ".pyc") or name == MARKER:
+            if path.suffix == ".pyc" or name == MARKER:
                 continue
             info = path.lstat()
             if stat.S_ISREG(info.st_mode) and info.st_size > 0 and info.st_uid == 0 and info.st_nlink == 1:
@@ -329,7 +360,9 @@ def _steps(tmp: Path, job: _Job, constraints: Path) -> list[_Step]:
     config, source = job.config, job.source
     # Bytecode is compiled once here: sandboxed apps see their venv read-only and could never cache it,
     # so every start (and every deep wake) would recompile Gradio from source.
-    pip = ["pip", "install", "--no-config", "--compile-bytecode", *(["--refresh"] if job.refresh else []),
+    # Sandboxed venvs get theirs after seal instead, shared across venvs (_compile_bytecode).
+    compile_flag = ["--compile-bytecode"] if job.sandbox is None else []
+    pip = ["pip", "install", "--no-config", *compile_flag, *(["--refresh"] if job.refresh else []),
            "--python", str(tmp / "bin" / "python")]
     steps = [_Step(f"creating a Python {config.python} environment failed",
                    ["venv", "--no-config", "--relocatable", "--python", str(job.interpreter), str(tmp)])]

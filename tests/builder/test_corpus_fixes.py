@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from builder import buildpacks
+from builder.artifact import VenvArtifact
 from builder.baseimages import UV_BASE, default_aliases, python_base, resolve_from_lines
 from builder.buildpacks.base import RenderContext, RepoFiles
 from builder.buildpacks.static import StaticBuildPack
@@ -161,3 +162,50 @@ def test_a_step_failing_on_refused_egress_names_the_refused_host() -> None:
     assert cause.startswith("installing requirements.txt failed") and "github.com:443" in cause
     assert "SPACEPORT_BUILD_EGRESS_ALLOW" in cause
     assert _cause("installing x failed", "error", []) == "installing x failed"
+
+
+POETRY_EXPORT = ('folium==0.14.0 ; python_version >= "3.8" and python_version < "3.10"\n'
+                 'wheel==0.40.0 ; platform_system == "Linux" and python_version >= "3.8"\n')
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # AaronBarbosa12/twitter_sentiment_ml: a poetry export for python >=3.8,<3.10, every line marked
+    ('folium==0.14.0 ; python_version >= "3.8" and python_version < "3.10"\n'
+     'pandas==2.0.0 ; python_version >= "3.8" and python_version < "3.10"  # pinned\n', "3.9"),
+    ('a==1 ; python_version >= "3.11"\n', "3.13"),
+    ('a==1 ; python_version == "3.8"\n# comment\n\n', "3.8"),
+    ('a==1 ; python_version < "3.10"\nb==2\n', None),  # an unmarked line: the file is meant for any Python
+    ('a==1 ; python_version < "3.11"\n', None),  # the default (3.10) is admitted
+    ('a==1 ; python_version < "3.10" or sys_platform == "win32"\n', None),  # not understood: keep the default
+    (POETRY_EXPORT, None),
+    ('a==1 ; python_version < "3.8"\nb==1 ; python_version > "3.11"\n', None),  # no Python admits both
+    ("", None),
+])
+def test_requirements_marked_for_other_pythons_choose_the_python_they_were_written_for(
+        text: str, expected: str | None) -> None:
+    from builder.pythons import requirements_python
+
+    assert requirements_python(text, "3.10") == expected
+
+
+def test_local_build_uses_the_python_every_requirement_is_marked_for(tmp_path: Path) -> None:
+    """Without it uv skipped every line on the default Python 3.10 and the app died on `No module named 'folium'`."""
+    from builder.build import build
+
+    source = tmp_path / "space"
+    source.mkdir()
+    (source / "README.md").write_text("---\nsdk: static\n---\n")
+    (source / "index.html").write_text("<html><body>hi</body></html>\n")
+    (source / "requirements.txt").write_text('six==1.16.0 ; python_version >= "3.8" and python_version < "3.10"\n')
+    log: list[str] = []
+    artifact = build(source, kind="venv", cache_dir=tmp_path / "cache", log=log.append)
+    note = next(line for line in log if "every line of requirements.txt is marked" in line)
+    assert "building with Python 3.9" in note
+    assert isinstance(artifact, VenvArtifact)
+    python = artifact.command[0]
+    code = "import sys, six; print('%d.%d' % sys.version_info[:2])"
+    ran = subprocess.run([python, "-c", code], capture_output=True, text=True, check=False)
+    fallback = [line for line in log if line.startswith("warning: Python 3.9")]
+    assert ran.returncode == 0 or fallback, ran.stderr  # six was installed (on 3.9, or the nearest with a warning)
+    if not fallback:
+        assert ran.stdout.strip() == "3.9"
