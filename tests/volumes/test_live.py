@@ -20,6 +20,7 @@ The rules and the service alone are tests/volumes/test_rules.py, collection test
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -28,14 +29,17 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import docker
 import httpx
 import pytest
 from huggingface_hub import HfApi, Volume
 from huggingface_hub.errors import HfHubHTTPError
+from sqlalchemy import select
 
 from controller.config import Settings
-from controller.db.models import Space, utcnow
+from controller.db.models import Build, PlatformSetting, Space, utcnow
 from controller.runtimes.sandbox import sandbox_status
+from controller.services.artifact_gc import PENDING_IMAGES
 from controller.services.platform import Platform
 from controller.services.sleep import sweep
 from controller.services.volumes import storage_dir
@@ -114,6 +118,7 @@ DOCKER_APP = {
 WEIGHTS = {"README.md": "---\ntitle: Weights\nsdk: static\n---\n", "index.html": "<p>weights</p>\n",
            "weights.txt": "the weights of alice\n"}
 SETTLED = {"RUNNING", "BUILD_ERROR", "RUNTIME_ERROR", "CONFIG_ERROR"}
+STARTUP = 120  # seconds a server may take to answer (the suite's other workers load this 2-core machine)
 SMALL_MB = 4  # the small tier of these servers (SPACEPORT_STORAGE_SMALL_BYTES): the size test fills it quickly
 
 
@@ -199,7 +204,7 @@ def _site(kind: str, tmp: Path, docker_host: str | None) -> LiveServer:
         if not status.available:
             missing(f"the bubblewrap sandbox is not available here: {status.reason}")
         extra["SPACEPORT_SANDBOX"] = "bwrap"
-    return make_server(tmp, **extra).start()
+    return make_server(tmp, **extra)
 
 
 @pytest.fixture(scope="module", params=["local", pytest.param("docker", marks=pytest.mark.docker)])
@@ -211,10 +216,32 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     tmp = tmp_path_factory.mktemp(f"volumes-{request.param}")
     server = _site(request.param, tmp, docker_host)
     try:
+        server.start(timeout=STARTUP)
         tokens = {name: server.create_user(name) for name in ("alice", "bob")}
         yield Site(server, request.param, tokens, tmp)
     finally:
         server.close()
+        if docker_host:
+            _remove_images(server, docker_host)
+
+
+def _remove_images(server: LiveServer, docker_host: str) -> None:
+    """The images this module's server built (the engine is shared by the whole suite)."""
+    platform = Platform(Settings(data_dir=server.data_dir))
+    try:
+        with platform.sessions() as session:  # the current spaces' builds, and a deleted space's pending images
+            refs = {str(a["image"]) for a in session.scalars(select(Build.artifact)) if isinstance(a, dict) and a.get("image")}
+            pending = session.get(PlatformSetting, PENDING_IMAGES)
+            refs |= {str(ref) for ref, _owner in (pending.value if pending is not None else [])}
+    finally:
+        platform.dispose()
+    client = docker.DockerClient(base_url=docker_host)
+    try:
+        for ref in refs:
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                client.images.remove(ref)
+    finally:
+        client.close()
 
 
 def _deep_sleep(server: LiveServer, space: str) -> None:
@@ -262,7 +289,7 @@ def test_the_app_and_its_data_survive_a_controller_restart(site: Site) -> None:
     assert site.ask(space, op="write", path="/data/restart.txt", text="before")["ok"] is True
     boot = site.ask(space, op="info")["result"]["boot"]
     site.server.kill()
-    site.server.start()
+    site.server.start(timeout=STARTUP)
     read = site.until(space, lambda a: a.get("ok") is True, timeout=60, op="read", path="/data/restart.txt")
     assert read["result"] == "before"
     assert site.ask(space, op="info")["result"]["boot"] == boot
