@@ -6,8 +6,9 @@ Upstreams: nginx serving a small static file (fast, so the proxy's own cost show
 app (SSE and WebSocket echo). Spaceport's proxy runs under uvicorn (uvloop + httptools) in its own
 process; nginx runs as a reverse proxy with keepalive upstreams (1 worker); Spaceport's HAProxy data
 plane runs the config controller/dataplane renders (1 thread, like nginx), the Python proxy as its
-default backend, host-based routes programmed through the runtime API, which is also timed (route
-update latency: one `DataPlane.apply` that swaps a space to another instance). HTTP load comes from `wrk`
+default backend, routes programmed through the runtime API on host URLs and on path URLs (`/apps/o/n/`,
+as a site with SPACEPORT_PATH_APPS=trusted), which is also timed (route update latency: one
+`DataPlane.apply` that swaps a space to another instance). HTTP load comes from `wrk`
 (`apt-get install -y wrk`) with a Python aiohttp fallback. Everything is killed at the end.
 """
 
@@ -361,7 +362,7 @@ def haproxy_plane(tmp: Path, port: int, python_port: int, static_port: int, app_
     haproxy = HAProxyProcess(layout, quiet=True)
     haproxy.start()
     try:
-        plane = DataPlane(haproxy, HAP_DOMAIN, lambda _space, _now: None)
+        plane = DataPlane(haproxy, HAP_DOMAIN, lambda _space, _now: None, paths=True)
         static = Route(space_id="bench/static", slug="bench-static", target=f"http://127.0.0.1:{static_port}")
         app = Route(space_id="bench/app", slug="bench-app", target=f"http://127.0.0.1:{app_port}")
         plane.apply(app.space_id, app)
@@ -400,6 +401,7 @@ def measure(
         "static upstream (nginx file)": {
             "direct": f"http://127.0.0.1:{static_port}/index.html",
             "spaceport haproxy": f"http://127.0.0.1:{hap_port}/index.html bench-static.{HAP_DOMAIN}",
+            "spaceport haproxy path": f"http://127.0.0.1:{hap_port}/apps/bench/static/index.html",
             "spaceport python proxy": f"http://127.0.0.1:{proxy_port}/apps/bench/static/index.html",
             "nginx proxy": f"http://127.0.0.1:{nginx_port}/static/index.html",
             "minimal aiohttp proxy": f"http://127.0.0.1:{minimal_port}/static/index.html",
@@ -407,6 +409,7 @@ def measure(
         "aiohttp upstream /hello": {
             "direct": f"http://127.0.0.1:{app_port}/hello",
             "spaceport haproxy": f"http://127.0.0.1:{hap_port}/hello bench-app.{HAP_DOMAIN}",
+            "spaceport haproxy path": f"http://127.0.0.1:{hap_port}/apps/bench/app/hello",
             "spaceport python proxy": f"http://127.0.0.1:{proxy_port}/apps/bench/app/hello",
             "nginx proxy": f"http://127.0.0.1:{nginx_port}/app/hello",
             "minimal aiohttp proxy": f"http://127.0.0.1:{minimal_port}/app/hello",
@@ -440,6 +443,10 @@ def measure(
         "spaceport haproxy": (
             f"http://127.0.0.1:{hap_port} bench-app.{HAP_DOMAIN}",
             f"ws://127.0.0.1:{hap_port}/ws bench-app.{HAP_DOMAIN}",
+        ),
+        "spaceport haproxy path": (
+            f"http://127.0.0.1:{hap_port}/apps/bench/app",
+            f"ws://127.0.0.1:{hap_port}/apps/bench/app/ws",
         ),
         "spaceport python proxy": (
             f"http://127.0.0.1:{proxy_port}/apps/bench/app",

@@ -3,6 +3,8 @@
 `front(settings, host, port, app)` is the one call `spaceport serve` makes: with HAProxy it listens on
 `host:port`, the ASGI app moves to an internal loopback port (yielded), and every route change in the
 app's RouteTable reaches HAProxy through the table's listener hook. Without it, the app keeps the port.
+Path URLs (`/apps/OWNER/NAME/`) are carried by HAProxy only where SPACEPORT_PATH_APPS=trusted; the other
+modes (redirect, sandboxed) stay with the Python proxy, which redirects or sandboxes them.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def front(settings: Settings, host: str, port: int, app: Any) -> Iterator[tuple[
     haproxy = HAProxyProcess(layout, HAPROXY if os.access(HAPROXY, os.X_OK) else shutil.which("haproxy") or HAPROXY)
     haproxy.start()
     routes, activity = app.state.routes, app.state.reconciler.activity
-    plane = DataPlane(haproxy, layout.apps_domain, activity.record)
+    plane = DataPlane(haproxy, layout.apps_domain, activity.record, paths=settings.path_apps == "trusted")
     routes.listen(lambda space_id: plane.apply(space_id, routes.get(space_id)))
     plane.sync(routes.all())
     stop = threading.Event()

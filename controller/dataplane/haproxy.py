@@ -1,16 +1,28 @@
 """HAProxy as Spaceport's data plane: the config it starts with, the child process, its runtime API.
 
-The config never changes while HAProxy runs. Routes live in a map file (`hosts.map`: app hostname ->
-`SLOT|MODE|BASE|ORIGIN|ACCESS|COEP|COOP|CORP|EMBED`) that the runtime API edits, and in a fixed pool of slot backends (`s1`..`sN`)
-whose servers are added and removed at run time (`add server`, `set server ... state`, `del server`).
-Everything the map does not name (the platform, unknown, sleeping, starting, failing and private
-spaces) goes to the default backend: Spaceport's own ASGI app, which stays the activator.
+The config never changes while HAProxy runs. Routes live in two map files that the runtime API edits
+(`hosts.map`: app hostname -> `SLOT|MODE|BASE|ORIGIN|ACCESS|COEP|COOP|CORP|EMBED`; `paths.map`: a path
+URL's prefix `/apps/owner/name`, lower-case -> the same value), and in a fixed pool of slot backends
+(`s1`..`sN`) whose servers are added and removed at run time (`add server`, `set server ... state`,
+`del server`). Everything the maps do not name (the platform, unknown, sleeping, starting, failing and
+private spaces) goes to the default backend: Spaceport's own ASGI app, which stays the activator.
+
+Path URLs are looked up only where ProxyMiddleware.resolve would take them as path-based (the Host is
+not an app host) and only as `/apps/OWNER/NAME/...` with the slash (the bare prefix, the waking page's
+status and anything percent-encoded in the prefix stay in Python). The plane maps them only on sites
+with SPACEPORT_PATH_APPS=trusted (the other modes redirect or sandbox them in Python). A slot's backup
+(Python, when the instance refuses a connection) is reached through the `fallback` frontend on a unix
+socket, which puts back the path the visitor asked for (sent as the PROXY v2 unique id): Python must see
+`/apps/o/n/x`, not the app's `/x`.
 
 What the Python proxy does to app traffic, the config does too (see forward.py / isolation.py):
 X-Forwarded-For/Host/Proto; the platform's cookies and a platform token in Authorization or
 X-HF-Authorization never reach an app; an app never sets the platform's cookies; a Location at the
 app's internal origin becomes a path; host URLs under the app's base path are stripped (Gradio) or
 get it prepended (Streamlit). Nothing is buffered (WebSocket and SSE pass as they come).
+On path URLs (the platform's origin) an app's `Service-Worker-Allowed` and `Clear-Site-Data` are dropped
+and a Location path gets the prefix as requested, as isolation.response_filter and
+middleware._location_rewriter do.
 A route's README headers (isolation.route_headers) are added to its app's responses: each of COEP, COOP
 and CORP (a map field, `-` for none) replaces the app's own, and only a value its spec defines is ever
 written (the config lists them: whatever else a map field held would add nothing); EMBED `no` adds the
@@ -130,6 +142,14 @@ class Layout:
         return self.run_dir / "hosts.map"
 
     @property
+    def paths_map(self) -> Path:
+        return self.run_dir / "paths.map"
+
+    @property
+    def fallback(self) -> Path:
+        return self.run_dir / "py.sock"  # shorter than `socket`: fits where it fits
+
+    @property
     def lua(self) -> Path:
         return self.run_dir / "spaceport.lua"
 
@@ -143,7 +163,7 @@ class Layout:
 
 
 def _check(layout: Layout) -> None:
-    for path in (layout.config, layout.hosts_map, layout.socket, layout.lua):
+    for path in (layout.config, layout.hosts_map, layout.paths_map, layout.socket, layout.fallback, layout.lua):
         if not _SAFE_PATH.match(str(path)):
             raise DataPlaneError(f"HAProxy cannot use the path {path!r}: choose a data dir without quotes")
     if not layout.socket_fits:
@@ -179,7 +199,10 @@ def _global(layout: Layout) -> list[str]:
         "defaults",
         "    mode http",
         "    option http-keep-alive",  # never http-server-close: keep-alive both ways
-        "    http-reuse safe",
+        # a visitor's connection keeps its own upstream connection (keep-alive to the app). HAProxy 2.6 keeps
+        # no idle pool for servers added at run time: with `safe` every request to a slot opened a new
+        # connection (bench: 4x the CPU per request); `never` is also the strictest (nothing shared)
+        "    http-reuse never",
         "    timeout connect 10s",
         "    timeout http-request 60s",
         "    timeout http-keep-alive 60s",
@@ -201,6 +224,7 @@ def _frontend(layout: Layout) -> list[str]:
     return [
         "frontend site",
         f"    bind {layout.bind_host}:{layout.bind_port}",
+        "    unique-id-format %[var(txn.fb)]",  # what the slot's Python backup needs back (see _fallback)
         "    http-request deny deny_status 400 if { req.hdr_cnt(host) gt 1 }",
         # X-Forwarded-For: the client's chain plus the peer, as forward.py; Proto as uvicorn trusts it
         "    http-request set-header X-Forwarded-For '%[req.fhdr(x-forwarded-for)], %[src]'"
@@ -212,6 +236,7 @@ def _frontend(layout: Layout) -> list[str]:
         f"    http-request set-var(txn.route) {host}",
         "    http-request unset-var(txn.route) if { path /__spaceport__/status /__spaceport__/auth }",
         "    acl app var(txn.route) -m found",
+        *_path_route(layout),
         *_private_access(layout),
         "    http-request set-var(txn.slot) var(txn.route),field(1,|) if app",
         "    http-request set-var(txn.mode) var(txn.route),field(2,|) if app",
@@ -226,24 +251,76 @@ def _frontend(layout: Layout) -> list[str]:
         *_strip_cookies(cookies),
         *_strip_tokens("authorization", prefix),
         *_strip_tokens("x-hf-authorization", prefix),
-        # host URL under the base path: strip it (Gradio) / prepend it otherwise (Streamlit)
-        """    http-request set-var(txn.head) 'path,regsub("^(/[^/]*/[^/]*/[^/]*).*$","\\1")' if app"""
-        " { path_beg /apps/ }",
-        "    acl under_base var(txn.head),strcmp(txn.base) eq 0",
-        """    http-request set-path '%[path,regsub("^/[^/]*/[^/]*/[^/]*/?","/")]' if app under_base"""
-        " { var(txn.mode) -m str strip }",
-        "    http-request set-path %[var(txn.base)]%[path] if app !under_base { var(txn.mode) -m str keep }",
+        *_upstream_path(),
         # responses: no platform cookie set by an app; the app's internal origin never leaks in Location
         f"    http-response lua.spaceport_cookies {cookies} if {{ var(txn.route) -m found }}"
         f" {{ res.hdr(set-cookie) -m reg -i '^\\s*(__host-|__secure-)?({cookies})\\s*(=|;|$)' }}",
-        """    http-response set-var(txn.lorigin) 'res.hdr(location),regsub("^(https?://[^/?#]*).*$","\\1")'"""
-        " if { var(txn.route) -m found } { res.hdr(location) -m found }",
-        "    http-response replace-header Location '^https?://[^/?#]*/?(.*)$' '/\\1'"
-        " if { var(txn.route) -m found } { var(txn.lorigin),strcmp(txn.origin) eq 0 }",
+        """    http-response set-var(txn.lorigin) 'res.fhdr(location),regsub("^(https?://[^/?#]*).*$","\\1")'"""
+        " if { var(txn.route) -m found } { res.fhdr(location) -m found }",
+        # exactly _location_rewriter: the origin alone or followed by `/` or `?` (`/` if nothing is left)
+        "    acl internal_origin var(txn.lorigin),strcmp(txn.origin) eq 0",
+        "    http-response replace-header Location '^https?://[^/?#]*(.*)$' '\\1'"
+        " if { var(txn.route) -m found } internal_origin !{ res.fhdr(location) -m reg '^https?://[^/?#]*#' }",
+        "    http-response set-header Location / if { var(txn.route) -m found } internal_origin"
+        " { res.fhdr(location) -m len 0 }",
+        *_path_responses(),
         *_response_headers(layout),
         "    use_backend %[var(txn.slot)] if app",
         f"    default_backend {PYTHON_BACKEND}",
         "",
+    ]
+
+
+def _path_route(layout: Layout) -> list[str]:
+    """A path URL (`/apps/OWNER/NAME/...`) on a host that is not an app host (ProxyMiddleware.resolve: the
+    host name before the last `:`, unless it ends with `]`, is not `LABEL.APPS_DOMAIN`): paths.map by the
+    prefix in lower case (RouteTable.by_space), except the waking page's status. `txn.phead` keeps the
+    prefix as requested, `txn.fb` what the Python backup needs to rebuild the visitor's path."""
+    domain = layout.apps_domain.replace(".", "\\.")
+    paths = f'map_str("{layout.paths_map}")'
+    shape = "{ path -m reg ^/apps/[^/]+/[^/]+/ }"
+    return [
+        f"    acl app_host req.hdr(host),lower -m reg '^[^.:]+\\.{domain}$' '^[^.]+\\.{domain}:([^:]*[^:\\]])?$'",
+        """    http-request set-var(txn.phead) 'path,regsub("^(/apps/[^/]+/[^/]+)/.*$","\\1")'"""
+        f" if !app !app_host {shape}",
+        f"    http-request set-var(txn.route) var(txn.phead),lower,{paths} if {{ var(txn.phead) -m found }}",
+        "    http-request unset-var(txn.route) if { var(txn.phead) -m found }"
+        " { path -m reg ^/apps/[^/]+/[^/]+/__spaceport__/status$ }",
+        "    acl pathed var(txn.phead) -m found",
+        "    http-request set-var-fmt(txn.pheads) %[var(txn.phead)]/ if app pathed",
+        "    http-request set-var-fmt(txn.fb) %[var(txn.route),field(2,|),bytes(0,1)]%[var(txn.phead)] if app pathed",
+    ]
+
+
+def _upstream_path() -> list[str]:
+    """middleware.upstream_path: a host URL under the base path is stripped (Gradio) / gets it prepended
+    otherwise (Streamlit); a path URL loses its prefix (strip) or gets the route's own base (keep)."""
+    strip, keep = "{ var(txn.mode) -m str strip }", "{ var(txn.mode) -m str keep }"
+    rest = 'path,regsub("^/[^/]*/[^/]*/[^/]*",)'
+    return [
+        "    http-request set-uri %[pathq] if app !{ url_beg / }",  # an absolute-form target: origin-form, as Python
+        """    http-request set-var(txn.head) 'path,regsub("^(/[^/]*/[^/]*/[^/]*).*$","\\1")' if app"""
+        " { path_beg /apps/ }",
+        "    acl under_base var(txn.head),strcmp(txn.base) eq 0",
+        """    http-request set-path '%[path,regsub("^/[^/]*/[^/]*/[^/]*/?","/")]' if app under_base"""
+        f" {strip} || app pathed {strip}",
+        f"    http-request set-path %[var(txn.base)]%[path] if app !under_base !pathed {keep}",
+        f"    http-request set-path '%[var(txn.base)]%[{rest}]' if app !under_base pathed {keep}",
+    ]
+
+
+def _path_responses() -> list[str]:
+    """isolation.response_filter on the platform's origin, and _location_rewriter's prefix for strip routes
+    (a path Location not already under the prefix as requested gets it; not on Python's own answers)."""
+    pathed = "{ var(txn.phead) -m found } { var(txn.route) -m found }"
+    lhead = """'res.fhdr(location),regsub("^(/[^/]*/[^/]*/[^/]*/).*$","\\1")'"""
+    return [
+        f"    http-response del-header Service-Worker-Allowed if {pathed}",
+        f"    http-response del-header Clear-Site-Data if {pathed}",
+        f"    http-response set-var(txn.lhead) {lhead} if {pathed} {{ res.fhdr(location) -m found }}",
+        "    http-response replace-header Location '^(.*)$' '%[var(txn.phead)]\\1'"
+        f" if {pathed} {{ var(txn.mode) -m str strip }} {{ res.fhdr(location) -m reg ^/([^/]|$) }}"
+        " !{ var(txn.lhead),strcmp(txn.pheads) eq 0 } !{ srv_name -m str " + PYTHON_BACKUP + " }",
     ]
 
 
@@ -335,10 +412,27 @@ def _backends(layout: Layout) -> list[str]:
     ]
     # a slot's instance that refuses a connection is marked down at once (its requests then retry on
     # the backup, Python, which knows the route's news: the activator, the paused or error page)
-    fallback = f"    server {PYTHON_BACKUP} 127.0.0.1:{layout.python_port} backup"
+    fallback = (f'    server {PYTHON_BACKUP} "unix@{layout.fallback}" send-proxy-v2 proxy-v2-options unique-id'
+                " backup")
     for n in range(1, layout.slots + 1):
         lines += [f"backend {SLOT_PREFIX}{n}", "    balance roundrobin", "    option redispatch 1", fallback, ""]
-    return lines
+    return [*lines, *_fallback(layout)]
+
+
+def _fallback(layout: Layout) -> list[str]:
+    """Where a slot's backup goes: to Python with the path the visitor asked for. A path URL's request was
+    rewritten for the app (`/x`, or the route's base); its unique id (`txn.fb`: the mode's letter and the
+    prefix as requested) puts the prefix back. A host URL's request goes on as it is (Python takes both)."""
+    unique = "fc_pp_unique_id"
+    return [
+        "frontend fallback",
+        f'    bind "unix@{layout.fallback}" mode 600 accept-proxy',
+        f"""    http-request set-path '%[{unique},bytes(1)]%[path]' if {{ {unique} -m reg ^s/ }}""",
+        f"""    http-request set-path '%[{unique},bytes(1)]%[path,regsub("^/[^/]*/[^/]*/[^/]*",)]'"""
+        f" if {{ {unique} -m reg ^k/ }}",
+        f"    default_backend {PYTHON_BACKEND}",
+        "",
+    ]
 
 
 # ---- the runtime API ------------------------------------------------------------------------------
@@ -429,6 +523,7 @@ class HAProxyProcess:
         self.layout.run_dir.chmod(0o700)
         self.layout.config.write_text(render_config(self.layout))
         self.layout.hosts_map.write_text("")  # routes are added at run time
+        self.layout.paths_map.write_text("")
         self.layout.lua.write_text(LUA)
 
     def start(self, timeout: float = 10.0) -> None:

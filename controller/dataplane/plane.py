@@ -5,6 +5,9 @@ route (asleep, paused, unavailable, a hostname target, ZeroGPU) is left out of t
 so its traffic reaches the Python proxy (the activator, the error pages). A private space is mapped
 with its id: HAProxy serves a request itself only with a valid app cookie for that space (an HS256 JWT
 it verifies, `jwt_verify`); without one (a first visit, a token, an expired cookie) Python decides.
+On a site that trusts path URLs (`paths`: SPACEPORT_PATH_APPS=trusted) a public route's path URL
+(`/apps/owner/name/`) is mapped too, to the same slot; a private space's path URL stays in Python (its
+access there is the platform's session, which HAProxy never reads).
 A route's README headers (`custom_headers`, `disable_embedding`) travel in its map value, so HAProxy adds
 to its responses exactly what the Python proxy would; a route whose headers are not all spec values (no
 README gives such a route: appheaders drops them) stays on Python, which adds what the route says.
@@ -55,11 +58,16 @@ class Mapping:
     # plane; ACCESS is `public` or, for a private space, its lower-case id: HAProxy then checks the app
     # cookie; COEP/COOP/CORP a spec value or `-`, EMBED `yes` or `no`: see header_fields)
     address: str  # "ip:port" as `add server` takes it
+    path_key: str | None = None  # "/apps/owner/name" (lower case) when its path URL is mapped too
 
 
-def mapping_of(route: Route, apps_domain: str, *, frame_ancestors: bool = True) -> Mapping | None:
+MAX_PATH_KEY = 100  # the PROXY v2 unique id that carries it to the slot's Python backup holds 127 bytes
+
+
+def mapping_of(route: Route, apps_domain: str, *, frame_ancestors: bool = True, paths: bool = False) -> Mapping | None:
     """The mapping of a route HAProxy may carry, or None (the route stays on the Python proxy).
-    `frame_ancestors`: HAProxy's config has the site's CSP for routes that disable embedding."""
+    `frame_ancestors`: HAProxy's config has the site's CSP for routes that disable embedding.
+    `paths`: the site serves path URLs as they are (trusted): map a public route's path URL too."""
     if route.state != "ready" or route.visitor_token:
         return None  # HAProxy signs no visitor token (ZeroGPU's X-IP-Token)
     headers = header_fields(route)
@@ -75,8 +83,9 @@ def mapping_of(route: Route, apps_domain: str, *, frame_ancestors: bool = True) 
         return None
     mode = "strip" if route.strip_base_path else "keep"
     access = route.space_id.lower() if route.private else "public"
+    path_key = route.base_path.lower() if paths and not route.private and len(route.base_path) <= MAX_PATH_KEY else None
     return Mapping(f"{slug}.{apps_domain}", f"{mode}|{route.base_path}|http://{address}|{access}|{headers}",
-                   address)
+                   address, path_key)
 
 
 def header_fields(route: Route) -> str | None:
@@ -109,6 +118,7 @@ class Slot:
     server: str | None = None  # the enabled server
     draining: list[str] = field(default_factory=list)  # old servers, deleted once without connections
     key: str | None = None  # map key while mapped
+    path_key: str | None = None  # paths.map key while mapped
 
 
 @dataclass
@@ -122,9 +132,11 @@ class DataPlane:
     """Applies routes to a running HAProxy (thread-safe); `poll()` reads stats, feeds activity, drains."""
 
     def __init__(self, haproxy: HAProxyProcess, apps_domain: str, record: Callable[[str, float], None],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, paths: bool = False) -> None:
         self.haproxy, self.api = haproxy, haproxy.api
         self.apps_domain, self.record, self.clock = apps_domain, record, clock
+        self.paths = paths  # map path URLs too (SPACEPORT_PATH_APPS=trusted)
+        self._routes: dict[str, Route] = {}  # space_id (lower) -> the last route applied, for carry_paths
         self._lock = threading.RLock()
         self._free = [f"{SLOT_PREFIX}{n}" for n in range(haproxy.layout.slots, 0, -1)]
         self._slots: dict[str, Slot] = {}  # space_id (lower) -> slot
@@ -133,14 +145,19 @@ class DataPlane:
         self._seen: dict[tuple[str, str], Counters] = {}
         self._serial = 0
         self._map = self.api.map_id(haproxy.layout.hosts_map)
+        self._paths_map = self.api.map_id(haproxy.layout.paths_map)
 
     # -- routes --------------------------------------------------------------------------------
     def apply(self, space_id: str, route: Route | None) -> None:
         """Make HAProxy carry `route` (or stop carrying the space when None / not mappable)."""
-        wanted = (mapping_of(route, self.apps_domain, frame_ancestors=bool(self.haproxy.layout.frame_ancestors))
-                  if route is not None else None)
+        wanted = (mapping_of(route, self.apps_domain, frame_ancestors=bool(self.haproxy.layout.frame_ancestors),
+                             paths=self.paths) if route is not None else None)
         key = space_id.lower()
         with self._lock:
+            if route is None:
+                self._routes.pop(key, None)
+            else:
+                self._routes[key] = route
             current = self._mapped.get(key)
             if wanted == current:
                 return
@@ -163,6 +180,13 @@ class DataPlane:
             for route in routes:
                 self.apply(route.space_id, route)
 
+    def carry_paths(self, paths: bool) -> None:
+        """Map path URLs (True) or leave them all to Python (False) from now on, for every route."""
+        with self._lock:
+            self.paths = paths
+            for key, route in list(self._routes.items()):
+                self.apply(key, route)
+
     def _map_route(self, key: str, space_id: str, wanted: Mapping) -> None:
         """Round trip 1: a new server (if the address changed) enabled, the old one to maintenance.
         Round trip 2: the map entry (added, or changed in place), only once the servers are right."""
@@ -174,15 +198,23 @@ class DataPlane:
         if slot.key is not None and slot.key != wanted.key:  # the slug changed
             steps.append((f"del map {self._map} {slot.key}", ()))
             slot.key = None
+        if slot.path_key is not None and slot.path_key != wanted.path_key:  # renamed, private, or paths off
+            steps.append((f"del map {self._paths_map} {slot.path_key}", ()))
+            slot.path_key = None
         verb = "add" if slot.key is None else "set"
         steps.append((f"{verb} map {self._map} {wanted.key} {slot.name}|{wanted.value}", ("",)))
+        if wanted.path_key is not None:
+            verb = "add" if slot.path_key is None else "set"
+            steps.append((f"{verb} map {self._paths_map} {wanted.path_key} {slot.name}|{wanted.value}", ("",)))
         try:
             self.api.batch(steps)
         except (OSError, DataPlaneError):
             self.api.command(f"del map {self._map} {wanted.key}")  # never leave an entry we do not track
-            slot.key = None
+            if wanted.path_key is not None:
+                self.api.command(f"del map {self._paths_map} {wanted.path_key}")
+            slot.key = slot.path_key = None
             raise
-        slot.key = wanted.key
+        slot.key, slot.path_key = wanted.key, wanted.path_key
         self._mapped[key] = wanted
 
     def _swap_server(self, slot: Slot, address: str) -> None:
@@ -211,6 +243,9 @@ class DataPlane:
             if slot.key is not None:
                 self.api.command(f"del map {self._map} {slot.key}")
                 slot.key = None
+            if slot.path_key is not None:
+                self.api.command(f"del map {self._paths_map} {slot.path_key}")
+                slot.path_key = None
             if slot.server is not None:
                 self.api.command(f"set server {slot.name}/{slot.server} state maint")
                 slot.draining.append(slot.server)
@@ -236,7 +271,7 @@ class DataPlane:
             if answer.startswith("Server deleted") or "No such server" in answer:
                 slot.draining.remove(server)
                 self._seen.pop((slot.name, server), None)
-        if slot.server is None and not slot.draining and slot.key is None:
+        if slot.server is None and not slot.draining and slot.key is None and slot.path_key is None:
             space = self._owners.pop(slot.name, "")
             self._slots.pop(space.lower(), None)
             self._free.append(slot.name)
@@ -276,6 +311,7 @@ class DataPlane:
             self._owners.clear()
             self._seen.clear()
             self._map = self.api.map_id(self.haproxy.layout.hosts_map)
+            self._paths_map = self.api.map_id(self.haproxy.layout.paths_map)
             self.sync(routes)
 
 

@@ -37,6 +37,7 @@ from controller.dataplane.haproxy import HAProxyProcess, Layout
 from controller.dataplane.plane import DataPlane
 from controller.proxy import ProxyMiddleware, Route, RouteTable, ThrottledActivity
 from controller.proxy.appauth import AppAuth, app_cookie_secret
+from controller.proxy.isolation import PathMode
 from tests.support.procs import stop_process
 
 APPS_DOMAIN = "apps.localhost"
@@ -268,8 +269,25 @@ class Stack:
     proxy_port: int
     middleware: ProxyMiddleware
     counter: Iterator[int]
-    plane: str = "python"  # or "haproxy": HAProxy in front, carrying ready public host-based routes
+    plane: str = "python"  # or "haproxy": HAProxy in front, carrying ready public routes (host and path URLs)
     dataplane: DataPlane | None = None
+    python: PythonCounter | None = None  # what reached the Python proxy's port
+    python_port: int = 0  # the Python proxy's own port (behind HAProxy on the haproxy plane)
+
+    def set_path_mode(self, mode: PathMode) -> None:
+        """The site's SPACEPORT_PATH_APPS, for both planes (HAProxy carries path URLs only when trusted)."""
+        self.middleware.path_mode = mode
+        if self.dataplane is not None:
+            self.dataplane.carry_paths(mode == "trusted")
+
+    @contextlib.contextmanager
+    def carried(self) -> Iterator[None]:
+        """On the haproxy plane, fail unless HAProxy carried everything inside to the app (no request and no
+        WebSocket reached the Python proxy); on the python plane, nothing to check."""
+        before = self.python.count if self.python is not None else 0
+        yield
+        if self.plane == "haproxy" and self.python is not None:
+            assert self.python.count == before, f"{self.python.count - before} went through Python: {self.python.last}"
 
     def poll(self) -> None:
         """HAProxy's activity reaches the recorder when the data plane reads its stats (every 2 s in serve)."""
@@ -293,6 +311,19 @@ class Stack:
         return route
 
 
+class PythonCounter:
+    """ASGI wrapper that counts the requests and WebSockets reaching the Python proxy."""
+
+    def __init__(self, app: Any) -> None:
+        self.app, self.count, self.last = app, 0, ""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            self.count += 1
+            self.last = f"{scope['type']} {scope['path']}"
+        await self.app(scope, receive, send)
+
+
 async def _start_upstream(state: UpstreamState) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(make_upstream(state), access_log=None)
     await runner.setup()
@@ -313,7 +344,7 @@ def data_plane(plane: str, table: RouteTable, activity: ThrottledActivity, pytho
                     app_cookie_secret=app_cookie_secret(TEST_KEY), slots=64)  # private spaces too
     haproxy = HAProxyProcess(layout)
     haproxy.start()
-    dp = DataPlane(haproxy, APPS_DOMAIN, activity.record)
+    dp = DataPlane(haproxy, APPS_DOMAIN, activity.record, paths=True)  # the harness's path mode is trusted
     table.listen(lambda space_id: dp.apply(space_id, table.get(space_id)))
     dp.sync(table.all())
     try:
@@ -356,7 +387,8 @@ def _stack(plane: str, run_dir: Path) -> Iterator[Stack]:
         app_auth=AppAuth(TEST_KEY),
     )
     sock = bind_socket()
-    config = uvicorn.Config(middleware, log_level="warning", lifespan="on", proxy_headers=False)
+    counter_app = PythonCounter(middleware)
+    config = uvicorn.Config(counter_app, log_level="warning", lifespan="on", proxy_headers=False)
     server = uvicorn.Server(config)
     serving = asyncio.run_coroutine_threadsafe(server.serve(sockets=[sock]), loop.loop)
     loop.call(_wait_started(server))
@@ -364,7 +396,7 @@ def _stack(plane: str, run_dir: Path) -> Iterator[Stack]:
     try:
         with data_plane(plane, table, activity, sock.getsockname()[1], run_dir) as (port, dp):
             yield Stack(loop, table, activity, activator, health, upstream, state, port, middleware, counter,
-                        plane, dp)
+                        plane, dp, counter_app, sock.getsockname()[1])
     finally:
         server.should_exit = True
         serving.result(15)

@@ -33,8 +33,9 @@ def gradio_route(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def test_gradio_client_path_based(stack: Stack, gradio_route: Route) -> None:
-    client = Client(f"{stack.url}/apps/alice/demo/", verbose=False, download_files=False)
-    assert client.predict("Ada", api_name="/greet") == "Hello Ada!"
+    with stack.carried():
+        client = Client(f"{stack.url}/apps/alice/demo/", verbose=False, download_files=False)
+        assert client.predict("Ada", api_name="/greet") == "Hello Ada!"
 
 
 def test_gradio_client_host_based_via_host_header(stack: Stack, gradio_route: Route) -> None:
@@ -46,44 +47,47 @@ def test_gradio_client_host_based_via_host_header(stack: Stack, gradio_route: Ro
 
 
 async def test_gradio_page_and_config_root_through_both_styles(stack: Stack, gradio_route: Route) -> None:
-    async with aiohttp.ClientSession() as client:
-        async with client.get(f"{stack.url}/apps/alice/demo/", headers={"Accept": "text/html"}) as resp:
-            assert resp.status == 200
-            assert "<html" in (await resp.text()).lower()
-        async with client.get(f"{stack.url}/apps/alice/demo/config") as resp:
-            assert (await resp.json())["root"] == f"{stack.url}/apps/alice/demo"
-        host = {"Host": stack.host("alice-demo")}
-        async with client.get(f"{stack.url}/config", headers=host) as resp:
-            root = (await resp.json())["root"]
-        assert root == f"http://{stack.host('alice-demo')}/apps/alice/demo"
-        async with client.get(f"{stack.url}/apps/alice/demo/config", headers=host) as resp:
-            assert resp.status == 200  # links built from that root come back through the host route
+    with stack.carried():
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"{stack.url}/apps/alice/demo/", headers={"Accept": "text/html"}) as resp:
+                assert resp.status == 200
+                assert "<html" in (await resp.text()).lower()
+            async with client.get(f"{stack.url}/apps/alice/demo/config") as resp:
+                assert (await resp.json())["root"] == f"{stack.url}/apps/alice/demo"
+            host = {"Host": stack.host("alice-demo")}
+            async with client.get(f"{stack.url}/config", headers=host) as resp:
+                root = (await resp.json())["root"]
+            assert root == f"http://{stack.host('alice-demo')}/apps/alice/demo"
+            async with client.get(f"{stack.url}/apps/alice/demo/config", headers=host) as resp:
+                assert resp.status == 200  # links built from that root come back through the host route
 
 
 async def test_gradio_sse_queue_through_proxy_records_activity(stack: Stack, gradio_route: Route) -> None:
     """The raw queue protocol: POST /queue/join then stream /queue/data (SSE) until process_completed."""
     base = f"{stack.url}/apps/alice/demo/gradio_api"
-    stack.activity.forget(gradio_route.space_id)
-    async with aiohttp.ClientSession() as client:
-        join = {
-            "data": ["Eve"],
-            "fn_index": 0,
-            "session_hash": "proxytest01",
-            "event_data": None,
-            "trigger_id": None,
-        }
-        async with client.post(f"{base}/queue/join", json=join) as resp:
-            assert resp.status == 200, await resp.text()
-        events = []
-        async with client.get(f"{base}/queue/data?session_hash=proxytest01") as resp:
-            assert resp.headers["Content-Type"].startswith("text/event-stream")
-            async with asyncio.timeout(60):
-                async for line in resp.content:
-                    if line.startswith(b"data:"):
-                        events.append(line.decode())
-                        if "process_completed" in events[-1]:
-                            break
-    assert "Hello Eve!" in events[-1]
+    with stack.carried():
+        stack.activity.forget(gradio_route.space_id)
+        async with aiohttp.ClientSession() as client:
+            join = {
+                "data": ["Eve"],
+                "fn_index": 0,
+                "session_hash": "proxytest01",
+                "event_data": None,
+                "trigger_id": None,
+            }
+            async with client.post(f"{base}/queue/join", json=join) as resp:
+                assert resp.status == 200, await resp.text()
+            events = []
+            async with client.get(f"{base}/queue/data?session_hash=proxytest01") as resp:
+                assert resp.headers["Content-Type"].startswith("text/event-stream")
+                async with asyncio.timeout(60):
+                    async for line in resp.content:
+                        if line.startswith(b"data:"):
+                            events.append(line.decode())
+                            if "process_completed" in events[-1]:
+                                break
+        assert "Hello Eve!" in events[-1]
+    stack.poll()  # on the haproxy plane, activity comes from its stats
     assert stack.activity.last_seen(gradio_route.space_id) is not None
 
 

@@ -32,22 +32,24 @@ async def test_host_based_route(stack: Stack) -> None:
 
 async def test_path_based_route_strips_prefix(stack: Stack) -> None:
     route = stack.add()
-    async with (
-        aiohttp.ClientSession() as client,
-        client.get(f"{stack.url}/apps/{route.space_id}/echo/a%2Fb?x=1&y=%20") as resp,
-    ):
-        data = await resp.json()
-    assert data["path"] == "/echo/a%2Fb?x=1&y=%20"
+    with stack.carried():
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(f"{stack.url}/apps/{route.space_id}/echo/a%2Fb?x=1&y=%20") as resp,
+        ):
+            data = await resp.json()
+        assert data["path"] == "/echo/a%2Fb?x=1&y=%20"
 
 
 async def test_path_based_route_keeps_prefix_for_streamlit_style_apps(stack: Stack) -> None:
     route = stack.add(strip_base_path=False)
-    async with aiohttp.ClientSession() as client:
-        async with client.get(f"{stack.url}/apps/{route.space_id}/echo?q=1") as resp:
-            assert (await resp.json())["path"] == f"/apps/{route.space_id}/echo?q=1"
-        host = {"Host": stack.host(route.slug)}
-        async with client.get(f"{stack.url}/echo", headers=host) as resp:
-            assert (await resp.json())["path"] == f"/apps/{route.space_id}/echo"
+    with stack.carried():
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"{stack.url}/apps/{route.space_id}/echo?q=1") as resp:
+                assert (await resp.json())["path"] == f"/apps/{route.space_id}/echo?q=1"
+            host = {"Host": stack.host(route.slug)}
+            async with client.get(f"{stack.url}/echo", headers=host) as resp:
+                assert (await resp.json())["path"] == f"/apps/{route.space_id}/echo"
 
 
 async def test_host_based_strips_base_path_links_built_by_gradio(stack: Stack) -> None:
@@ -101,107 +103,115 @@ async def test_only_session_cookie_means_no_cookie_header(stack: Stack) -> None:
 
 async def test_streamed_upload_is_not_buffered_and_arrives_intact(stack: Stack) -> None:
     route = stack.add()
-    blocks = [os.urandom(64 * 1024) for _ in range(48)]  # 3 MiB, chunked, no Content-Length
+    with stack.carried():
+        blocks = [os.urandom(64 * 1024) for _ in range(48)]  # 3 MiB, chunked, no Content-Length
 
-    async def body():  # type: ignore[no-untyped-def]
-        for block in blocks:
-            yield block
+        async def body():  # type: ignore[no-untyped-def]
+            for block in blocks:
+                yield block
 
-    async with (
-        aiohttp.ClientSession() as client,
-        client.post(f"{stack.url}/apps/{route.space_id}/upload", data=body()) as resp,
-    ):
-        data = await resp.json()
-    assert data["size"] == 48 * 64 * 1024
-    assert data["sha256"] == hashlib.sha256(b"".join(blocks)).hexdigest()
-    assert data["chunked"] == "chunked"
+        async with (
+            aiohttp.ClientSession() as client,
+            client.post(f"{stack.url}/apps/{route.space_id}/upload", data=body()) as resp,
+        ):
+            data = await resp.json()
+        assert data["size"] == 48 * 64 * 1024
+        assert data["sha256"] == hashlib.sha256(b"".join(blocks)).hexdigest()
+        assert data["chunked"] == "chunked"
 
 
 async def test_fixed_length_upload(stack: Stack) -> None:
     route = stack.add()
-    payload = os.urandom(200_000)
-    async with (
-        aiohttp.ClientSession() as client,
-        client.post(f"{stack.url}/apps/{route.space_id}/upload", data=payload) as resp,
-    ):
-        data = await resp.json()
-    assert data == {"size": 200_000, "sha256": hashlib.sha256(payload).hexdigest(), "chunked": ""}
+    with stack.carried():
+        payload = os.urandom(200_000)
+        async with (
+            aiohttp.ClientSession() as client,
+            client.post(f"{stack.url}/apps/{route.space_id}/upload", data=payload) as resp,
+        ):
+            data = await resp.json()
+        assert data == {"size": 200_000, "sha256": hashlib.sha256(payload).hexdigest(), "chunked": ""}
 
 
 async def test_streamed_download(stack: Stack) -> None:
     route = stack.add()
-    async with (
-        aiohttp.ClientSession() as client,
-        client.get(f"{stack.url}/apps/{route.space_id}/stream?n=300&size=10000") as resp,
-    ):
-        assert resp.headers.get("Transfer-Encoding") == "chunked"
-        body = await resp.read()
-    assert len(body) == 3_000_000
-    assert body[:10000] == b"\x00" * 10000 and body[-1:] == bytes([299 % 256])
+    with stack.carried():
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(f"{stack.url}/apps/{route.space_id}/stream?n=300&size=10000") as resp,
+        ):
+            assert resp.headers.get("Transfer-Encoding") == "chunked"
+            body = await resp.read()
+        assert len(body) == 3_000_000
+        assert body[:10000] == b"\x00" * 10000 and body[-1:] == bytes([299 % 256])
 
 
 async def test_sse_many_events_in_order(stack: Stack) -> None:
     route = stack.add()
-    async with (
-        aiohttp.ClientSession() as client,
-        client.get(f"{stack.url}/apps/{route.space_id}/sse?n=2000") as resp,
-    ):
-        assert resp.headers["Content-Type"] == "text/event-stream"
-        text = await resp.text()
-    data = [json.loads(line[6:])["n"] for line in text.splitlines() if line.startswith("data: ")]
-    assert data == list(range(2000))
+    with stack.carried():
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(f"{stack.url}/apps/{route.space_id}/sse?n=2000") as resp,
+        ):
+            assert resp.headers["Content-Type"] == "text/event-stream"
+            text = await resp.text()
+        data = [json.loads(line[6:])["n"] for line in text.splitlines() if line.startswith("data: ")]
+        assert data == list(range(2000))
 
 
 async def test_sse_events_arrive_before_the_stream_ends(stack: Stack) -> None:
     """An endless stream: reading the first events proves nothing waits for the end."""
     route = stack.add()
-    async with (
-        aiohttp.ClientSession() as client,
-        client.get(f"{stack.url}/apps/{route.space_id}/sse?forever=1") as resp,
-    ):
-        seen = []
-        async for line in resp.content:
-            if line.startswith(b"data: "):
-                seen.append(json.loads(line[6:])["n"])
-            if len(seen) == 3:
-                break
-    assert seen == [0, 1, 2]
+    with stack.carried():
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(f"{stack.url}/apps/{route.space_id}/sse?forever=1") as resp,
+        ):
+            seen = []
+            async for line in resp.content:
+                if line.startswith(b"data: "):
+                    seen.append(json.loads(line[6:])["n"])
+                if len(seen) == 3:
+                    break
+        assert seen == [0, 1, 2]
 
 
 async def test_client_disconnect_closes_the_upstream_stream(stack: Stack) -> None:
     route = stack.add()
     before = stack.upstream_state.closed_streams
-    async with (
-        aiohttp.ClientSession() as client,
-        client.get(f"{stack.url}/apps/{route.space_id}/sse?forever=1") as resp,
-    ):
-        await resp.content.readline()
-    for _ in range(500):
-        if stack.upstream_state.closed_streams > before:
-            break
-        await asyncio.sleep(0.01)
-    assert stack.upstream_state.closed_streams > before
+    with stack.carried():
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(f"{stack.url}/apps/{route.space_id}/sse?forever=1") as resp,
+        ):
+            await resp.content.readline()
+        for _ in range(500):
+            if stack.upstream_state.closed_streams > before:
+                break
+            await asyncio.sleep(0.01)
+        assert stack.upstream_state.closed_streams > before
 
 
 async def test_redirect_location_gets_public_prefix(stack: Stack) -> None:
     route = stack.add()
-    async with aiohttp.ClientSession() as client:
-        async with client.get(f"{stack.url}/apps/{route.space_id}/redirect", allow_redirects=False) as resp:
-            assert resp.status == 302
-            assert resp.headers["Location"] == f"/apps/{route.space_id}/hello"
-        host = {"Host": stack.host(route.slug)}
-        async with client.get(f"{stack.url}/redirect", headers=host, allow_redirects=False) as resp:
-            assert resp.headers["Location"] == "/hello"
+    with stack.carried():
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"{stack.url}/apps/{route.space_id}/redirect", allow_redirects=False) as resp:
+                assert resp.status == 302
+                assert resp.headers["Location"] == f"/apps/{route.space_id}/hello"
+            host = {"Host": stack.host(route.slug)}
+            async with client.get(f"{stack.url}/redirect", headers=host, allow_redirects=False) as resp:
+                assert resp.headers["Location"] == "/hello"
 
 
 async def test_head_request(stack: Stack) -> None:
     route = stack.add()
-    async with (
-        aiohttp.ClientSession() as client,
-        client.head(f"{stack.url}/apps/{route.space_id}/hello") as resp,
-    ):
-        assert resp.status == 200
-        assert resp.headers["Content-Length"] == str(len("hello from upstream"))
+    with stack.carried():
+        async with (
+            aiohttp.ClientSession() as client,
+            client.head(f"{stack.url}/apps/{route.space_id}/hello") as resp,
+        ):
+            assert resp.status == 200
+            assert resp.headers["Content-Length"] == str(len("hello from upstream"))
 
 
 async def test_unknown_space_is_404_on_both_styles(stack: Stack) -> None:
@@ -227,11 +237,12 @@ async def test_refused_upstream_is_502_and_reported(stack: Stack) -> None:
 
 async def test_concurrent_requests_share_the_pool(stack: Stack) -> None:
     route = stack.add()
-    async with aiohttp.ClientSession() as client:
+    with stack.carried():
+        async with aiohttp.ClientSession() as client:
 
-        async def one(i: int) -> str:
-            async with client.get(f"{stack.url}/apps/{route.space_id}/echo/{i}") as resp:
-                return str((await resp.json())["path"])
+            async def one(i: int) -> str:
+                async with client.get(f"{stack.url}/apps/{route.space_id}/echo/{i}") as resp:
+                    return str((await resp.json())["path"])
 
-        paths = await asyncio.gather(*(one(i) for i in range(200)))
-    assert paths == [f"/echo/{i}" for i in range(200)]
+            paths = await asyncio.gather(*(one(i) for i in range(200)))
+        assert paths == [f"/echo/{i}" for i in range(200)]

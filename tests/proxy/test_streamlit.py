@@ -53,15 +53,16 @@ def streamlit_route(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 async def test_streamlit_page_and_health_both_styles(stack: Stack, streamlit_route: Route) -> None:
-    async with aiohttp.ClientSession() as client:
-        async with client.get(f"{stack.url}/apps/alice/st/_stcore/health") as resp:
-            assert (resp.status, await resp.text()) == (200, "ok")
-        host = {"Host": stack.host("alice-st")}
-        async with client.get(f"{stack.url}/_stcore/health", headers=host) as resp:
-            assert (resp.status, await resp.text()) == (200, "ok")
-        async with client.get(f"{stack.url}/", headers={**host, "Accept": "text/html"}) as resp:
-            assert resp.status == 200
-            assert "<noscript>" in await resp.text()
+    with stack.carried():
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"{stack.url}/apps/alice/st/_stcore/health") as resp:
+                assert (resp.status, await resp.text()) == (200, "ok")
+            host = {"Host": stack.host("alice-st")}
+            async with client.get(f"{stack.url}/_stcore/health", headers=host) as resp:
+                assert (resp.status, await resp.text()) == (200, "ok")
+            async with client.get(f"{stack.url}/", headers={**host, "Accept": "text/html"}) as resp:
+                assert resp.status == 200
+                assert "<noscript>" in await resp.text()
 
 
 @pytest.mark.parametrize("style", ["path", "host"])
@@ -69,16 +70,17 @@ async def test_streamlit_stream_websocket_gets_a_binary_forward_msg(
     stack: Stack, streamlit_route: Route, style: str
 ) -> None:
     """Streamlit checks Origin against Host (Tornado), so the proxy must pass the public Host through."""
-    if style == "path":
-        url, headers = f"{stack.url}/apps/alice/st/_stcore/stream", {"Origin": stack.url}
-    else:
-        host = stack.host("alice-st")
-        url, headers = f"{stack.url}/_stcore/stream", {"Host": host, "Origin": f"http://{host}"}
-    async with (
-        aiohttp.ClientSession() as client,
-        client.ws_connect(url, protocols=["streamlit"], headers=headers) as ws,
-    ):
-        assert ws.protocol == "streamlit"
-        await ws.send_bytes(RERUN_SCRIPT)
-        message = await ws.receive(timeout=30)
-    assert message.type is aiohttp.WSMsgType.BINARY and message.data
+    with stack.carried():
+        if style == "path":
+            url, headers = f"{stack.url}/apps/alice/st/_stcore/stream", {"Origin": stack.url}
+        else:
+            host = stack.host("alice-st")
+            url, headers = f"{stack.url}/_stcore/stream", {"Host": host, "Origin": f"http://{host}"}
+        async with (
+            aiohttp.ClientSession() as client,
+            client.ws_connect(url, protocols=["streamlit"], headers=headers) as ws,
+        ):
+            assert ws.protocol == "streamlit"
+            await ws.send_bytes(RERUN_SCRIPT)
+            message = await ws.receive(timeout=30)
+        assert message.type is aiohttp.WSMsgType.BINARY and message.data
