@@ -3,6 +3,7 @@
     .venv/bin/python bench/corpus.py [CORPUS_DIR] [--runtime local|nosandbox|docker] [--jobs N]
                                      [--only PATTERN[,PATTERN]] [--timeout S] [--json PATH] [--keep]
     .venv/bin/python bench/corpus.py checkout [--mirrors DIR]      # (re)create CORPUS_DIR from bench/corpus.yaml
+    .venv/bin/python bench/corpus.py table RESULTS.json [MORE.json]  # the table of (merged, interrupted) runs
 
 The corpus is third-party code, so it lives outside the repo (default /work/corpus/OWNER__NAME/, one plain
 work tree per repo at the commit pinned in bench/corpus.yaml; `checkout` makes them from local bare mirrors
@@ -459,13 +460,35 @@ def run(args: argparse.Namespace) -> int:
             stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
     results.sort(key=lambda r: [e.repo for e in entries].index(r.repo))
-    headers = ["repo", "sdk", "version", "stage", "push->RUNNING s", "UI", "cause"]
-    print_table(f"Corpus on {variant.name} ({len(results)} repos, {time.time() - started:.0f} s)", headers,
-                table_rows(results))
+    report(f"Corpus on {variant.name} ({len(results)} repos, {time.time() - started:.0f} s)", results)
+    print(f"results: {json_path} (build and run logs in {logs_dir})")
+    return 0
+
+
+HEADERS = ["repo", "sdk", "version", "stage", "push->RUNNING s", "UI", "cause"]
+
+
+def report(title: str, results: Sequence[Result]) -> None:
+    print_table(title, HEADERS, table_rows(results))
     print()
     for text in summary(results):
         print(text)
-    print(f"results: {json_path} (build and run logs in {logs_dir})")
+
+
+def run_table(args: argparse.Namespace) -> int:
+    """The table and summary of results files (an interrupted run's JSON too); later files override earlier
+    ones per repo (a full run, then `--only` re-runs), in manifest order."""
+    order = [e.repo for e in load_manifest(args.manifest)]
+    merged: dict[str, Result] = {}
+    runtimes = []
+    for path in args.results:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        runtimes.append(str(payload.get("runtime")))
+        for item in payload.get("results", []):
+            merged[item["repo"]] = Result(**item)
+    results = sorted(merged.values(), key=lambda r: order.index(r.repo) if r.repo in order else len(order))
+    report(f"Corpus on {', '.join(dict.fromkeys(runtimes))} ({len(results)} repos, from "
+           f"{', '.join(p.name for p in args.results)})", results)
     return 0
 
 
@@ -490,6 +513,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="do not pause each space after measuring it (apps stay up "
                         "until the run ends)")
     parser.add_argument("--mirrors", type=Path, default=DEFAULT_MIRRORS, help="checkout: folder of OWNER+NAME/repo bare mirrors")
+    if argv and argv[0] == "table":
+        table = argparse.ArgumentParser(prog="corpus.py table", description="print the table of results files")
+        table.add_argument("results", nargs="+", type=Path, help="JSON files written by --json (later ones win)")
+        table.add_argument("--manifest", type=Path, default=MANIFEST)
+        args = table.parse_args(argv[1:])
+        args.command = "table"
+        return args
     if argv and argv[0] == "checkout":
         args = parser.parse_args(argv[1:])
         args.command = "checkout"
@@ -502,6 +532,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     os.environ.setdefault("SPACEPORT_TEST_HOSTED_BUILDS", "1")  # real repos get the hosted build defaults
+    if args.command == "table":
+        return run_table(args)
     return run_checkout(args) if args.command == "checkout" else run(args)
 
 
