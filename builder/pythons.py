@@ -135,24 +135,34 @@ def _key(version: str) -> tuple[int, ...]:
 # --- requirements written for other Pythons ---------------------------------------------------------
 
 _MARKER_CLAUSE = re.compile(r"""python_version\s*(<=|>=|==|!=|<|>)\s*["']([0-9]+(?:\.[0-9]+)*)["']""")
+_OTHER_CLAUSE = re.compile(r"""(platform_system|platform_machine|sys_platform|os_name|platform_python_implementation|"""
+                           r"""implementation_name)\s*(==|!=)\s*["'][^"']*["']""")
 _CANDIDATES = ("3.8", "3.9", "3.10", "3.11", "3.12", "3.13")
 
 
 def _marker_allows(marker: str, minor: str) -> bool | None:
-    """Whether a marker made only of `python_version OP "X.Y"` clauses joined by `and` admits `minor`
-    (None: the marker says something else, e.g. `or`, `sys_platform`, `python_full_version`)."""
-    clauses = [c.strip() for c in re.split(r"\band\b", marker)]
+    """Whether a marker of `python_version OP "X.Y"` clauses joined by `and` / `or` (and binding tighter, no
+    parentheses) admits `minor`; platform clauses (`platform_system == "Linux"`) are the same on every Python
+    and are passed over (taken as true). None: the marker says nothing of the Python version, or something
+    not understood here (parentheses, `python_full_version`, `in`)."""
+    if re.search(r"[()]|python_full_version", marker):
+        return None
     have = _key(minor)
-    for clause in clauses:
-        found = _MARKER_CLAUSE.fullmatch(clause.strip("() "))
-        if found is None:
-            return None
-        op, want = found.group(1), _key(found.group(2))
-        ok = {"<": have < want, "<=": have <= want, ">": have > want, ">=": have >= want,
-              "==": have[:len(want)] == want, "!=": have[:len(want)] != want}[op]
-        if not ok:
-            return False
-    return True
+    judged = allowed = False
+    for branch in re.split(r"\bor\b", marker):
+        ok = True
+        for clause in (c.strip() for c in re.split(r"\band\b", branch)):
+            found = _MARKER_CLAUSE.fullmatch(clause)
+            if found is None:
+                if _OTHER_CLAUSE.fullmatch(clause):
+                    continue  # the same whatever the Python
+                return None
+            judged = True
+            op, want = found.group(1), _key(found.group(2))
+            ok = ok and {"<": have < want, "<=": have <= want, ">": have > want, ">=": have >= want,
+                         "==": have[:len(want)] == want, "!=": have[:len(want)] != want}[op]
+        allowed = allowed or ok
+    return allowed if judged else None
 
 
 def requirements_python(text: str, default: str) -> str | None:

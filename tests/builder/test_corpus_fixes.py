@@ -165,7 +165,8 @@ def test_a_step_failing_on_refused_egress_names_the_refused_host() -> None:
 
 
 POETRY_EXPORT = ('folium==0.14.0 ; python_version >= "3.8" and python_version < "3.10"\n'
-                 'wheel==0.40.0 ; platform_system == "Linux" and python_version >= "3.8"\n')
+                 'wheel==0.40.0 ; platform_system == "Linux" and platform_machine == "x86_64" and '
+                 'python_version >= "3.8" and python_version < "3.10"\n')
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -176,8 +177,11 @@ POETRY_EXPORT = ('folium==0.14.0 ; python_version >= "3.8" and python_version < 
     ('a==1 ; python_version == "3.8"\n# comment\n\n', "3.8"),
     ('a==1 ; python_version < "3.10"\nb==2\n', None),  # an unmarked line: the file is meant for any Python
     ('a==1 ; python_version < "3.11"\n', None),  # the default (3.10) is admitted
-    ('a==1 ; python_version < "3.10" or sys_platform == "win32"\n', None),  # not understood: keep the default
-    (POETRY_EXPORT, None),
+    ('a==1 ; (python_version < "3.10" or sys_platform == "win32")\n', None),  # not understood: keep the default
+    ('a==1 ; python_version < "3.10" and sys_platform == "darwin" or python_version < "3.10" and os_name == "nt"\n'
+     'b==1 ; python_version == "3.9"\n', "3.9"),
+    (POETRY_EXPORT, "3.9"),  # the real file's platform clauses are the same on every Python
+    ('a==1 ; sys_platform == "linux"\n', None),  # says nothing of the Python
     ('a==1 ; python_version < "3.8"\nb==1 ; python_version > "3.11"\n', None),  # no Python admits both
     ("", None),
 ])
