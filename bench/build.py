@@ -71,7 +71,8 @@ def sandboxed_rows(work: Path) -> list[Row]:
                       uv_seed=use_seed)
 
         cold = timed(once)
-        note = "empty owner uv cache: downloads everything" if use_seed is None else "owner cache hardlinked from ~/.cache/uv"
+        note = ("empty owner uv cache: downloads everything, compiles all bytecode" if use_seed is None else
+                "another owner, same requirements: uv cache from ~/.cache/uv, bytecode linked from the first's")
         rows.append(("venv", what, cold, note))
         code_change(source)
         rows.append(("venv", f"{what[:9]} warm", timed(once), "reuses the owner's sealed environment"))

@@ -429,7 +429,8 @@ def _install_sandboxed(tmp: Path, work: Path, steps: list[_Step], job: _Job, box
     readonly = [uv_bin, work / "constraints.txt",
                 *([_prefix(job.interpreter)] if not job.interpreter.is_relative_to("/usr") else [])]
     inside = {"PATH": SANDBOX_PATH, "HOME": str(work / "home"), "TMPDIR": str(work / "tmp"),
-              "UV_CACHE_DIR": str(cache), "UV_PYTHON_DOWNLOADS": "never", "NO_COLOR": "1"}
+              "UV_CACHE_DIR": str(cache), "UV_PYTHON_DOWNLOADS": "never", "NO_COLOR": "1",
+              "UV_LINK_MODE": "copy"}  # the cache is another mount: uv could not hardlink (share_files does, after)
     for name in ("SSL_CERT_FILE", "UV_NATIVE_TLS"):
         if name in job.env:
             inside[name] = job.env[name]

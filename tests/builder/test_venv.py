@@ -356,7 +356,9 @@ def _sealed_venv(root: Path, files: dict[str, bytes]) -> Path:
     return root
 
 
-def test_sealed_venvs_share_identical_files_by_hardlinks_but_never_sources_or_unsealed_files(tmp_path: Path) -> None:
+def test_sealed_venvs_share_identical_files_and_sources_by_hardlinks_but_never_pycs_or_unsealed_files(tmp_path: Path) -> None:
+    """Sources are shared too: their bytecode is unchecked-hash (builder/bytecode.py), so a shared source's
+    mtime cannot make it stale; .pyc files are left to the bytecode store."""
     from builder.venv import prune_store, share_files
 
     store = tmp_path / "store"
@@ -364,15 +366,15 @@ def test_sealed_venvs_share_identical_files_by_hardlinks_but_never_sources_or_un
               "lib/site-packages/pkg/mod.py": b"x = 1\n", "lib/site-packages/pkg/__pycache__/mod.cpython-311.pyc": b"pyc"}
     first = _sealed_venv(tmp_path / "a", common)
     second = _sealed_venv(tmp_path / "b", {**common, "lib/site-packages/pkg/own.so": b"other"})
-    assert share_files(first, store).new == 2 and share_files(first, store).files == 0  # twice: nothing more
+    assert share_files(first, store).new == 3 and share_files(first, store).files == 0  # twice: nothing more
     shared = share_files(second, store)
-    assert (shared.files, shared.new) == (2, 1)
-    for name in ("lib/site-packages/pkg/_core.so", "lib/site-packages/pkg/static/app.js"):
+    assert (shared.files, shared.new) == (3, 1)
+    for name in ("lib/site-packages/pkg/_core.so", "lib/site-packages/pkg/static/app.js", "lib/site-packages/pkg/mod.py"):
         assert (first / name).stat().st_ino == (second / name).stat().st_ino
         assert (second / name).read_bytes() == common[name]
     assert stat.S_IMODE((second / "lib/site-packages/pkg/_core.so").stat().st_mode) == 0o755
-    for name in ("lib/site-packages/pkg/mod.py", "lib/site-packages/pkg/__pycache__/mod.cpython-311.pyc"):
-        assert (first / name).stat().st_ino != (second / name).stat().st_ino  # its mtime belongs to its .pyc
+    name = "lib/site-packages/pkg/__pycache__/mod.cpython-311.pyc"
+    assert (first / name).stat().st_ino != (second / name).stat().st_ino
     unsealed = _sealed_venv(tmp_path / "c", common)
     os.chown(unsealed / "lib/site-packages/pkg/static/app.js", 100_123, 100_123)  # a build uid's file: never shared
     share_files(unsealed, store)
@@ -380,4 +382,4 @@ def test_sealed_venvs_share_identical_files_by_hardlinks_but_never_sources_or_un
     shutil.rmtree(first)
     shutil.rmtree(second)
     shutil.rmtree(unsealed)
-    assert prune_store(store) == 3 and not any(store.rglob("*-*"))
+    assert prune_store(store) == 4 and not any(store.rglob("*-*"))
