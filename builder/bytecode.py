@@ -29,6 +29,7 @@ import json
 import os
 import stat
 import subprocess
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -113,8 +114,7 @@ def compile_venv(venv: Path, store: Path, work: Path, interpreter: Path, run: Ru
     made = _compile(missing, venv, work, interpreter, run, workers)
     compiled = 0
     for index, (source, digest) in enumerate(missing):
-        result = made / f"{index}.pyc"
-        if _adopt(result, target, _entry(store, digest, target)) and _place(_entry(store, digest, target), _pyc_path(source, target)):
+        if _adopt(made / f"{index}.pyc", target, _entry(store, digest, target), _pyc_path(source, target)):
             compiled += 1
     return Compiled(shared=shared, compiled=compiled, failed=len(missing) - compiled)
 
@@ -129,9 +129,9 @@ def _compile(missing: list[tuple[Path, str]], venv: Path, work: Path, interprete
     return out
 
 
-def _adopt(result: Path, target: Interpreter, entry: Path) -> bool:
-    """Copy one compiled file (made by the build uid) into a root-owned store entry, if it is a pyc of the
-    right magic; an entry that exists already (a concurrent build) is kept."""
+def _adopt(result: Path, target: Interpreter, entry: Path, pyc: Path) -> bool:
+    """Copy one compiled file (made by the build uid) to `pyc` as a root-owned file, if it is a pyc of the
+    right magic, then name it in the store (an entry that exists already, from a concurrent build, is kept)."""
     try:
         info = result.lstat()
     except FileNotFoundError:
@@ -141,43 +141,47 @@ def _adopt(result: Path, target: Interpreter, entry: Path) -> bool:
     data = result.read_bytes()
     if len(data) < 16 or data[:4].hex() != target.magic or int.from_bytes(data[4:8], "little") != UNCHECKED_HASH:
         return False
-    entry.parent.mkdir(mode=0o700, exist_ok=True)
-    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.new")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
+    tmp = _temp_in(pyc.parent)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
-    try:
-        os.link(tmp, entry)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
+    os.replace(tmp, pyc)
+    entry.parent.mkdir(mode=0o700, exist_ok=True)
+    with contextlib.suppress(OSError):  # FileExistsError (a concurrent build named it first), EMLINK
+        os.link(pyc, entry)
     return True
 
 
 def _place(entry: Path, pyc: Path) -> bool:
-    """Hardlink the store's `entry` as `pyc` (a real `__pycache__` directory, made if need be; whatever
-    stood at `pyc` is replaced, and a `__pycache__` that is not a directory is removed first)."""
+    """Hardlink the store's `entry` as `pyc` (whatever stood at `pyc` is replaced); False if the store has
+    no such entry (or it was pruned meanwhile)."""
     if not entry.is_file():
         return False
-    cache = pyc.parent
-    with contextlib.suppress(FileNotFoundError):
-        if not stat.S_ISDIR(cache.lstat().st_mode):  # a link or a file the build left: never followed
-            cache.unlink()
-    cache.mkdir(mode=0o755, exist_ok=True)
-    tmp = cache / f".{pyc.name}.{os.getpid()}.link"
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
+    tmp = _temp_in(pyc.parent)
     try:
         os.link(entry, tmp)
+    except FileNotFoundError:
+        return False
     except OSError:  # EMLINK (a popular file's link count is full): a copy of its own
+        try:
+            data = entry.read_bytes()
+        except FileNotFoundError:
+            return False
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(entry.read_bytes())
+            handle.write(data)
     os.replace(tmp, pyc)
     return True
+
+
+def _temp_in(cache: Path) -> Path:
+    """A fresh name in a real `__pycache__` directory (made if need be; a link or file the build left
+    there is removed, never followed)."""
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISDIR(cache.lstat().st_mode):
+            cache.unlink()
+    cache.mkdir(mode=0o755, exist_ok=True)
+    return cache / f".{uuid.uuid4().hex}.tmp"
 
 
 def _pyc_path(source: Path, target: Interpreter) -> Path:

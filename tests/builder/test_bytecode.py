@@ -124,3 +124,17 @@ def test_output_that_is_not_a_pyc_of_this_interpreter_is_not_adopted(tmp_path: P
     store = tmp_path / "store"
     assert compile_into(venv(tmp_path / "a"), store, tmp_path, forged) == Compiled(shared=0, compiled=0, failed=2)
     assert not [entry for entry in store.rglob("*") if entry.is_file()]
+
+
+def test_concurrent_builds_in_one_process_share_the_store_safely(tmp_path: Path) -> None:
+    """Two owners' builds run as threads of one worker process (stop 29's CI: a temp name made of the pid
+    alone collided, and one build failed with "No such file or directory")."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    many = {f"pkg/m{index}.py": f"X = {index % 7}\n" for index in range(150)} | {"pkg/__init__.py": ""}
+    envs = [venv(tmp_path / f"e{index}", many) for index in range(4)]
+    store = tmp_path / "store"
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda env: compile_into(env, store, tmp_path), envs))
+    assert all(done.shared + done.compiled == 151 and done.failed == 0 for done in results), results
+    assert all(pyc(env, "pkg/m3.py").is_file() for env in envs)
