@@ -17,6 +17,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.oauth.conftest import PASSWORD, Site, make_site
+from tests.support.browser import watch
 from tests.support.server import make_server
 from tests.support.spaces import wait_stage
 
@@ -96,16 +97,6 @@ def sign_in_from_the_app(page: Page, site: Site, user: str) -> None:
     page.get_by_label("User name").fill(user)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
-
-
-def watch(page: Page) -> list[str]:
-    """What the page loaded, failed to load and logged, for a failure message (CI once saw a blank app)."""
-    seen: list[str] = []
-    page.on("console", lambda msg: seen.append(f"console {msg.type}: {msg.text[:300]}"))
-    page.on("pageerror", lambda error: seen.append(f"page error: {str(error)[:300]}"))
-    page.on("requestfailed", lambda req: seen.append(f"failed {req.method} {req.url[:200]}: {req.failure}"))
-    page.on("response", lambda resp: seen.append(f"{resp.status} {resp.request.method} {resp.url[:200]}"))
-    return seen
 
 
 def shot(page: Page, name: str) -> None:

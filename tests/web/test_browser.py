@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
+from tests.support.browser import watch
 from tests.support.spaces import wait_stage
 from tests.web.conftest import FIXTURES, PASSWORD, SCREENSHOTS, Site
 
@@ -100,9 +102,13 @@ def test_watch_build_live_then_use_the_gradio_app(site: Site, pages: dict[str, P
     assert state["stage"] == "RUNNING", f"{state}\n{site.server.logs()[-4000:]}"  # the build's own error, if any
     expect(page.locator(".space-head .badge")).to_have_text("RUNNING")  # the page followed without a reload
     shot(page, "04-running")
+    seen = watch(page)
     page.get_by_role("link", name="App", exact=True).click()
     app = page.frame_locator("#app-frame")
-    app.get_by_label("name").fill("Spaceport")
+    try:  # a first visit loads Gradio's whole frontend through the proxy: give a loaded machine its time
+        app.get_by_label("name").fill("Spaceport", timeout=60_000)
+    except PlaywrightError as exc:
+        raise AssertionError(f"the app's form never appeared: {exc}\n" + "\n".join(seen[-80:])) from None
     app.get_by_role("button", name="Submit").click()
     expect(app.get_by_label("output")).to_have_value("Hello Spaceport!", timeout=60_000)
     shot(page, "05-gradio-in-iframe")
