@@ -57,6 +57,8 @@ else:
     with ProcessPoolExecutor(workers) as pool:
         list(pool.map(one, items, chunksize=32))
 """
+# In the build's scratch dir: what the sandboxed compile reads (SCRIPT, JOBS) and the only place it writes (OUT).
+SCRIPT, JOBS, OUT = "bytecode-script.py", "bytecode-jobs.json", "bytecode"
 PROBE = "import importlib.util, sys; print(importlib.util.MAGIC_NUMBER.hex(), sys.implementation.cache_tag)"
 UNCHECKED_HASH = 0b01  # the pyc flags word (PEP 552): hash-based, source not checked
 # Run (wrapped in the sandbox) with the compile argv; returns how it ended.
@@ -121,11 +123,10 @@ def compile_venv(venv: Path, store: Path, work: Path, interpreter: Path, run: Ru
 
 def _compile(missing: list[tuple[Path, str]], venv: Path, work: Path, interpreter: Path, run: Runner,
              workers: int) -> Path:
-    jobs = work / "bytecode-jobs.json"
+    jobs, script, out = work / JOBS, work / SCRIPT, work / OUT
     jobs.write_text(json.dumps([[str(source), str(source.relative_to(venv))] for source, _ in missing]))
-    (work / "bytecode-script.py").write_text(COMPILE_SCRIPT)
-    out = work / "bytecode"
-    run([str(interpreter), "-I", "-S", str(work / "bytecode-script.py"), str(jobs), str(out), str(workers)])
+    script.write_text(COMPILE_SCRIPT)
+    run([str(interpreter), "-I", "-S", str(script), str(jobs), str(out), str(workers)])
     return out
 
 

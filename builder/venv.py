@@ -256,11 +256,10 @@ def _create(final: Path, job: _Job) -> None:
 def _compile_bytecode(venv: Path, work: Path, job: _Job, box: BuildSandbox) -> None:
     """The sealed venv's bytecode, shared through the store with earlier venvs (builder/bytecode.py); the
     files no venv had yet are compiled in the sandbox by the env's own interpreter."""
-    out = work / "bytecode"
+    out = work / bytecode.OUT
     out.mkdir()
     box.prepare(out)
-    script, jobs = work / "bytecode-script.py", work / "bytecode-jobs.json"
-    readonly = [venv, script, jobs, *([_prefix(job.interpreter)] if not job.interpreter.is_relative_to("/usr") else [])]
+    readonly = [venv, work / bytecode.SCRIPT, work / bytecode.JOBS, *_interpreter_mounts(job.interpreter)]
     inside = {"PATH": SANDBOX_PATH, "HOME": str(out), "TMPDIR": str(out)}
 
     def run(argv: list[str]) -> Result:
@@ -426,8 +425,7 @@ def _install_sandboxed(tmp: Path, work: Path, steps: list[_Step], job: _Job, box
         host.mkdir(parents=True, exist_ok=True)
         box.prepare(host, seed=job.uv_seed if host == cache else None)
     uv_bin = Path(uv.find_uv_bin()).resolve()
-    readonly = [uv_bin, work / "constraints.txt",
-                *([_prefix(job.interpreter)] if not job.interpreter.is_relative_to("/usr") else [])]
+    readonly = [uv_bin, work / "constraints.txt", *_interpreter_mounts(job.interpreter)]
     inside = {"PATH": SANDBOX_PATH, "HOME": str(work / "home"), "TMPDIR": str(work / "tmp"),
               "UV_CACHE_DIR": str(cache), "UV_PYTHON_DOWNLOADS": "never", "NO_COLOR": "1",
               "UV_LINK_MODE": "copy"}  # the cache is another mount: uv could not hardlink (share_files does, after)
@@ -469,6 +467,11 @@ def _cause(failure: str, output: str, refused: Sequence[str] = ()) -> str:
     if refused:
         return f"{failure}; the build needed a host builds may not reach: {'; '.join(refused)}"
     return failure
+
+
+def _interpreter_mounts(interpreter: Path) -> list[Path]:
+    """What a sandboxed command needs bound read-only to run `interpreter` (nothing for the system's /usr)."""
+    return [] if interpreter.is_relative_to("/usr") else [_prefix(interpreter)]
 
 
 def _prefix(interpreter: Path) -> Path:
