@@ -379,15 +379,23 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
              r.cause.replace("|", "¦")[:160]] for r in results]
 
 
-def summary(results: Sequence[Result]) -> list[str]:
+def summary(results: Sequence[Result], runtime: str = "docker") -> list[str]:
+    """RUNNING / UI ok counts. On a local runtime docker-SDK repos cannot run by design (they need
+    SPACEPORT_RUNTIME=docker): they are counted apart, and the tiers are of the repos this runtime serves."""
     def line(label: str, subset: Sequence[Result]) -> str:
         running = sum(r.stage == "RUNNING" for r in subset)
         ui_ok = sum(r.ui_ok for r in subset)
         return f"{label}: RUNNING {running} / UI ok {ui_ok} / total {len(subset)}"
 
+    lines = [line("all repos", results)]
+    if runtime != "docker":
+        served = [r for r in results if r.sdk != "docker"]
+        lines.append(f"docker-SDK repos left out below (docker runtime only): {len(results) - len(served)}")
+        lines.append(line("repos this runtime serves (gradio, streamlit, static)", served))
+        results = served
     offline = [r for r in results if not r.needs_internet]
     complete = [r for r in offline if not r.needs_internet_build and not r.lfs_pointers]
-    return [line("all repos", results), line("repos needing nothing from the internet at run time", offline),
+    return [*lines, line("repos needing nothing from the internet at run time", offline),
             line("  of those, also nothing at build time and no missing Git LFS objects", complete)]
 
 
@@ -460,7 +468,7 @@ def run(args: argparse.Namespace) -> int:
             stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
     results.sort(key=lambda r: [e.repo for e in entries].index(r.repo))
-    report(f"Corpus on {variant.name} ({len(results)} repos, {time.time() - started:.0f} s)", results)
+    report(f"Corpus on {variant.name} ({len(results)} repos, {time.time() - started:.0f} s)", results, args.runtime)
     print(f"results: {json_path} (build and run logs in {logs_dir})")
     return 0
 
@@ -468,10 +476,10 @@ def run(args: argparse.Namespace) -> int:
 HEADERS = ["repo", "sdk", "version", "stage", "push->RUNNING s", "UI", "cause"]
 
 
-def report(title: str, results: Sequence[Result]) -> None:
+def report(title: str, results: Sequence[Result], runtime: str) -> None:
     print_table(title, HEADERS, table_rows(results))
     print()
-    for text in summary(results):
+    for text in summary(results, runtime):
         print(text)
 
 
@@ -487,8 +495,10 @@ def run_table(args: argparse.Namespace) -> int:
         for item in payload.get("results", []):
             merged[item["repo"]] = Result(**item)
     results = sorted(merged.values(), key=lambda r: order.index(r.repo) if r.repo in order else len(order))
-    report(f"Corpus on {', '.join(dict.fromkeys(runtimes))} ({len(results)} repos, from "
-           f"{', '.join(p.name for p in args.results)})", results)
+    names = list(dict.fromkeys(runtimes))
+    runtime = next((key for key, name in VARIANT_KEYS.items() if names == [name]), "docker")  # mixed: count all
+    report(f"Corpus on {', '.join(names)} ({len(results)} repos, from "
+           f"{', '.join(p.name for p in args.results)})", results, runtime)
     return 0
 
 
