@@ -201,7 +201,7 @@ def storage_limits(platform: Platform, names: list[str]) -> dict[str, StorageLim
 
 # ----------------------------------------------------------------------------- collection
 TRASH = ".trash"
-ClaimPruner = Callable[[set[str]], list[str]]
+ClaimPruner = Callable[[set[str], bool], list[str]]  # (claims to keep, dry_run) -> NAMESPACE/NAME
 
 
 @dataclass(frozen=True)
@@ -278,7 +278,7 @@ def collect_storage(platform: Platform, *, grace: float | None = None, dry_run: 
     grace = settings.gc_grace if grace is None else grace
     chosen = storage_candidates(platform, grace)
     if dry_run:
-        return chosen
+        return chosen + _claims(platform, claims, dry_run=True)
     now = time.time()
     for leftover in _dirs(settings.volumes_dir / TRASH):  # a deletion a crash interrupted after its rename
         if _old(leftover, now, 60):
@@ -290,9 +290,13 @@ def collect_storage(platform: Platform, *, grace: float | None = None, dry_run: 
         for name in [*_dirs(owner), owner]:
             with contextlib.suppress(OSError):
                 name.rmdir()
-    if claims is not None or settings.runtime == "kubernetes":
-        removed += [Collected("claim", ref) for ref in prune_claims(platform, claims)]
-    return removed
+    return removed + _claims(platform, claims, dry_run=False)
+
+
+def _claims(platform: Platform, claims: ClaimPruner | None, *, dry_run: bool) -> list[Collected]:
+    if claims is None and platform.settings.runtime != "kubernetes":
+        return []
+    return [Collected("claim", ref) for ref in prune_claims(platform, claims, dry_run=dry_run)]
 
 
 def kept_claims(platform: Platform) -> set[str]:
@@ -300,16 +304,17 @@ def kept_claims(platform: Platform) -> set[str]:
     return {claim_name(key) for key in _kept(platform)[0]}
 
 
-def prune_claims(platform: Platform, pruner: ClaimPruner | None = None) -> list[str]:
-    """Delete this site's storage claims that no space's key names (Kubernetes); NAMESPACE/NAME deleted.
-    Without `pruner`, the configured runtime's (only Kubernetes has one)."""
+def prune_claims(platform: Platform, pruner: ClaimPruner | None = None, *, dry_run: bool = False) -> list[str]:
+    """Delete this site's storage claims that no space's key names (Kubernetes); NAMESPACE/NAME deleted
+    (with `dry_run`, those that would be, none deleted). Without `pruner`, the configured runtime's (only
+    Kubernetes has one)."""
     if pruner is not None:
-        return pruner(kept_claims(platform))
+        return pruner(kept_claims(platform), dry_run)
     from controller.runtimes.factory import make_runtime
 
     runtime = make_runtime(platform.settings)
     prune = getattr(runtime, "prune_claims_sync", None)
-    return prune(kept_claims(platform)) if prune is not None else []
+    return prune(kept_claims(platform), dry_run=dry_run) if prune is not None else []
 
 
 def _in_background(platform: Platform, name: str, work: Callable[[Platform], object]) -> None:

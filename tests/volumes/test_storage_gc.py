@@ -142,14 +142,22 @@ def test_claims_are_pruned_by_the_keys_spaces_hold(db_platform: Platform, tmp_pa
     with platform.tx() as session:
         key = find(session, "alice/notes").storage_key
         assert key
-    asked: list[set[str]] = []
+    asked: list[tuple[set[str], bool]] = []
+    orphans = ["spaceport-bob/spaceport-data-gone"]
 
-    def pruner(keep: set[str]) -> list[str]:
-        asked.append(keep)
-        return ["spaceport-bob/spaceport-data-gone"]
+    def pruner(keep: set[str], dry_run: bool) -> list[str]:
+        asked.append((keep, dry_run))
+        found = list(orphans)
+        if not dry_run:
+            orphans.clear()
+        return found
 
+    listed = volumes.collect_storage(platform, grace=0, dry_run=True, claims=pruner)  # `gc --dry-run` lists claims too
+    assert listed == [volumes.Collected("claim", "spaceport-bob/spaceport-data-gone")]
+    assert orphans, "a dry run deleted a claim"
     removed = volumes.collect_storage(platform, grace=0, claims=pruner)
-    assert asked == [{f"spaceport-data-{key[:20]}"}]
+    kept = {f"spaceport-data-{key[:20]}"}
+    assert asked == [(kept, True), (kept, False)]
     assert removed == [volumes.Collected("claim", "spaceport-bob/spaceport-data-gone")]
 
 

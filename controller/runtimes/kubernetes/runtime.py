@@ -167,11 +167,11 @@ class KubernetesRuntime:
         await self._call(self.api.delete, "Deployment", meta["name"], meta["namespace"])
         await self._call(self.api.delete, "Service", meta["name"], meta["namespace"])
 
-    def prune_claims_sync(self, keep: set[str]) -> list[str]:
+    def prune_claims_sync(self, keep: set[str], *, dry_run: bool = False) -> list[str]:
         """Delete this site's storage claims whose name is not in `keep` (the claims of every storage key a
-        space holds); returns NAMESPACE/NAME of those deleted. Only claims with this site's label and the
-        storage label are listed: another installation's, a pod's ephemeral ~/.cache claim, anything an admin
-        made, are never touched."""
+        space holds); returns NAMESPACE/NAME of those deleted (with `dry_run`: of those it would delete,
+        deleting none). Only claims with this site's label and the storage label are listed: another
+        installation's, a pod's ephemeral ~/.cache claim, anything an admin made, are never touched."""
         wanted = {objects.dns_label(name) for name in keep}
         deleted = []
         for claim in self.api.list_claims(site_selector(self.site, **{STORAGE_LABEL: PERSISTENT})):
@@ -179,7 +179,9 @@ class KubernetesRuntime:
             labels = meta.get("labels") or {}
             if labels.get(SITE_LABEL) != self.site.site or labels.get(STORAGE_LABEL) != PERSISTENT:
                 continue  # the selector already says so; never trust a list to have honoured it
-            if meta["name"] not in wanted and self.api.delete("PersistentVolumeClaim", meta["name"], meta["namespace"]):
+            if meta["name"] in wanted:
+                continue
+            if dry_run or self.api.delete("PersistentVolumeClaim", meta["name"], meta["namespace"]):
                 deleted.append(f"{meta['namespace']}/{meta['name']}")
         return deleted
 

@@ -48,6 +48,8 @@ async def test_the_claim_outlives_instances_and_goes_when_no_space_holds_its_key
     assert claims(cluster) == [alice, bob]
 
     assert runtime.prune_claims_sync({claim_name(ALICE_KEY), claim_name(BOB_KEY)}) == []
+    assert runtime.prune_claims_sync({claim_name(ALICE_KEY)}, dry_run=True) == [bob]  # listed, not deleted
+    assert claims(cluster) == [alice, bob]
     assert runtime.prune_claims_sync({claim_name(ALICE_KEY)}) == [bob]  # bob's storage was deleted
     assert claims(cluster) == [alice]
     assert ("list_claims", "app.kubernetes.io/managed-by=spaceport,spaceport.site=spaceport,"
