@@ -379,7 +379,7 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
              r.cause.replace("|", "¦")[:160]] for r in results]
 
 
-def summary(results: Sequence[Result], runtime: str = "docker") -> list[str]:
+def summary(results: Sequence[Result], runtime: str) -> list[str]:
     """RUNNING / UI ok counts. On a local runtime docker-SDK repos cannot run by design (they need
     SPACEPORT_RUNTIME=docker): they are counted apart, and the tiers are of the repos this runtime serves."""
     def line(label: str, subset: Sequence[Result]) -> str:
@@ -409,13 +409,18 @@ def tree_state() -> dict[str, object]:
     return {}
 
 
+def runtime_key(names: Sequence[str]) -> str:
+    """The --runtime key of results measured on the variants `names`; "docker" (count every repo) if mixed."""
+    return next((key for key, name in VARIANT_KEYS.items() if list(names) == [name]), "docker")
+
+
 def write_json(path: Path, variant: Variant, results: Sequence[Result], started: float,
                tree: dict[str, object] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {
         "runtime": variant.name, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "spaceport": tree or {},
-        "seconds": round(time.time() - started), "summary": summary(results),
+        "seconds": round(time.time() - started), "summary": summary(results, runtime_key([variant.name])),
         "results": [asdict(r) for r in results],
     }
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -496,9 +501,8 @@ def run_table(args: argparse.Namespace) -> int:
             merged[item["repo"]] = Result(**item)
     results = sorted(merged.values(), key=lambda r: order.index(r.repo) if r.repo in order else len(order))
     names = list(dict.fromkeys(runtimes))
-    runtime = next((key for key, name in VARIANT_KEYS.items() if names == [name]), "docker")  # mixed: count all
     report(f"Corpus on {', '.join(names)} ({len(results)} repos, from "
-           f"{', '.join(p.name for p in args.results)})", results, runtime)
+           f"{', '.join(p.name for p in args.results)})", results, runtime_key(names))
     return 0
 
 
