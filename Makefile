@@ -30,10 +30,20 @@ serve: $(STAMP)
 	@bash scripts/ensure-host.sh
 	$(BIN)/spaceport serve --host 0.0.0.0 --port 8000
 
+# The suite stops itself after TEST_WALL_SECONDS (CI allows 90 minutes in all), so a run that hangs still prints
+# which tests failed (tests/conftest.py logs each failure to $(TEST_FAILURES) as it happens) and the machine's state.
+TEST_WALL_SECONDS ?= 4200
+TEST_FAILURES := $(CURDIR)/.test-failures.log
+
 test: $(STAMP)
 	@bash scripts/test-services.sh $(CURDIR)/.test-env.sh
 	@. $(CURDIR)/.test-env.sh && $(BIN)/python -m tests.support.images
-	@. $(CURDIR)/.test-env.sh && PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n 2 --dist loadfile -q -rfEs $(PYTEST_ARGS)
+	@rm -f $(TEST_FAILURES)
+	@. $(CURDIR)/.test-env.sh && PATH=$(CURDIR)/$(BIN):$$PATH SPACEPORT_TEST_FAILURES=$(TEST_FAILURES) \
+	  timeout --foreground --signal=INT --kill-after=120 $(TEST_WALL_SECONDS) \
+	  $(BIN)/python -m pytest -n 2 --dist loadfile -q -rfEs $(PYTEST_ARGS) \
+	  || { status=$$?; [ $$status != 124 ] || echo "the suite ran past $(TEST_WALL_SECONDS) s and was stopped"; \
+	       . $(CURDIR)/.test-env.sh; bash scripts/test-diagnostics.sh $(TEST_FAILURES); exit $$status; }
 	@$(MAKE) --no-print-directory lint
 
 lint: $(STAMP)
@@ -45,4 +55,4 @@ bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .test-env.sh
+	rm -rf $(VENV) .test-env.sh .test-failures.log

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +29,20 @@ def _require(var: str, what: str) -> str:
     message = f"{what} is not available ({var} unset; run scripts/test-services.sh or `make test`)"
     missing(message)
 
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Under `make test`, each failure is logged the moment it happens, with the free disk then, so a run that
+    hangs or cascades still shows which test failed first and why (scripts/test-diagnostics.sh prints it)."""
+    log = os.environ.get("SPACEPORT_TEST_FAILURES")
+    if not log or not report.failed or os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # the xdist controller sees every worker's reports; log there only
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else report.longreprtext
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    free_gb = shutil.disk_usage("/").free / 1e9
+    with open(log, "a", encoding="utf-8") as out:
+        out.write(f"{time.strftime('%H:%M:%S')} free {free_gb:.1f} GB  {report.nodeid} [{report.when}] {first}\n")
 
 @pytest.fixture(scope="session")
 def docker_host() -> str:

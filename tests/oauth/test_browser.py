@@ -84,7 +84,8 @@ def fresh_page(browser: Browser) -> Page:
     return browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
 
 
-def sign_in_from_the_app(page: Page, site: Site, user: str) -> None:
+def sign_in_from_the_app(page: Page, site: Site, user: str) -> list[str]:
+    """Open the app, press its Sign in button and log in; returns what the page loads from then on."""
     seen = watch(page)
     page.goto(site.app_origin("alice", "signin") + "/")
     try:
@@ -97,6 +98,18 @@ def sign_in_from_the_app(page: Page, site: Site, user: str) -> None:
     page.get_by_label("User name").fill(user)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
+    return seen
+
+
+def expect_text(page: Page, text: str, seen: list[str], timeout: float = 60_000) -> None:
+    """Wait for `text`; if it never shows, say where the page is, what it shows and what it loaded."""
+    try:
+        expect(page.get_by_text(text)).to_be_visible(timeout=timeout)
+    except AssertionError:
+        shot(page, "oauth-debug-missing-text")
+        body = page.locator("body").inner_text()[:800]
+        raise AssertionError(f"{text!r} never showed at {page.url}; the page shows:\n{body}\n"
+                             "what it loaded:\n" + "\n".join(seen[-60:])) from None
 
 
 def shot(page: Page, name: str) -> None:
@@ -107,14 +120,14 @@ def shot(page: Page, name: str) -> None:
 def test_member_signs_in_and_the_app_sees_their_name_and_token(site: Site, browser: Browser) -> None:
     page = fresh_page(browser)
     try:
-        sign_in_from_the_app(page, site, "alice")
+        seen = sign_in_from_the_app(page, site, "alice")
         expect(page.get_by_role("heading", name="Sign in to alice/signin")).to_be_visible()
         expect(page.get_by_text("openid")).to_be_visible()
         shot(page, "oauth-01-consent")
         page.get_by_role("button", name="Allow").click()
         expect(page).to_have_url(re.compile(rf"^{re.escape(site.app_origin('alice', 'signin'))}/"), timeout=30_000)
-        expect(page.get_by_text("Hello alice (alice)")).to_be_visible(timeout=60_000)
-        expect(page.get_by_text("whoami says alice, scope openid profile")).to_be_visible(timeout=60_000)
+        expect_text(page, "Hello alice (alice)", seen)
+        expect_text(page, "whoami says alice, scope openid profile", seen)
         shot(page, "oauth-02-signed-in")
     finally:
         page.context.close()
