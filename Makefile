@@ -45,7 +45,7 @@ test: $(STAMP)
 	  timeout --foreground --signal=INT --kill-after=120 $(TEST_WALL_SECONDS) \
 	  $(BIN)/python -m pytest -n 2 --dist loadfile -q -rfEs --maxfail=$(TEST_MAXFAIL) $(PYTEST_ARGS) \
 	  || { status=$$?; [ $$status != 124 ] || echo "the suite ran past $(TEST_WALL_SECONDS) s and was stopped"; \
-	       . $(CURDIR)/.test-env.sh; bash scripts/test-diagnostics.sh $(TEST_FAILURES); exit $$status; }
+	       bash scripts/test-diagnostics.sh $(TEST_FAILURES); exit $$status; }
 	@$(MAKE) --no-print-directory lint
 
 lint: $(STAMP)

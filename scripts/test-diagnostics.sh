@@ -24,7 +24,7 @@ if [ -n "${SPACEPORT_TEST_DOCKER_HOST:-}" ]; then
 fi
 tail -5 "$STATE/dockerd.log" 2>/dev/null
 section "services"
-redis-cli -p 6391 ping 2>&1 | head -1
+[ -z "${SPACEPORT_TEST_REDIS_URL:-}" ] || redis-cli -u "$SPACEPORT_TEST_REDIS_URL" ping 2>&1 | head -1
 pg_isready -h 127.0.0.1 -p "${SPACEPORT_TEST_PG_PORT:-5439}" 2>&1
 section "biggest processes"
 ps -eo rss,etime,args --sort=-rss 2>/dev/null | head -8 | cut -c1-160

@@ -30,7 +30,6 @@ def _require(var: str, what: str) -> str:
     missing(message)
 
 
-
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Under `make test`, each failure is logged the moment it happens, with the free disk then, so a run that
     hangs or cascades still shows which test failed first and why (scripts/test-diagnostics.sh prints it)."""
@@ -43,6 +42,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     free_gb = shutil.disk_usage("/").free / 1e9
     with open(log, "a", encoding="utf-8") as out:
         out.write(f"{time.strftime('%H:%M:%S')} free {free_gb:.1f} GB  {report.nodeid} [{report.when}] {first}\n")
+
 
 @pytest.fixture(scope="session")
 def docker_host() -> str:

@@ -20,7 +20,6 @@ from builder.baseimages import DEBIAN_BASE, UV_BASE, node_base, python_base, sdk
 from builder.bootstrap import bootstrap_images
 
 PYTHON_VERSIONS = ("3.11",)
-BASE_PREFIX = "spaceport/base-"  # what bootstrap builds; everything else in the test engine is a run's leftover
 SUITE_DISK_GB = 25  # a clean clone's run took 17 GB of / at its peak (apt packages, venv, images, live servers' data)
 
 
@@ -29,11 +28,15 @@ def _lock_path(docker_host: str) -> Path:
     return Path(tempfile.gettempdir()) / f"spaceport-base-images-{digest}.lock"
 
 
+def _base_names() -> list[str]:
+    """The images the suite bootstraps; everything else in the test engine is a run's leftover."""
+    return [DEBIAN_BASE, *(python_base(v) for v in PYTHON_VERSIONS), *(sdk_base(v) for v in PYTHON_VERSIONS),
+            node_base(), UV_BASE]
+
+
 def _present(client: docker.DockerClient) -> bool:
-    names = [DEBIAN_BASE, *(python_base(v) for v in PYTHON_VERSIONS), *(sdk_base(v) for v in PYTHON_VERSIONS), node_base(),
-             UV_BASE]
     try:
-        for name in names:
+        for name in _base_names():
             client.images.get(name)
     except docker.errors.ImageNotFound:
         return False
@@ -61,13 +64,14 @@ def prune_leftovers(client: docker.DockerClient) -> tuple[int, int]:
     """Remove what earlier runs left in the test engine (containers, space and test images, build cache, unused
     networks and volumes) and keep the bases; a machine that runs the suite again must not fill its disk.
     Returns (containers, images) removed."""
+    keep = set(_base_names())
     containers = images = 0
     for container in client.containers.list(all=True, ignore_removed=True):
         with contextlib.suppress(docker.errors.APIError):
             container.remove(force=True, v=True)
             containers += 1
     for image in client.images.list():
-        if any(tag.startswith(BASE_PREFIX) for tag in image.tags):
+        if keep.intersection(image.tags):
             continue
         for ref in image.tags or [image.id]:
             with contextlib.suppress(docker.errors.APIError):  # a base's parent layer cannot go: it stays
