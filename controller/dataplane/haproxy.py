@@ -237,6 +237,7 @@ def _frontend(layout: Layout) -> list[str]:
         "    http-request unset-var(txn.route) if { path /__spaceport__/status /__spaceport__/auth }",
         "    acl app var(txn.route) -m found",
         *_path_route(layout),
+        *_one_space_per_connection(),
         *_private_access(layout),
         "    http-request set-var(txn.slot) var(txn.route),field(1,|) if app",
         "    http-request set-var(txn.mode) var(txn.route),field(2,|) if app",
@@ -268,6 +269,27 @@ def _frontend(layout: Layout) -> list[str]:
         "    use_backend %[var(txn.slot)] if app",
         f"    default_backend {PYTHON_BACKEND}",
         "",
+    ]
+
+
+def _one_space_per_connection() -> list[str]:
+    """A visitor's connection reaches through HAProxy only the first space it was routed to; requests for
+    any other space on it go to Python (which proxies them on connections of its own).
+
+    `http-reuse never` keeps each visitor's upstream connections attached to its session, and HAProxy 2.6
+    finds them again by the server's address in memory. `del server` does not count these idle
+    connections: once a server is deleted, the next server added can take its memory, and the session
+    then sends that server's requests down its old connection, to the deleted server's app (186 of 200
+    tries on 2.6.12: tests/dataplane/test_haproxy.py). Within one space this is harmless (the old
+    connection is to an instance of the same space, closed when the instance stops, and a server reused
+    while it lives is never its own space's: a redeploy adds the new server before the old one goes).
+    Browsers open one connection per host, so a host URL's visitors never meet this rule; a client that
+    mixes Host headers on one connection, or path URLs of several spaces on a trusted site, gets the
+    second and later spaces through Python. BASE (`/apps/owner/name`) names the space."""
+    return [
+        "    http-request set-var(sess.space) var(txn.route),field(3,|) if app !{ var(sess.space) -m found }",
+        "    http-request set-var(txn.space) var(txn.route),field(3,|) if app",
+        "    http-request unset-var(txn.route) if app !{ var(txn.space),strcmp(sess.space) eq 0 }",
     ]
 
 

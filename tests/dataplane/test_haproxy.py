@@ -149,6 +149,14 @@ async def get(client: aiohttp.ClientSession, stack: Stack, host: str, path: str 
         return resp.status, body, resp
 
 
+async def get_fresh(stack: Stack, host: str, path: str = "/", headers: dict[str, str] | None = None
+                    ) -> tuple[int, dict[str, Any], aiohttp.ClientResponse]:
+    """`get` on a connection of its own, as a browser has one per host: a connection that already visited
+    another space through HAProxy is served by Python for any other (_one_space_per_connection)."""
+    async with aiohttp.ClientSession() as fresh:
+        return await get(fresh, stack, host, path, headers)
+
+
 async def raw(stack: Stack, request: str) -> str:
     reader, writer = await asyncio.open_connection("127.0.0.1", stack.haproxy.layout.bind_port)
     writer.write(request.encode())
@@ -338,15 +346,37 @@ async def test_removed_route_goes_to_python_at_once_and_frees_its_slot(stack: St
     table.set(route("alice/demo", upstreams["a1"].target, state="asleep"))  # sleep
     assert (await get(client, stack, f"alice-demo.{DOMAIN}"))[1]["tag"] == "python"
     table.replace_all([route("bob/other", upstreams["b1"].target)])  # a follower's full reload
-    assert (await get(client, stack, f"bob-other.{DOMAIN}"))[1]["tag"] == "b1"
-    table.remove("bob/other")
-    assert (await get(client, stack, f"bob-other.{DOMAIN}"))[1]["tag"] == "python"
+    async with aiohttp.ClientSession() as fresh:  # `client`'s connection is alice's (see the test below)
+        assert (await get(fresh, stack, f"bob-other.{DOMAIN}"))[1]["tag"] == "b1"
+        table.remove("bob/other")
+        assert (await get(fresh, stack, f"bob-other.{DOMAIN}"))[1]["tag"] == "python"
     for _ in range(50):
         stack.plane.poll()
         if not stack.plane._slots:
             break
         await asyncio.sleep(0.1)
     assert not stack.plane._slots and len(stack.plane._free) == 4
+
+
+async def test_a_connection_never_reaches_a_deleted_servers_app_for_another_space(
+        stack: Stack, upstreams: dict[str, Upstream]) -> None:
+    """HAProxy 2.6 keeps a visitor's upstream connection with its session and finds it again by the
+    server's address in memory, which the next added server may take once the first is deleted: without
+    the one-space-per-connection rule, bob's request on a connection that visited alice reached alice's
+    app in 186 of 200 tries. With it, the other space's request goes to Python; a new connection is
+    carried to bob's app."""
+    for n in range(30):
+        async with aiohttp.ClientSession() as visitor, aiohttp.ClientSession() as fresh:
+            stack.plane.apply("alice/demo", route("alice/demo", upstreams["a1"].target))
+            assert (await get(visitor, stack, f"alice-demo.{DOMAIN}"))[1]["tag"] == "a1"
+            stack.plane.apply("alice/demo", None)  # sleeps: its server is deleted
+            assert not stack.plane._slots, "the slot was not freed: the server was not deleted"
+            stack.plane.apply("bob/other", route("bob/other", upstreams["b1"].target))
+            served_by = (await get(visitor, stack, f"bob-other.{DOMAIN}"))[1]["tag"]
+            assert served_by != "a1", f"try {n}: bob's request reached alice's app"
+            assert served_by == "python", n
+            assert (await get(fresh, stack, f"bob-other.{DOMAIN}"))[1]["tag"] == "b1", n
+            stack.plane.apply("bob/other", None)
 
 
 async def test_a_private_space_is_served_by_haproxy_only_with_its_own_valid_app_cookie(
@@ -374,8 +404,8 @@ async def test_a_private_space_is_served_by_haproxy_only_with_its_own_valid_app_
                    f"{head}.{other}.{signature}", hs256.sign(hs256.derive_secret(KEY, "other-purpose"), claims)):
         assert await served_by(cookie) == "python", cookie
     assert await served_by(auth.cookie("alice/demo", 7)) == "python"  # its own space's cookie only...
-    status, body, _ = await get(client, stack, f"alice-demo.{DOMAIN}", "/",
-                                {"Cookie": f"{APP_COOKIE}={auth.cookie('alice/demo', 7)}"})
+    status, body, _ = await get_fresh(stack, f"alice-demo.{DOMAIN}", "/",
+                                      {"Cookie": f"{APP_COOKIE}={auth.cookie('alice/demo', 7)}"})
     assert body["tag"] == "a2"  # ...where it works
 
 
@@ -390,9 +420,10 @@ async def test_an_instance_that_refuses_connections_falls_back_to_python(
         assert (status, body.get("tag")) == (200, "python")
     doomed = upstreams["a2"]
     stack.plane.apply("alice/demo", route("alice/demo", doomed.target))
-    assert (await get(client, stack, f"alice-demo.{DOMAIN}"))[1]["tag"] == "a2"
-    await asyncio.get_running_loop().run_in_executor(None, doomed.close)  # the app dies while routed
-    status, body, _ = await get(client, stack, f"alice-demo.{DOMAIN}", "/after")
+    async with aiohttp.ClientSession() as visitor:  # `client` visited alice/dead
+        assert (await get(visitor, stack, f"alice-demo.{DOMAIN}"))[1]["tag"] == "a2"
+        await asyncio.get_running_loop().run_in_executor(None, doomed.close)  # the app dies while routed
+        status, body, _ = await get(visitor, stack, f"alice-demo.{DOMAIN}", "/after")
     assert (status, body.get("tag")) == (200, "python")
 
 
@@ -533,7 +564,7 @@ async def test_readme_headers_on_haproxy_are_exactly_the_python_proxys(stack: St
     }
     for r, tag in ((isolated, "a1"), (framed, "a2"), (plain, "b1")):
         for path in ("/own-policies", "/"):
-            status, body, resp = await get(client, stack, f"{r.slug}.{DOMAIN}", path)
+            status, body, resp = await get_fresh(stack, f"{r.slug}.{DOMAIN}", path)
             assert (status, body["tag"]) == (200, tag)
             assert watched(resp) == await python_answer(client, upstreams[tag], path, r), (r.space_id, path)
             assert watched(resp) == expected[(r.space_id, path)], (r.space_id, path)
