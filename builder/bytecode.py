@@ -102,7 +102,7 @@ def compile_venv(venv: Path, store: Path, work: Path, interpreter: Path, run: Ru
     """Give every source of the sealed `venv` its bytecode: from `store` when known, else compiled by `run`
     (the sandbox) into `work` (writable inside it) and then added to `store`."""
     target = probe(interpreter)
-    store.mkdir(mode=0o700, exist_ok=True)
+    store.mkdir(mode=0o700, parents=True, exist_ok=True)
     missing: list[tuple[Path, str]] = []
     shared = 0
     for source in sources(venv):

@@ -61,6 +61,9 @@ class VenvPolicy:
     default_python: str = DEFAULT_PYTHON
     base_packages: tuple[str, ...] = sdkdeps.BASE_PACKAGES
     python_source: PythonSource = dataclasses.field(default_factory=PythonSource)
+    # The content-addressed store sealed venvs share (file inodes and bytecode); None: cache_dir/STORE.
+    # Sites on one host (one filesystem) may share one: entries are named by content hash only.
+    store: Path | None = None
 
 
 def build_venv(
@@ -104,7 +107,7 @@ def build_venv(
         for note in plan.notes:
             log(f"spaceport: {note}")
         job = _Job(source, config, env, log, time.monotonic() + time_limit, cancel, no_cache, owner, cache_dir,
-                   sandbox, uv_seed, plan, interpreter)
+                   sandbox, uv_seed, plan, interpreter, policy.store or cache_dir / STORE)
         _create(final, job)
     return VenvArtifact(
         venv=final, source=source, command=command(final, source, config), port=config.app_port,
@@ -210,6 +213,7 @@ class _Job:
     uv_seed: Path | None
     plan: sdkdeps.InstallPlan
     interpreter: Path  # the base interpreter, found on the host
+    store: Path  # the content-addressed store of sealed venvs (VenvPolicy.store)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +245,7 @@ def _create(final: Path, job: _Job) -> None:
         if job.sandbox is not None:
             job.sandbox.seal(tmp)  # before it becomes visible: no build identity can change it afterwards
             _compile_bytecode(tmp, work, job, job.sandbox)
-            _log_shared(job.log, share_files(tmp, job.cache_dir / STORE))
+            _log_shared(job.log, share_files(tmp, job.store))
         try:
             tmp.rename(final)
         except OSError:
@@ -266,7 +270,7 @@ def _compile_bytecode(venv: Path, work: Path, job: _Job, box: BuildSandbox) -> N
         wrapped, env = box.wrap(argv, writable={out: out}, readonly=readonly, env=inside, cwd=out)
         return run_streaming(wrapped, log=job.log, env=env, deadline=job.deadline, cancel=job.cancel)
 
-    done = bytecode.compile_venv(venv, job.cache_dir / STORE, work, job.interpreter, run, os.cpu_count() or 1)
+    done = bytecode.compile_venv(venv, job.store, work, job.interpreter, run, os.cpu_count() or 1)
     job.log(f"spaceport: bytecode for {done.shared + done.compiled} files: {done.shared} shared with earlier "
             f"environments, {done.compiled} compiled" + (f", {done.failed} do not compile" if done.failed else ""))
 

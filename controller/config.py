@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     build_network: str = Field(default="spaceport-build", description="Docker network for image builds' RUN steps")
     build_uv_seed: Path | None = Field(default=None, description="A trusted, root-owned uv cache each owner's new build "
                                        "cache starts from (hardlinked, read-only to builds); none: owners start cold")
+    build_store: Path | None = Field(default=None, description="The content-addressed store sealed local venvs share "
+                                     "(file contents and bytecode, root-only); sites on one host may share one "
+                                     "(same filesystem as their data dirs); none: ARTIFACTS/venv-store")
     build_default_python: str = Field(default="3.10", description="Python for spaces whose README.md sets no "
                                       "python_version (the hosted default; the nearest installed one otherwise)")
     build_base_packages: str = Field(default="datasets huggingface_hub hf-transfer requests",

@@ -243,13 +243,15 @@ def _execute(platform: Platform, build_id: int, owner: str, name: str, sha: str,
 
 
 def venv_policy(settings: Settings) -> VenvPolicy:
-    """The site's SPACEPORT_BUILD_* choices for local environments (default Python, base packages, Python source)."""
+    """The site's SPACEPORT_BUILD_* choices for local environments (default Python, base packages, Python source,
+    shared store)."""
     return VenvPolicy(
         default_python=settings.build_default_python,
         base_packages=tuple(p for p in settings.build_base_packages.replace(",", " ").split() if p),
         python_source=PythonSource(
             search_path=tuple(d for d in settings.build_python_path.split(os.pathsep) if d),
             downloads=settings.build_python_downloads == "automatic", mirror=settings.build_python_mirror),
+        store=settings.build_store,
     )
 
 

@@ -220,7 +220,8 @@ def _job(tmp_path: Path, plan: object, log: list[str]) -> object:
     from builder.venv import _Job
 
     config = SpaceConfig(sdk="streamlit", sdk_version="1.34.0", python_version="3.10")
-    return _Job(tmp_path, config, {}, log.append, 0.0, None, False, "", tmp_path, None, None, plan, Path("/py/bin/python3.10"))
+    return _Job(tmp_path, config, {}, log.append, 0.0, None, False, "", tmp_path, None, None, plan, Path("/py/bin/python3.10"),
+                tmp_path / "store")
 
 
 def test_plan_becomes_one_uv_install_per_step_with_constraints_and_date(tmp_path: Path) -> None:
@@ -345,6 +346,44 @@ def test_sandboxed_hosted_defaults_sdk_pin_wins_over_requirements(tmp_path: Path
     assert any("constraints for streamlit 1.34.0: numpy<2" in line for line in log)
     assert any("requirements.txt cannot resolve as of 2024-05-03" in line for line in log)
     assert not any("base packages cannot resolve" in line for line in log)
+
+
+def test_two_sites_sharing_a_store_compile_a_venvs_bytecode_once(tmp_path: Path) -> None:
+    """SPACEPORT_BUILD_STORE: the second site's sandboxed build of the same requirements links every file
+    and every .pyc to the first site's (same inodes), compiles nothing, and keeps no store of its own."""
+    from controller.config import Settings
+    from controller.runtimes.buildbox import build_box_config, build_sandbox_status, open_build_sandbox
+    from controller.services.builds import venv_policy
+    from tests.support.tiers import missing
+
+    status = build_sandbox_status()
+    if not status.available:
+        missing(f"build sandbox unavailable: {status.reason}")
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "README.md").write_text("---\nsdk: static\n---\n")
+    (source / "index.html").write_text("ok")
+    (source / "requirements.txt").write_text("six\n")
+    store = tmp_path / "shared-store"
+    built: list[tuple[VenvArtifact, list[str], Settings]] = []
+    for site in ("one", "two"):
+        settings = Settings(data_dir=tmp_path / site, build_store=store)
+        log: list[str] = []
+        with open_build_sandbox(build_box_config(settings), "alice", log.append) as box:
+            artifact = build(source, kind="venv", cache_dir=settings.artifacts_dir, log=log.append, owner="alice",
+                             sandbox=box, uv_seed=Path.home() / ".cache" / "uv", venv_policy=venv_policy(settings))
+        assert isinstance(artifact, VenvArtifact)
+        built.append((artifact, log, settings))
+    (first, first_log, _), (second, second_log, second_settings) = built
+    assert any(line.endswith(" compiled") and " 0 compiled" not in line for line in first_log), first_log
+    compiled = next(line for line in second_log if line.startswith("spaceport: bytecode for"))
+    assert compiled.endswith(" 0 compiled"), compiled
+    six = "lib/python*/site-packages/six.py"
+    (mine,), (theirs,) = first.venv.glob(six), second.venv.glob(six)
+    assert mine.stat().st_ino == theirs.stat().st_ino
+    (pyc_one,), (pyc_two,) = (v.venv.glob("lib/python*/site-packages/__pycache__/six.*.pyc") for v in (first, second))
+    assert pyc_one.stat().st_ino == pyc_two.stat().st_ino
+    assert any(store.rglob("*-pyc-*")) and not (second_settings.artifacts_dir / "venv-store").exists()
 
 
 def _sealed_venv(root: Path, files: dict[str, bytes]) -> Path:

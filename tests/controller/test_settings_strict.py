@@ -80,7 +80,7 @@ def test_every_unknown_variable_is_named_at_once() -> None:
 def test_every_real_setting_is_accepted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Each field set through its variable to its default (or a valid value) builds Settings."""
     values = {"data_dir": str(tmp_path), "hardware_catalog": str(ROOT / "k8s/base/hardware.yaml"),
-              "build_uv_seed": str(tmp_path / "seed")}
+              "build_uv_seed": str(tmp_path / "seed"), "build_store": str(tmp_path / "store")}
     for name, field in Settings.model_fields.items():
         value = values.get(name, field.default)
         assert value is not None, f"give {name} a valid value in this test"

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -139,6 +140,10 @@ def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
     seed = Path.home() / ".cache" / "uv"  # this machine's own (trusted) uv cache: owners' build caches start warm
     if seed.is_dir():
         env["SPACEPORT_BUILD_UV_SEED"] = str(seed)
+    # Every test site shares one venv store, as sites on one host may: Gradio's ~5,000 sources are compiled
+    # once per suite instead of once per site (~20 CPU-seconds each). tests/builder/test_bytecode.py proves
+    # the compile itself on a store of its own.
+    env["SPACEPORT_BUILD_STORE"] = str(Path(os.environ.get("SPACEPORT_TEST_STATE", tempfile.gettempdir())) / "venv-store")
     env.update(extra)
     return env
 
