@@ -101,9 +101,10 @@ class Masker:
 
     def __init__(self, secrets: Iterable[str]) -> None:
         anywhere, tokens, pieces = _needles({s for s in secrets if s and len(s) >= MIN_LENGTH})
-        self._anywhere: dict[str, list[str]] = {}  # first TOKEN_LENGTH chars -> the forms that start so
-        for form in sorted(anywhere, key=len, reverse=True):
-            self._anywhere.setdefault(form[:TOKEN_LENGTH], []).append(form)
+        # Every start of a form, found in C: a lookahead matches at each position where a form starts, the
+        # longest first (the union of spans from one start is the longest form's)
+        longest_first = "|".join(re.escape(f) for f in sorted(anywhere, key=len, reverse=True))
+        self._anywhere = re.compile(f"(?=({longest_first}))") if anywhere else None
         alternatives = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
         self._tokens = re.compile(f"(?<![{_ALNUM}])(?:{alternatives})(?![{_ALNUM}])") if tokens else None
         ordered = sorted(pieces)
@@ -111,7 +112,7 @@ class Masker:
         self._starts = list(accumulate((len(p) + 1 for p in ordered[:-1]), initial=0))
 
     def __bool__(self) -> bool:
-        return bool(self._anywhere or self._tokens)
+        return self._anywhere is not None or self._tokens is not None
 
     def __call__(self, text: str) -> str:
         if not text or not self:
@@ -125,11 +126,8 @@ class Masker:
 
     def _once(self, text: str) -> str:
         spans: list[tuple[int, int]] = []
-        anywhere = self._anywhere
-        for start in range(len(text) - TOKEN_LENGTH + 1):  # one set lookup per position, any number of forms
-            forms = anywhere.get(text[start:start + TOKEN_LENGTH])
-            if forms is not None:
-                spans.extend((start, start + len(form)) for form in forms if text.startswith(form, start))
+        if self._anywhere is not None:
+            spans.extend((match.start(), match.start() + len(match.group(1))) for match in self._anywhere.finditer(text))
         if self._tokens is not None:
             spans.extend(match.span() for match in self._tokens.finditer(text))
         if self._pieces:
