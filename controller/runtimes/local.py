@@ -66,7 +66,7 @@ ENV_SHIM = '. /dev/fd/0 || exit 125; : > /dev/fd/0; exec "$@" < /dev/null'
 SHELL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 RELAY_DRAIN = 2.0  # seconds an exited app's relay gets to write its last lines before status reads them
-LOG_ROTATE_BYTES = 20 * 1024 * 1024
+LOG_ROTATE_BYTES = logrelay.LOG_ROTATE_BYTES
 NOFILE = 8192
 SANDBOX_TMP = "/tmp"
 
@@ -373,7 +373,7 @@ class LocalRuntime:
         if record is None:
             return InstanceStatus(name, State.MISSING)
         if self._alive(record):
-            _cap_log(idir.log)
+            logrelay.cap_log(idir.log)  # a backstop: the relay caps as it writes
             state = State.FROZEN if self._frozen(record) else State.RUNNING
             return InstanceStatus(name, state, endpoint=Endpoint(record.host, record.port), labels=record.labels)
         self._drain_relay(record, RELAY_DRAIN)  # its last lines (a traceback) belong in the message
@@ -560,19 +560,4 @@ def sandbox_mode_status(mode: SandboxMode) -> sandbox.SandboxStatus:
         return sandbox.SandboxStatus(False, "sandbox disabled by configuration (sandbox='none')",
                                      "set the local runtime's sandbox to 'auto' or 'bwrap'")  # fmt: skip
     return sandbox.sandbox_status()
-
-
-def _cap_log(log: Path, keep: int = 1024 * 1024) -> None:
-    """Bound a running app's log: past LOG_ROTATE_BYTES keep the last `keep` bytes in app.log.1 and
-    truncate app.log (the app appends with O_APPEND, so it carries on at the new end). Checked on every
-    status() call, i.e. every reconcile pass."""
-    with contextlib.suppress(OSError):
-        size = log.stat().st_size
-        if size <= LOG_ROTATE_BYTES:
-            return
-        with log.open("rb") as handle:
-            handle.seek(max(0, size - keep))
-            tail = handle.read(keep)
-        log.with_suffix(".log.1").write_bytes(b"[spaceport: earlier output dropped, the log grew too large]\n" + tail)
-        os.truncate(log, 0)
 

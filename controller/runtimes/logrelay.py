@@ -8,8 +8,10 @@ file descriptor (NUL-separated values, read once, then closed), never on argv or
 Output is masked with `controller.domain.masking.Masker` a whole number of lines at a time (so a
 multi-line secret printed in one write is masked as a whole, and line by line otherwise); a partial line
 is written once the app has been quiet for IDLE_FLUSH seconds or it grows past MAX_PARTIAL bytes.
-Writes append (O_APPEND), so the runtime's size cap (truncating app.log) keeps working. The relay ends
-when every writer of the pipe is gone (the app tree has exited).
+Writes append (O_APPEND). Past LOG_ROTATE_BYTES the relay itself caps the log (`cap_log`) as it writes:
+a flooding app writes over 100 MB/s, so a cap checked only on the runtime's status passes let app.log grow
+to ~250 MB between two of them. The relay ends when every writer of the pipe is gone (the app tree has
+exited).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from pathlib import Path
 from controller.domain.masking import Masker
 
 CHUNK = 64 * 1024
+LOG_ROTATE_BYTES = 20 * 1024 * 1024
+LOG_KEEP_BYTES = 1024 * 1024  # what a cap keeps of the log, in app.log.1
+DROPPED = b"[spaceport: earlier output dropped, the log grew too large]\n"
 MAX_PARTIAL = 64 * 1024
 IDLE_FLUSH = 0.25
 
@@ -43,12 +48,28 @@ def encode_secrets(values: list[str]) -> bytes:
     return b"\0".join(v.encode("utf-8", "surrogateescape") for v in values if v and "\0" not in v)
 
 
-class Relay:
-    """Masks byte chunks into an output fd, a whole number of lines at a time."""
+def cap_log(log: Path, keep: int = LOG_KEEP_BYTES) -> None:
+    """Bound a running app's log: past LOG_ROTATE_BYTES keep the last `keep` bytes in app.log.1 and
+    truncate app.log (its writers append with O_APPEND, so they carry on at the new end)."""
+    with contextlib.suppress(OSError):
+        size = log.stat().st_size
+        if size <= LOG_ROTATE_BYTES:
+            return
+        with log.open("rb") as handle:
+            handle.seek(max(0, size - keep))
+            tail = handle.read(keep)
+        log.with_suffix(".log.1").write_bytes(DROPPED + tail)
+        os.truncate(log, 0)
 
-    def __init__(self, masker: Masker, out: int) -> None:
+
+class Relay:
+    """Masks byte chunks into an output fd, a whole number of lines at a time; with `log` (the file `out`
+    appends to) it caps that file whenever a write takes it past LOG_ROTATE_BYTES."""
+
+    def __init__(self, masker: Masker, out: int, log: Path | None = None) -> None:
         self.masker = masker
         self.out = out
+        self.log = log
         self.pending = b""
 
     def feed(self, chunk: bytes) -> None:
@@ -71,11 +92,13 @@ class Relay:
         view = memoryview(data)
         while view:
             view = view[os.write(self.out, view) :]
+        if self.log is not None and os.fstat(self.out).st_size > LOG_ROTATE_BYTES:
+            cap_log(self.log)
 
 
 def run(source: int, log: Path, masker: Masker) -> None:
     out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    relay = Relay(masker, out)
+    relay = Relay(masker, out, log)
     try:
         while True:
             ready, _, _ = select.select([source], [], [], IDLE_FLUSH if relay.pending else None)

@@ -91,6 +91,27 @@ def test_relay_masks_secrets_split_across_writes_and_lines(tmp_path: Path) -> No
     assert disk.startswith("a *** b\n") and disk.endswith("partial *** end")
 
 
+def test_relay_caps_the_log_as_it_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood (over 100 MB/s in the live test) is capped by its writer: app.log never holds more than one
+    chunk past LOG_ROTATE_BYTES, app.log.1 the last MiB after the marker, and the newest line survives."""
+    monkeypatch.setattr(logrelay, "LOG_ROTATE_BYTES", 3 * logrelay.LOG_KEEP_BYTES)  # 20 MB: the same, slower
+    log = tmp_path / "app.log"
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    relay = logrelay.Relay(Masker(["s3cr3t-value"]), out, log)
+    line = b"flood s3cr3t-value " + b"x" * 32_000 + b"\n"
+    biggest = 0
+    for n in range(3 * logrelay.LOG_ROTATE_BYTES // len(line)):
+        relay.feed(line if n % 10 else line.replace(b"flood", f"line {n}".encode()))
+        biggest = max(biggest, log.stat().st_size)
+    relay.feed(b"the last line\n")
+    os.close(out)
+    assert biggest <= logrelay.LOG_ROTATE_BYTES + len(line) + 100
+    kept = (tmp_path / "app.log.1").read_bytes()
+    assert kept.startswith(logrelay.DROPPED) and len(kept) == len(logrelay.DROPPED) + logrelay.LOG_KEEP_BYTES
+    assert b"s3cr3t-value" not in kept and b"s3cr3t-value" not in log.read_bytes()
+    assert log.read_bytes().endswith(b"the last line\n")
+
+
 def test_relay_process_gets_secrets_from_an_fd_and_appends_masked(tmp_path: Path) -> None:
     log = tmp_path / "app.log"
     log.write_text("===== banner =====\n")
