@@ -36,6 +36,7 @@ MIN_PIECE = 6  # pieces of a secret at a line's edges (or a whole line) at least
 PIECE_SOURCE = 2 * MIN_PIECE  # only forms at least this long are masked by pieces
 MIN_ENCODED = 8  # base64/hex forms shorter than this are not masked (they would hit hashes and blobs)
 _ALNUM = "0-9A-Za-z"
+REGEX_FORMS = 64  # up to this many long forms (~9 secrets) are found by one regex, more by prefix lookups
 
 
 def _escaped(value: str) -> set[str]:
@@ -101,10 +102,18 @@ class Masker:
 
     def __init__(self, secrets: Iterable[str]) -> None:
         anywhere, tokens, pieces = _needles({s for s in secrets if s and len(s) >= MIN_LENGTH})
-        # Every start of a form, found in C: a lookahead matches at each position where a form starts, the
-        # longest first (the union of spans from one start is the longest form's)
-        longest_first = "|".join(re.escape(f) for f in sorted(anywhere, key=len, reverse=True))
-        self._anywhere = re.compile(f"(?=({longest_first}))") if anywhere else None
+        # Where a form starts. Few forms (a few secrets: the usual space): one lookahead regex, longest form
+        # first (the union of spans from one start is the longest form's), run in C. Many: one dict lookup
+        # per position, whatever their number (a regex alternation is tried branch by branch).
+        longest_first = sorted(anywhere, key=len, reverse=True)
+        self._anywhere = None
+        self._by_prefix: dict[str, list[str]] = {}  # first TOKEN_LENGTH chars -> the forms that start so
+        if len(longest_first) <= REGEX_FORMS:
+            alternatives = "|".join(re.escape(f) for f in longest_first)
+            self._anywhere = re.compile(f"(?=({alternatives}))") if longest_first else None
+        else:
+            for form in longest_first:
+                self._by_prefix.setdefault(form[:TOKEN_LENGTH], []).append(form)
         alternatives = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
         self._tokens = re.compile(f"(?<![{_ALNUM}])(?:{alternatives})(?![{_ALNUM}])") if tokens else None
         ordered = sorted(pieces)
@@ -112,7 +121,7 @@ class Masker:
         self._starts = list(accumulate((len(p) + 1 for p in ordered[:-1]), initial=0))
 
     def __bool__(self) -> bool:
-        return self._anywhere is not None or self._tokens is not None
+        return self._anywhere is not None or bool(self._by_prefix) or self._tokens is not None
 
     def __call__(self, text: str) -> str:
         if not text or not self:
@@ -128,6 +137,11 @@ class Masker:
         spans: list[tuple[int, int]] = []
         if self._anywhere is not None:
             spans.extend((match.start(), match.start() + len(match.group(1))) for match in self._anywhere.finditer(text))
+        by_prefix = self._by_prefix
+        for start in range(len(text) - TOKEN_LENGTH + 1) if by_prefix else ():
+            forms = by_prefix.get(text[start:start + TOKEN_LENGTH])
+            if forms is not None:
+                spans.extend((start, start + len(form)) for form in forms if text.startswith(form, start))
         if self._tokens is not None:
             spans.extend(match.span() for match in self._tokens.finditer(text))
         if self._pieces:

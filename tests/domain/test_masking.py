@@ -149,6 +149,22 @@ def test_no_form_of_a_random_secret_survives(secret: str, before: str, after: st
             assert form not in masked, name
 
 
+@settings(max_examples=50, suppress_health_check=[HealthCheck.too_slow])
+@given(values=st.lists(st.text(st.characters(codec="ascii", categories=("L", "N")), min_size=TOKEN_LENGTH, max_size=30),
+                       min_size=20, max_size=25, unique=True))
+def test_many_secrets_are_masked_as_each_alone(values: list[str]) -> None:
+    """Past REGEX_FORMS a Masker looks forms up by prefix instead of one regex: the same output."""
+    many = Masker(values)
+    assert many._by_prefix and many._anywhere is None
+    for value in values:
+        alone = Masker([value])
+        assert alone._anywhere is not None and not alone._by_prefix
+        for form in forms(value).values():
+            text = f"x {form} y"
+            if not any(other != value and other in text for other in values):
+                assert many(text) == alone(text), form
+
+
 @settings(max_examples=200)
 @given(lines=st.lists(st.text(st.characters(codec="ascii", categories=("L", "N", "P", "S")), min_size=1, max_size=64),
                       min_size=2, max_size=8))
