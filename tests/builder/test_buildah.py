@@ -15,6 +15,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -282,7 +283,8 @@ def test_cancel_stops_a_running_buildah_build(env: tuple[docker.DockerClient, st
     source = tmp_path / "slow"
     source.mkdir()
     (source / "README.md").write_text("---\nsdk: docker\n---\n")
-    (source / "Dockerfile").write_text("FROM python:3.11-slim\nRUN echo started && sleep 300\n")
+    marker = f"spaceport-cancel-{uuid.uuid4().hex}"  # in the RUN step's shell command line, and nowhere else
+    (source / "Dockerfile").write_text(f"FROM python:3.11-slim\nRUN echo started && sleep 300 && echo {marker}\n")
     cancel = threading.Event()
     log: list[str] = []
 
@@ -296,6 +298,6 @@ def test_cancel_stops_a_running_buildah_build(env: tuple[docker.DockerClient, st
     with pytest.raises(BuildCancelled):
         build(source, kind="image", cache_dir=tmp_path / "c", log=on_line, tag=f"{registry}/x-slow:1", cancel=cancel,
               no_cache=True, engine=_engine(registry, storage))
-    leftover = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True, check=False).stdout
+    leftover = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True, check=False).stdout
     assert not leftover.strip(), "the RUN step's processes are gone"
     shutil.rmtree(source)
