@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.oauth.conftest import PASSWORD, Site, make_site
-from tests.support.browser import watch
+from tests.support.browser import until_shown, watch
 from tests.support.server import make_server
 from tests.support.spaces import wait_stage
 
@@ -87,9 +87,11 @@ def fresh_page(browser: Browser) -> Page:
 def sign_in_from_the_app(page: Page, site: Site, user: str) -> list[str]:
     """Open the app, press its Sign in button and log in; returns what the page loads from then on."""
     seen = watch(page)
-    page.goto(site.app_origin("alice", "signin") + "/")
+    url = site.app_origin("alice", "signin") + "/"
+    page.goto(url)
     try:
-        expect(page.get_by_text("Not signed in")).to_be_visible(timeout=120_000)
+        until_shown(page, lambda ms: expect(page.get_by_text("Not signed in")).to_be_visible(timeout=ms), seen, 120,
+                    reload=lambda: page.goto(url))
     except AssertionError:
         shot(page, "oauth-debug-app-not-loaded")
         raise AssertionError("the app did not render; what the page did:\n" + "\n".join(seen)) from None
@@ -104,7 +106,8 @@ def sign_in_from_the_app(page: Page, site: Site, user: str) -> list[str]:
 def expect_text(page: Page, text: str, seen: list[str], timeout: float = 60_000) -> None:
     """Wait for `text`; if it never shows, say where the page is, what it shows and what it loaded."""
     try:
-        expect(page.get_by_text(text)).to_be_visible(timeout=timeout)
+        until_shown(page, lambda ms: expect(page.get_by_text(text)).to_be_visible(timeout=ms), seen, timeout / 1000,
+                    reload=page.reload)
     except AssertionError:
         shot(page, "oauth-debug-missing-text")
         body = page.locator("body").inner_text()[:800]

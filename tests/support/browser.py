@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page
 
 
@@ -13,3 +17,29 @@ def watch(page: Page) -> list[str]:
     page.on("requestfailed", lambda req: seen.append(f"failed {req.method} {req.url[:200]}: {req.failure}"))
     page.on("response", lambda resp: seen.append(f"{resp.status} {resp.request.method} {resp.url[:200]}"))
     return seen
+
+
+NETWORK_CHANGED = "ERR_NETWORK_CHANGED"
+
+
+def until_shown(page: Page, show: Callable[[int], None], seen: list[str], timeout: float, reload: Callable[[], None],
+                tries: int = 3) -> None:
+    """Run `show(ms)` (an expect that raises AssertionError, or a Playwright action that raises its Error)
+    until it passes or `timeout` seconds are up. The suite makes network namespaces, veth pairs and Docker
+    networks all the time, and Chromium cancels a page's requests in flight when the machine's interfaces
+    change (`net::ERR_NETWORK_CHANGED`; a stop-32 run's OAuth app never rendered for it): then `reload()` (up
+    to `tries` times), as a visitor would press reload. Any other failure is the test's."""
+    deadline = time.monotonic() + timeout
+    mark = len(seen)
+    while True:
+        try:
+            show(2_000)
+            return
+        except (AssertionError, PlaywrightError):
+            changed = any(NETWORK_CHANGED in line for line in seen[mark:])
+            if changed and tries > 1:
+                tries, mark = tries - 1, len(seen)
+                reload()
+                continue
+            if time.monotonic() > deadline:
+                raise

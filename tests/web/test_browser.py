@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from tests.support.browser import watch
+from tests.support.browser import until_shown, watch
 from tests.support.spaces import wait_stage
 from tests.web.conftest import FIXTURES, PASSWORD, SCREENSHOTS, Site
 
@@ -106,7 +106,8 @@ def test_watch_build_live_then_use_the_gradio_app(site: Site, pages: dict[str, P
     page.get_by_role("link", name="App", exact=True).click()
     app = page.frame_locator("#app-frame")
     try:  # a first visit loads Gradio's whole frontend through the proxy: give a loaded machine its time
-        app.get_by_label("name").fill("Spaceport", timeout=60_000)
+        until_shown(page, lambda ms: app.get_by_label("name").fill("Spaceport", timeout=ms), seen, 60,
+                    reload=page.reload)
     except PlaywrightError as exc:
         raise AssertionError(f"the app's form never appeared: {exc}\n" + "\n".join(seen[-80:])) from None
     app.get_by_role("button", name="Submit").click()
