@@ -64,19 +64,6 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         out.write(f"{time.strftime('%H:%M:%S')} free {free_gb:.1f} GB  {report.nodeid} [{report.when}] {first}\n")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _discard_passing_modules_dirs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The temp dirs a module made (its servers' data dirs: ~40k seeded uv-cache links a site) go as soon as the
-    module passed, spread over the run. Left to pytest (tmp_path_retention_policy = "failed") they all went in
-    one serial removal at the very end of the session: minutes with one core busy. A failing module keeps them."""
-    base = tmp_path_factory.getbasetemp()
-    before, failed = set(base.iterdir()), request.session.testsfailed
-    yield
-    if request.session.testsfailed == failed:
-        for path in set(base.iterdir()) - before:
-            shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.fixture(scope="session")
 def docker_host() -> str:
     """DOCKER_HOST of the test Docker engine."""
