@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,14 +70,14 @@ class LiveServer:
         """Stop the server (and its worker) as an admin would; unless told otherwise also remove its apps."""
         self._stop_server(sig)
         if remove_apps:
-            self.cli("remove-all-instances", check=False)
+            self.cli("remove-all-instances")
 
     def close(self) -> None:
         """Teardown: kill serve and its worker at once (nothing after a teardown needs their graceful exit:
         a Celery warm shutdown alone takes ~5 s), then remove the apps it started. tests/reliability/
         test_shutdown.py proves the graceful path."""
         self.kill()
-        self.cli("remove-all-instances", check=False)
+        self.cli("remove-all-instances")
 
     def kill(self) -> None:
         """SIGKILL serve and its embedded worker (its apps live on in their own sessions)."""
@@ -107,13 +108,17 @@ class LiveServer:
         """Run `spaceport ARGS` against this server's data dir: the real CLI (typer app), in this process.
 
         A `python -m controller.cli` process costs ~5 s of imports on these machines, and the suite runs
-        dozens of admin commands; the process entry point itself is tested in test_settings_strict.py."""
+        dozens of admin commands; the process entry point itself is tested in test_settings_strict.py.
+        The command runs on a thread of its own: commands call asyncio.run, which refuses to run inside a
+        caller's event loop (Playwright's sync API and async tests have one), and teardown's
+        remove-all-instances failing so left apps running."""
         from typer.testing import CliRunner
 
         from controller.cli import app
 
         unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("SPACEPORT_") and k not in self.env}
-        run = CliRunner().invoke(app, list(args), env={**unset, **self.env})
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            run = pool.submit(CliRunner().invoke, app, list(args), env={**unset, **self.env}).result()
         stderr = run.stderr
         if run.exception is not None and not isinstance(run.exception, SystemExit):
             stderr += "".join(traceback.format_exception(run.exception))
