@@ -86,6 +86,9 @@ def test_image_serves_and_runs_worker_and_beat(image: tuple[docker.DockerClient,
         lines = out.decode().splitlines()
         assert lines[0] == "1000" and lines[1].startswith("git version") and lines[2].startswith("buildah version")
         assert code != 0, "the running user must not be able to change Spaceport's own code"
+        code, out = container.exec_run(["sh", "-c", "cat /proc/[0-9]*/comm"])
+        assert "haproxy" in out.decode().split(), "serve runs the HAProxy data plane in front of itself"
+        assert "data plane: HAProxy on 0.0.0.0:8000" in container.logs().decode(errors="replace")
     finally:
         container.remove(force=True)
     assert "Usage: spaceport worker" in _run(client, tag, "worker", "--help")

@@ -43,6 +43,8 @@ class KubeApi(Protocol):
 
     def list_pods(self, label_selector: str, namespace: str | None = None) -> list[JSON]: ...
 
+    def list_services(self, label_selector: str, namespace: str | None = None) -> list[JSON]: ...
+
     def list_claims(self, label_selector: str) -> list[JSON]: ...
 
     def pod_logs(self, name: str, namespace: str, follow: bool, tail_lines: int | None = None) -> Iterator[str]: ...
@@ -119,10 +121,17 @@ class KubeClient:
         return [self._plain(item) for item in result.items]
 
     def list_pods(self, label_selector: str, namespace: str | None = None) -> list[JSON]:
+        return self._list_core("pod", label_selector, namespace)
+
+    def list_services(self, label_selector: str, namespace: str | None = None) -> list[JSON]:
+        return self._list_core("service", label_selector, namespace)
+
+    def _list_core(self, kind: str, label_selector: str, namespace: str | None) -> list[JSON]:
+        """CoreV1 objects of `kind` (the client's snake_case name) in `namespace`, or in all of them."""
         if namespace is None:
-            result = self.core.list_pod_for_all_namespaces(label_selector=label_selector)
+            result = getattr(self.core, f"list_{kind}_for_all_namespaces")(label_selector=label_selector)
         else:
-            result = self.core.list_namespaced_pod(namespace, label_selector=label_selector)
+            result = getattr(self.core, f"list_namespaced_{kind}")(namespace, label_selector=label_selector)
         return [self._plain(item) for item in result.items]
 
     def list_claims(self, label_selector: str) -> list[JSON]:

@@ -44,12 +44,22 @@ from controller.runtimes.kubernetes.objects import (
     instance_name,
     site_selector,
 )
-from controller.runtimes.kubernetes.status import health_path, instance_status, is_ready
+from controller.runtimes.kubernetes.status import health_path, instance_status, is_ready, service_address
 
 T = TypeVar("T")
 QuotaLookup = Callable[[str], Mapping[str, int]]
 Probe = Callable[[str], Awaitable[int | None]]
 LIVE = (State.RUNNING, State.FROZEN)
+
+
+def _instance_key(obj: JSON) -> tuple[str, str]:
+    """(namespace, instance) of a pod or Service, by its instance label."""
+    meta = obj["metadata"]
+    return meta.get("namespace", ""), (meta.get("labels") or {}).get(INSTANCE_LABEL, "")
+
+
+def _deployment_key(deployment: JSON) -> tuple[str, str]:
+    return deployment["metadata"]["namespace"], deployment["metadata"]["name"]
 
 
 async def http_probe(url: str) -> int | None:
@@ -89,9 +99,9 @@ class KubernetesRuntime:
         if self.quotas is not None:
             limits = await asyncio.to_thread(self.quotas, owner)
             owned = objects.owner_objects(owner, limits, self.site)
-        for obj in owned + instance:
-            await self._call(self.api.apply, obj)
-        return Endpoint(objects.service_host(spec.name, owner, self.site), artifact.port)
+        applied = [await self._call(self.api.apply, obj) for obj in owned + instance]
+        service = next(obj for obj in applied if obj.get("kind") == "Service")
+        return Endpoint(service_address(service) or objects.service_host(spec.name, owner, self.site), artifact.port)
 
     async def _check_namespace(self, name: str) -> None:
         """Refuse to take over a namespace someone else made (another installation, an admin)."""
@@ -190,24 +200,30 @@ class KubernetesRuntime:
         selector = site_selector(self.site, **{INSTANCE_LABEL: meta["name"]})
         return await self._call(self.api.list_pods, selector, meta["namespace"])
 
+    async def _service_of(self, deployment: JSON) -> JSON | None:
+        meta = deployment["metadata"]
+        selector = site_selector(self.site, **{INSTANCE_LABEL: meta["name"]})
+        found = await self._call(self.api.list_services, selector, meta["namespace"])
+        return found[0] if found else None
+
     async def status(self, name: str) -> InstanceStatus:
         deployment = await self._find(name)
         if deployment is None:
             return InstanceStatus(name, State.MISSING)
-        return instance_status(deployment, await self._pods_of(deployment), self.site.cluster_domain)
+        return instance_status(deployment, await self._pods_of(deployment), self.site.cluster_domain,
+                               await self._service_of(deployment))
 
     async def list(self) -> list[InstanceStatus]:
         """This installation's instances only (site label), across its owner namespaces."""
         deployments = await self._call(self.api.list_deployments, site_selector(self.site))
         pods = await self._call(self.api.list_pods, site_selector(self.site), None)
+        services = {_instance_key(s): s for s in await self._call(self.api.list_services, site_selector(self.site), None)}
         by_instance: dict[tuple[str, str], list[JSON]] = {}
         for pod in pods:
-            meta = pod["metadata"]
-            key = (meta.get("namespace", ""), (meta.get("labels") or {}).get(INSTANCE_LABEL, ""))
-            by_instance.setdefault(key, []).append(pod)
+            by_instance.setdefault(_instance_key(pod), []).append(pod)
         return [
-            instance_status(d, by_instance.get((d["metadata"]["namespace"], d["metadata"]["name"]), []),
-                            self.site.cluster_domain)
+            instance_status(d, by_instance.get(_deployment_key(d), []), self.site.cluster_domain,
+                            services.get(_deployment_key(d)))
             for d in deployments
         ]
 

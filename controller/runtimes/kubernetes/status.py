@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,9 @@ JSON = dict[str, Any]
 IMAGE_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError"}
 
 
-def instance_status(deployment: JSON, pods: Sequence[JSON], cluster_domain: str) -> InstanceStatus:
+def instance_status(deployment: JSON, pods: Sequence[JSON], cluster_domain: str,
+                    service: JSON | None = None) -> InstanceStatus:
+    """`service`: the instance's Service as the API server reports it (its ClusterIP is the endpoint)."""
     meta = deployment.get("metadata", {})
     annotations = meta.get("annotations") or {}
     name = annotations.get(NAME_ANNOTATION, meta.get("name", ""))
@@ -34,7 +37,8 @@ def instance_status(deployment: JSON, pods: Sequence[JSON], cluster_domain: str)
     if failed is not None:
         code, message = failed
         return InstanceStatus(name, State.EXITED, exit_code=code, labels=labels, message=message)
-    endpoint = Endpoint(_service_host(meta, cluster_domain), _port(deployment))
+    endpoint = Endpoint((service_address(service) if service else None) or _service_host(meta, cluster_domain),
+                        _port(deployment))
     message = _progress_message(deployment, pods)
     return InstanceStatus(name, State.RUNNING, endpoint=endpoint, labels=labels, message=message)
 
@@ -45,6 +49,20 @@ def _labels(annotations: Mapping[str, str]) -> dict[str, str]:
     except json.JSONDecodeError:
         return {}
     return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def service_address(service: JSON) -> str | None:
+    """The ClusterIP the API server gave the app's Service (None for a headless one, or none yet).
+
+    Routes go to this address rather than to the Service's DNS name: it is the same virtual IP the name
+    resolves to, stable for the Service's life (sleep and wake scale the Deployment, the Service stays), and
+    HAProxy's runtime-added servers take addresses only, so the data plane can carry the space itself."""
+    address = str((service.get("spec") or {}).get("clusterIP") or "")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return None  # "None" (headless) or not allocated
+    return address
 
 
 def _service_host(meta: Mapping[str, Any], cluster_domain: str) -> str:

@@ -13,6 +13,7 @@ Reads are recorded (`calls`) with their label selectors, so tests can check ever
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -104,6 +105,7 @@ class FakeKube:
         self.replica_failures: dict[str, JSON] = {}
         self._queues: dict[tuple[str, str], list[JSON]] = {}  # pod -> its next statuses
         self._seq = 0
+        self.allocated = 0  # Service ClusterIPs handed out
 
     # ---- KubeApi ----
 
@@ -115,9 +117,20 @@ class FakeKube:
             raise AssertionError(f"namespace {meta.get('namespace')} applied after {obj['kind']}")
         stored = copy.deepcopy(obj)
         stored["status"] = copy.deepcopy(self.objects.get(key, {}).get("status", {}))
+        if obj["kind"] == "Service":
+            stored["spec"].setdefault("clusterIP", self._cluster_ip(key))
         self.objects[key] = stored
         self._reconcile()
         return copy.deepcopy(stored)
+
+    def _cluster_ip(self, key: tuple[str, str, str]) -> str:
+        """What the API server's allocator does for a Service with no clusterIP: keep the one it has,
+        else take the next free address of the service range (10.96.0.0/12 by default)."""
+        kept = self.objects.get(key, {}).get("spec", {}).get("clusterIP")
+        if kept:
+            return str(kept)
+        self.allocated += 1
+        return str(ipaddress.ip_address("10.96.0.10") + self.allocated)
 
     def delete(self, kind: str, name: str, namespace: str | None = None) -> bool:
         self.calls.append(("delete", f"{kind}/{namespace or ''}/{name}"))
@@ -152,6 +165,12 @@ class FakeKube:
         self.calls.append(("list_pods", label_selector))
         return [copy.deepcopy(p) for (ns, _), p in sorted(self.pods.items())
                 if (namespace is None or ns == namespace) and _matches(p["metadata"]["labels"], label_selector)]
+
+    def list_services(self, label_selector: str, namespace: str | None = None) -> list[JSON]:
+        self.calls.append(("list_services", label_selector))
+        return [copy.deepcopy(o) for (kind, ns, _), o in sorted(self.objects.items())
+                if kind == "Service" and (namespace is None or ns == namespace)
+                and _matches(o["metadata"].get("labels"), label_selector)]
 
     def list_claims(self, label_selector: str) -> list[JSON]:
         self.calls.append(("list_claims", label_selector))

@@ -134,3 +134,16 @@ def test_pod_logs_stream_lines(stub: tuple[KubeClient, StubPool]) -> None:
     assert list(kube.pod_logs("p", "ns", follow=True)) == ["one", "two", "partial"]
     path, query = split(pool.requests[0]["url"])
     assert path == "/api/v1/namespaces/ns/pods/p/log" and query == {"follow": ["true"]}
+
+
+def test_service_lists_are_scoped_like_pod_lists(stub: tuple[KubeClient, StubPool]) -> None:
+    kube, pool = stub
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a", "namespace": "x"},
+               "spec": {"type": "ClusterIP", "clusterIP": "10.96.4.2"}}
+    pool.responses += [(200, {"kind": "ServiceList", "apiVersion": "v1", "metadata": {}, "items": [service]}),
+                       (200, {"kind": "ServiceList", "apiVersion": "v1", "metadata": {}, "items": []})]
+    assert [s["spec"]["clusterIP"] for s in kube.list_services("spaceport.site=s")] == ["10.96.4.2"]
+    assert kube.list_services("spaceport.instance=a", "x") == []
+    paths = [split(r["url"]) for r in pool.requests]
+    assert paths == [("/api/v1/services", {"labelSelector": ["spaceport.site=s"]}),
+                     ("/api/v1/namespaces/x/services", {"labelSelector": ["spaceport.instance=a"]})]

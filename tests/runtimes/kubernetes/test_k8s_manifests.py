@@ -114,7 +114,8 @@ def test_rbac_is_least_privilege_and_covers_the_runtime() -> None:
         group, resource = plural[kind]
         assert {(group, resource, "patch"), (group, resource, "create")} <= granted, kind
     assert {("", "pods", "list"), ("", "pods/log", "get"), ("", "nodes", "list"), ("apps", "deployments", "list"),
-            ("apps", "deployments", "delete"), ("", "services", "delete")} <= granted
+            ("apps", "deployments", "delete"), ("", "services", "delete"),
+            ("", "services", "list")} <= granted
 
 
 def test_ingress_serves_main_and_wildcard_hosts() -> None:

@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 
 from builder.artifact import ImageArtifact, VenvArtifact
+from controller.dataplane.plane import mapping_of
+from controller.proxy.types import Route
 from controller.runtimes.base import Accelerators, HardwareSpec, InstanceSpec, RuntimeFailure, State
 from controller.runtimes.kubernetes.objects import SiteConfig
 from controller.runtimes.kubernetes.runtime import KubernetesRuntime
+from controller.runtimes.kubernetes.status import service_address
 from tests.runtimes.kubernetes import fake
 from tests.runtimes.kubernetes.fake import FakeKube
 
@@ -71,7 +74,8 @@ def runtime(cluster: FakeKube, site: SiteConfig, probe: Probe) -> KubernetesRunt
 
 async def test_start_applies_owner_then_instance_objects(runtime: KubernetesRuntime, cluster: FakeKube) -> None:
     endpoint = await runtime.start(spec("alice/demo"))
-    assert endpoint.url == "http://alice-demo-b1.spaceport-alice.svc.cluster.local:7860"
+    cluster_ip = cluster.get("Service", "spaceport-alice", "alice-demo-b1")["spec"]["clusterIP"]
+    assert endpoint.url == f"http://{cluster_ip}:7860"  # the address the API server allocated
     assert [target for verb, target in cluster.calls if verb == "apply"] == [
         "Namespace//spaceport-alice",
         "ResourceQuota/spaceport-alice/spaceport-accelerators",
@@ -381,3 +385,25 @@ def test_the_app_mirrors_the_owners_quotas_from_the_database(tmp_path: Path, mon
         assert runtime.quotas("bob") == {"nvidia-t4": 0, "nvidia-a10g": 0, "ascend-910b": 1}
     finally:
         platform.dispose()
+
+
+async def test_the_route_goes_to_the_services_cluster_ip_which_the_data_plane_can_carry(
+        runtime: KubernetesRuntime, cluster: FakeKube) -> None:
+    """HAProxy's runtime-added servers take addresses, not names: a route to the Service's DNS name would
+    leave every Kubernetes space on the Python proxy. The ClusterIP stays the same through sleep and wake
+    (the Deployment is scaled, the Service kept), and a redeploy's new Service gets its own."""
+    first = await runtime.start(spec("alice/demo"))
+    route = Route(space_id="alice/demo", slug="alice-demo", target=first.url)
+    assert mapping_of(route, "spaces.example.org") is not None
+    assert mapping_of(replace(route, target="http://alice-demo-b1.spaceport-alice.svc.cluster.local:7860"),
+                      "spaces.example.org") is None
+    await runtime.stop("alice-demo-b1")
+    assert (await runtime.start(spec("alice/demo"))).url == first.url  # woken: same Service, same address
+    other = await runtime.start(spec("alice/demo", name="alice-demo-b2"))
+    assert other.url != first.url
+
+
+@pytest.mark.parametrize("spec_ip, expected", [
+    ("10.96.0.11", "10.96.0.11"), ("fd00:10:96::a", "fd00:10:96::a"), ("None", None), ("", None), (None, None)])
+def test_service_address_is_the_allocated_ip_or_none(spec_ip: str | None, expected: str | None) -> None:
+    assert service_address({"kind": "Service", "spec": {"clusterIP": spec_ip}}) == expected
