@@ -30,6 +30,7 @@ SCOPES: dict[str, str] = {
     "read-billing": "See your billing information",
 }
 WRITE_SCOPES = frozenset({"write-repos", "manage-repos"})
+READ_SCOPE = "read-repos"
 DEFAULT_EXPIRATION_MINUTES = 480
 MAX_EXPIRATION_MINUTES = 43200
 CODE_LIFETIME_SECONDS = 300
@@ -107,8 +108,12 @@ def requested_scopes(requested: str | None, config: OAuthConfig) -> tuple[str, .
 
 
 def token_scope(scopes: tuple[str, ...]) -> str:
-    """The platform scope ("read" | "write") an access token with these OAuth scopes carries."""
-    return "write" if WRITE_SCOPES.intersection(scopes) else "read"
+    """The platform scope an access token with these OAuth scopes carries: "write" with write-repos or
+    manage-repos, "read" with read-repos (the user's private spaces too), else "identity" (who the user is,
+    and what anyone may see: the hosted platform's openid/profile tokens read no private repo either)."""
+    if WRITE_SCOPES.intersection(scopes):
+        return "write"
+    return "read" if READ_SCOPE in scopes else "identity"
 
 
 def browser_redirect(redirect_uri: str, app_origin: str) -> str:

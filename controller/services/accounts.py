@@ -25,12 +25,19 @@ class Principal:
     """Who is calling, and with which scope."""
 
     user: Account
-    scope: str  # "read" | "write"
+    # "write" | "read" | "identity": an app's OAuth token granted neither read-repos nor a write scope says
+    # who its user is (whoami, userinfo) and nothing more: it sees what anonymous visitors see.
+    scope: str
     token_name: str | None = None
 
     @property
     def can_write(self) -> bool:
         return self.scope == "write"
+
+    @property
+    def can_read_private(self) -> bool:
+        """May this principal read what its user may read beyond the public (private spaces, admin pages)?"""
+        return self.scope in ("read", "write")
 
 
 def hash_token(token: str) -> str:
@@ -177,7 +184,7 @@ def may_write_namespace(session: Session, principal: Principal | None, owner: Ac
 
 
 def may_read_namespace_private(session: Session, principal: Principal | None, owner: Account) -> bool:
-    if principal is None:
+    if principal is None or not principal.can_read_private:
         return False
     user = principal.user
     if user.is_admin or user.id == owner.id:
@@ -191,6 +198,8 @@ def require_admin(principal: Principal | None, *, write: bool = False) -> Accoun
         raise Unauthorized("Log in or pass an admin token.")
     if not principal.user.is_admin:
         raise Forbidden("Only Spaceport admins may do this.")
+    if not principal.can_read_private:
+        raise Forbidden("This is an app's sign-in token: it only says who you are. Use your own token.")
     if write and not principal.can_write:
         raise Forbidden("This token is read-only: admin changes need a write token "
                         "(`spaceport tokens create USER --scope write`).")

@@ -128,7 +128,7 @@ def list_spaces(session: Session, principal: Principal | None, query: SpaceQuery
 
 
 def _visible(session: Session, principal: Principal | None) -> ColumnElement[bool]:
-    if principal is None:
+    if principal is None or not principal.can_read_private:
         return Space.private.is_(False)
     if principal.user.is_admin:
         return Space.id.is_not(None)

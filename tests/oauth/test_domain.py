@@ -44,6 +44,7 @@ def test_scope_requests_are_a_subset_and_only_write_scopes_write() -> None:
     with pytest.raises(OAuthProblem, match="hf_oauth_scopes"):
         rules.requested_scopes("openid profile manage-repos", config)
     assert rules.token_scope(("openid", "profile", "read-repos")) == "read"
+    assert rules.token_scope(("openid", "profile", "email", "inference-api")) == "identity"
     assert rules.token_scope(("openid", "write-repos")) == "write"
 
 

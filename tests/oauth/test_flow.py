@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -20,6 +22,7 @@ from joserfc.jwk import KeySet
 from controller.domain.oauth import s256
 from controller.runtimes import netns
 from tests.oauth.conftest import Site, csrf_of, make_site
+from tests.support.gitrepo import remote
 from tests.support.server import make_server
 from tests.support.spaces import wait_stage
 
@@ -37,6 +40,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     for site in make_site(server):
         spaces = {"signin": readme("hf_oauth_expiration_minutes: 60\n"), "other": readme(),
                   "orgonly": readme("hf_oauth_authorized_org: acme\nhf_oauth_scopes: [admin]\n"),
+                  "reader": readme("hf_oauth_scopes: [read-repos]\n"),
                   "plain": "---\nsdk: static\n---\n"}
         for name, card in spaces.items():
             site.push("alice", name, {**STATIC, "README.md": card}, tmp)
@@ -267,6 +271,35 @@ def test_a_private_spaces_app_only_signs_in_its_readers(site: Site, clients: dic
     page = clients["carol"].get("/oauth/authorize", params=params)
     assert page.status_code == 404 and "code=" not in page.headers.get("location", "")
     assert clients["alice"].get("/oauth/authorize", params=params).status_code == 200
+
+
+def test_a_sign_in_token_reads_its_users_private_spaces_only_with_read_repos(site: Site, clients: dict[str, httpx.Client],
+                                                                            tmp_path: Path) -> None:
+    """The attacker is an app's owner: alice's app gets bob's token when bob signs in. With the default
+    `openid profile` it learns who bob is and nothing of his private spaces (API, listing, git); only an app
+    whose README asks for read-repos, which bob is shown on the consent page, may read them."""
+    HfApi(endpoint=site.url, token=site.tokens["bob"]).create_repo("bob/diary", repo_type="space", space_sdk="static",
+                                                                   private=True)
+    identity = HfApi(endpoint=site.url, token=signed_in(site, clients, "bob")["access_token"])
+    assert identity.whoami()["name"] == "bob"
+    with pytest.raises(HfHubHTTPError) as hidden:
+        identity.space_info("bob/diary")
+    assert hidden.value.response.status_code in (401, 404)
+    assert "bob/diary" not in [s.id for s in identity.list_spaces(author="bob")]
+    clone = subprocess.run(["git", "clone", "-q", remote(site.url, "bob", "diary", "bob", identity.token or ""),
+                            str(tmp_path / "diary")], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+    assert clone.returncode != 0 and not (tmp_path / "diary").exists(), clone.stderr
+    page = clients["bob"].get("/oauth/authorize", params=authorize_params(site, "alice/reader",
+                                                                           scope="openid profile read-repos"))
+    assert "Read your spaces, including private ones" in page.text  # what bob is asked to allow
+    reader = signed_in(site, clients, "bob", space="alice/reader", scope="openid profile read-repos")
+    assert reader["scope"] == "openid profile read-repos"
+    api = HfApi(endpoint=site.url, token=reader["access_token"])
+    assert api.space_info("bob/diary").id == "bob/diary"
+    with pytest.raises(HfHubHTTPError) as refused:  # reading is all it may do
+        api.create_repo("bob/made-by-reader", repo_type="space", space_sdk="static")
+    assert refused.value.response.status_code in (401, 403)
 
 
 def test_unknown_token_is_refused(site: Site) -> None:
