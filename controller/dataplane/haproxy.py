@@ -209,8 +209,12 @@ def _global(layout: Layout) -> list[str]:
         "    timeout client 1h",  # an SSE stream may be quiet this long; Python has no read timeout
         "    timeout server 1h",
         "    timeout tunnel 24h",  # WebSocket once upgraded
-        # a visitor who closes a quiet stream (EventSource, a followed log) sends only a FIN; HAProxy then
-        # keeps the upstream open this long, and the app (or Spaceport's per-client stream slots) with it
+        # a visitor who closes a quiet stream (EventSource, a followed log) sends only a FIN. Without
+        # abortonclose HAProxy kept the upstream open until the next byte the app sent failed to reach the
+        # visitor (a log stream's 15 s keepalive: its slot came back after 25-30 s, and 200 closed streams
+        # kept a client out of new ones); with it the upstream closes at once, as the Python proxy does.
+        # Browsers and HTTP/1.1 clients never half-close a request they still want answered.
+        "    option abortonclose",
         "    timeout client-fin 10s",
         "    retries 3",  # connection failures only: a request that reached an app is never sent twice
         "",

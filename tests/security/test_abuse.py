@@ -251,8 +251,9 @@ def _stream_admitted_again(url: str) -> bool:
 
         if asyncio.run(probe()) == [200] * STREAMS:
             return True
-        # a failed probe holds its own admitted streams until the server sees them close (behind HAProxy,
-        # its `timeout client-fin`, 10 s, later): back off past that so a probe does not meet the last one's
+        # a failed probe holds its own admitted streams until the server has seen them close: back off so a
+        # probe does not meet the last one's (behind HAProxy without abortonclose that took 25-30 s, the
+        # log stream's keepalive, and this test failed)
         time.sleep(pause)
         pause = min(pause * 2, 16)
     return False
