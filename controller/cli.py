@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -96,9 +99,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: DataDir = None,
     if not settings.public_url:
         os.environ["SPACEPORT_PUBLIC_URL"] = f"http://{'localhost' if host in ('0.0.0.0', '127.0.0.1') else host}:{port}"
         settings = Settings()
-    Platform(settings).migrate()
+    platform = Platform(settings)
+    platform.migrate()
+    platform.dispose()  # no pooled connection may be shared with the forked worker
+    children = [_start_worker(settings, port=port)] if worker else []
     _log_to_stderr()
-    children = [_spawn_worker(settings, beat=True, port=port)] if worker else []
     err.print(f"Spaceport on [bold]{settings.public_url}[/bold], data in {settings.data_dir}")
     # uvicorn shuts down on SIGTERM, then restores the previous handler and raises the signal again: with
     # the default handler the process would die there, before `finally` stops the embedded worker.
@@ -133,12 +138,70 @@ def _log_to_stderr() -> None:
     root.propagate = False
 
 
-def _spawn_worker(settings: Settings, *, beat: bool, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "SPACEPORT_DATA_DIR": str(settings.data_dir), "SPACEPORT_PUBLIC_URL": settings.public_url}
-    cmd = [sys.executable, "-m", "controller.cli", "worker", "--concurrency", "2"]
-    if beat:  # replicas sharing a data dir keep their own schedule files (a shelve file has one writer)
-        cmd += ["--beat", "--schedule", str(settings.data_dir / f"celerybeat-schedule-{port}")]
-    return subprocess.Popen(cmd, env=env)
+def _start_worker(settings: Settings, *, port: int) -> Child:
+    """The embedded worker (with beat), forked from serve once the modules both run are imported: a fresh
+    `python -m controller.cli worker` spent ~3.5 CPU-seconds importing them again on every start. A process
+    that already runs threads is not forked (a lock held by another thread stays held in the child): then
+    the worker is a new process, as `spaceport worker` would be."""
+    os.environ.update(SPACEPORT_DATA_DIR=str(settings.data_dir), SPACEPORT_PUBLIC_URL=settings.public_url)
+    schedule = settings.data_dir / f"celerybeat-schedule-{port}"  # replicas sharing a data dir: one file each
+    import controller.tasks  # noqa: F401  (the Celery app and its tasks, before the fork)
+
+    if threading.active_count() > 1:
+        cmd = [sys.executable, "-m", "controller.cli", "worker", "--concurrency", "2", "--beat", "--schedule", str(schedule)]
+        return subprocess.Popen(cmd)
+    pid = os.fork()
+    if pid == 0:  # the child never returns into serve
+        code = 1
+        try:
+            _run_worker(settings, concurrency=2, schedule=schedule)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            os._exit(code)
+    return ForkedChild(pid)
+
+
+class ForkedChild:
+    """A forked child process with the part of subprocess.Popen's interface serve uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def send_signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                done, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return 0  # already reaped
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            if time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
+            time.sleep(0.05)
+
+
+Child = subprocess.Popen[bytes] | ForkedChild
+
+
+def _run_worker(settings: Settings, *, concurrency: int, schedule: Path | None) -> None:
+    """Celery's worker for builds; with a `schedule` file it also runs beat (the idle sweep schedule)."""
+    from controller.tasks import celery_app
+
+    argv = ["worker", "--loglevel=INFO", f"--concurrency={concurrency}", "-Q", "spaceport", "--without-gossip",
+            "--without-mingle", f"--hostname=spaceport-{os.getpid()}@%h"]  # several workers may share a host
+    if schedule is not None:
+        argv += ["--beat", f"--schedule={schedule}"]
+    celery_app.worker_main(argv)
 
 
 @app.command()
@@ -148,13 +211,8 @@ def worker(concurrency: int = 2, beat: bool = typer.Option(False, "--beat", help
     """Run a Celery worker for builds (and, with --beat, the idle sweep schedule)."""
     settings = settings_for(data_dir)
     Platform(settings).migrate()
-    from controller.tasks import celery_app
-
-    argv = ["worker", "--loglevel=INFO", f"--concurrency={concurrency}", "-Q", "spaceport", "--without-gossip",
-            "--without-mingle", f"--hostname=spaceport-{os.getpid()}@%h"]  # several workers may share a host
-    if beat:
-        argv += ["--beat", f"--schedule={schedule or settings.data_dir / 'celerybeat-schedule'}"]
-    celery_app.worker_main(argv)
+    _run_worker(settings, concurrency=concurrency,
+                schedule=(schedule or settings.data_dir / "celerybeat-schedule") if beat else None)
 
 
 @app.command()
