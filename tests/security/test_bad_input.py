@@ -158,7 +158,7 @@ def test_bad_space_names_are_refused_via_git_push(server: LiveServer, alice: Ide
 @pytest.mark.slow
 def test_app_that_never_listens_is_a_runtime_error(server: LiveServer, alice: Identity, healthy: str, tmp_path: Path) -> None:
     app = "import time\nprint('loading forever', flush=True)\ntime.sleep(10**6)\n"
-    push_files(server, tmp_path, alice, "deaf", python_app(app, "startup_duration_timeout: 20s\n"))
+    push_files(server, tmp_path, alice, "deaf", python_app(app, "startup_duration_timeout: 8s\n"))
     state = wait_stage(server, "alice/deaf", FAILED, timeout=240)
     assert state["stage"] == "RUNTIME_ERROR", state
     assert "did not answer" in str(state["errorMessage"]), state
