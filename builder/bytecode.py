@@ -98,16 +98,20 @@ def sources(venv: Path) -> Iterator[Path]:
                     yield path
 
 
-def compile_venv(venv: Path, store: Path, work: Path, interpreter: Path, run: Runner, workers: int) -> Compiled:
-    """Give every source of the sealed `venv` its bytecode: from `store` when known, else compiled by `run`
-    (the sandbox) into `work` (writable inside it) and then added to `store`."""
+def compile_venv(venv: Path, store: Path, work: Path, interpreter: Path, run: Runner, workers: int, *,
+                 sealed: bool = True) -> Compiled:
+    """Give every source of the `venv` its bytecode: from `store` when known, else compiled by `run` (the
+    sandbox) into `work` (writable inside it) and then added to `store`.
+
+    A venv that is not `sealed` (an unsandboxed build's: its files stay writable by the app) reads the store
+    by copy, never by link, and adds nothing to it: what it holds never becomes another venv's bytecode."""
     target = probe(interpreter)
     store.mkdir(mode=0o700, parents=True, exist_ok=True)
     missing: list[tuple[Path, str]] = []
     shared = 0
     for source in sources(venv):
         digest = _digest(source)
-        if _place(_entry(store, digest, target), _pyc_path(source, target)):
+        if _place(_entry(store, digest, target), _pyc_path(source, target), link=sealed):
             shared += 1
         else:
             missing.append((source, digest))
@@ -116,7 +120,8 @@ def compile_venv(venv: Path, store: Path, work: Path, interpreter: Path, run: Ru
     made = _compile(missing, venv, work, interpreter, run, workers)
     compiled = 0
     for index, (source, digest) in enumerate(missing):
-        if _adopt(made / f"{index}.pyc", target, _entry(store, digest, target), _pyc_path(source, target)):
+        entry = _entry(store, digest, target) if sealed else None
+        if _adopt(made / f"{index}.pyc", target, entry, _pyc_path(source, target)):
             compiled += 1
     return Compiled(shared=shared, compiled=compiled, failed=len(missing) - compiled)
 
@@ -130,9 +135,10 @@ def _compile(missing: list[tuple[Path, str]], venv: Path, work: Path, interprete
     return out
 
 
-def _adopt(result: Path, target: Interpreter, entry: Path, pyc: Path) -> bool:
+def _adopt(result: Path, target: Interpreter, entry: Path | None, pyc: Path) -> bool:
     """Copy one compiled file (made by the build uid) to `pyc` as a root-owned file, if it is a pyc of the
-    right magic, then name it in the store (an entry that exists already, from a concurrent build, is kept)."""
+    right magic, then name it in the store as `entry` (an entry that exists already, from a concurrent
+    build, is kept; None: not stored)."""
     try:
         info = result.lstat()
     except FileNotFoundError:
@@ -147,23 +153,27 @@ def _adopt(result: Path, target: Interpreter, entry: Path, pyc: Path) -> bool:
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     os.replace(tmp, pyc)
+    if entry is None:
+        return True
     entry.parent.mkdir(mode=0o700, exist_ok=True)
     with contextlib.suppress(OSError):  # FileExistsError (a concurrent build named it first), EMLINK
         os.link(pyc, entry)
     return True
 
 
-def _place(entry: Path, pyc: Path) -> bool:
-    """Hardlink the store's `entry` as `pyc` (whatever stood at `pyc` is replaced); False if the store has
-    no such entry (or it was pruned meanwhile)."""
+def _place(entry: Path, pyc: Path, *, link: bool = True) -> bool:
+    """Hardlink (or with `link` False, copy) the store's `entry` as `pyc` (whatever stood at `pyc` is
+    replaced); False if the store has no such entry (or it was pruned meanwhile)."""
     if not entry.is_file():
         return False
     tmp = _temp_in(pyc.parent)
     try:
+        if not link:
+            raise OSError("a copy of its own")
         os.link(entry, tmp)
     except FileNotFoundError:
         return False
-    except OSError:  # EMLINK (a popular file's link count is full): a copy of its own
+    except OSError:  # EMLINK (a popular file's link count is full), or not to be linked: a copy of its own
         try:
             data = entry.read_bytes()
         except FileNotFoundError:

@@ -58,6 +58,23 @@ def test_the_second_venv_links_the_first_ones_bytecode(tmp_path: Path) -> None:
     assert str(pyc(second, "pkg/mod.py")) in loaded_from(second, "pkg.mod")
 
 
+def test_an_unsealed_venv_copies_from_the_store_and_adds_nothing_to_it(tmp_path: Path) -> None:
+    """An unsandboxed build's venv stays writable by its app: were its pyc a link to the store's, the app
+    could rewrite the bytecode of every sealed venv; were its own compile stored, the same."""
+    store = tmp_path / "store"
+    sealed = venv(tmp_path / "a")
+    assert compile_into(sealed, store, tmp_path) == Compiled(shared=0, compiled=2)
+    entries = sorted(p for p in store.rglob("*") if p.is_file())
+    unsealed = venv(tmp_path / "b", {**SOURCES, "pkg/extra.py": "EXTRA = 3\n"})
+    work = tmp_path / "work-b"
+    work.mkdir()
+    assert compile_venv(unsealed, store, work, PYTHON, run, 2, sealed=False) == Compiled(shared=2, compiled=1)
+    assert pyc(unsealed, "pkg/mod.py").read_bytes() == pyc(sealed, "pkg/mod.py").read_bytes()
+    assert pyc(unsealed, "pkg/mod.py").stat().st_ino != pyc(sealed, "pkg/mod.py").stat().st_ino
+    assert sorted(p for p in store.rglob("*") if p.is_file()) == entries  # extra.py's bytecode is not stored
+    assert str(pyc(unsealed, "pkg/extra.py")) in loaded_from(unsealed, "pkg.extra")
+
+
 def test_a_different_source_never_gets_anothers_bytecode(tmp_path: Path) -> None:
     store = tmp_path / "store"
     compile_into(venv(tmp_path / "a"), store, tmp_path)
