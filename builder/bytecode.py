@@ -167,13 +167,14 @@ def _place(entry: Path, pyc: Path, *, link: bool = True) -> bool:
     if not entry.is_file():
         return False
     tmp = _temp_in(pyc.parent)
-    try:
-        if not link:
-            raise OSError("a copy of its own")
-        os.link(entry, tmp)
-    except FileNotFoundError:
-        return False
-    except OSError:  # EMLINK (a popular file's link count is full), or not to be linked: a copy of its own
+    if link:
+        try:
+            os.link(entry, tmp)
+        except FileNotFoundError:
+            return False
+        except OSError:  # EMLINK (a popular file's link count is full): a copy of its own
+            link = False
+    if not link:
         try:
             data = entry.read_bytes()
         except FileNotFoundError:

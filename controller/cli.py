@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -158,6 +159,8 @@ def _start_worker(settings: Settings, *, port: int) -> Child:
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:  # said on stderr, as a worker process would
+            traceback.print_exc()
         finally:
             os._exit(code)
     return ForkedChild(pid)

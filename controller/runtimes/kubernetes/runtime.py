@@ -44,7 +44,7 @@ from controller.runtimes.kubernetes.objects import (
     instance_name,
     site_selector,
 )
-from controller.runtimes.kubernetes.status import health_path, instance_status, is_ready, service_address
+from controller.runtimes.kubernetes.status import health_path, instance_status, is_ready, service_endpoint
 
 T = TypeVar("T")
 QuotaLookup = Callable[[str], Mapping[str, int]]
@@ -92,7 +92,6 @@ class KubernetesRuntime:
 
     async def start(self, spec: InstanceSpec) -> Endpoint:
         owner = objects.owner_of(spec.space_id)
-        artifact = objects.image_artifact(spec)
         owned = objects.owner_objects(owner, None, self.site)  # validates the names before any call
         instance = objects.instance_objects(spec, self.site)
         await self._check_namespace(owned[0]["metadata"]["name"])
@@ -100,8 +99,7 @@ class KubernetesRuntime:
             limits = await asyncio.to_thread(self.quotas, owner)
             owned = objects.owner_objects(owner, limits, self.site)
         applied = [await self._call(self.api.apply, obj) for obj in owned + instance]
-        service = next(obj for obj in applied if obj.get("kind") == "Service")
-        return Endpoint(service_address(service) or objects.service_host(spec.name, owner, self.site), artifact.port)
+        return service_endpoint(next(obj for obj in applied if obj.get("kind") == "Service"), self.site.cluster_domain)
 
     async def _check_namespace(self, name: str) -> None:
         """Refuse to take over a namespace someone else made (another installation, an admin)."""
@@ -195,15 +193,15 @@ class KubernetesRuntime:
                 deleted.append(f"{meta['namespace']}/{meta['name']}")
         return deleted
 
+    def _selector_of(self, deployment: JSON) -> str:
+        return site_selector(self.site, **{INSTANCE_LABEL: deployment["metadata"]["name"]})
+
     async def _pods_of(self, deployment: JSON) -> list[JSON]:
-        meta = deployment["metadata"]
-        selector = site_selector(self.site, **{INSTANCE_LABEL: meta["name"]})
-        return await self._call(self.api.list_pods, selector, meta["namespace"])
+        return await self._call(self.api.list_pods, self._selector_of(deployment), deployment["metadata"]["namespace"])
 
     async def _service_of(self, deployment: JSON) -> JSON | None:
-        meta = deployment["metadata"]
-        selector = site_selector(self.site, **{INSTANCE_LABEL: meta["name"]})
-        found = await self._call(self.api.list_services, selector, meta["namespace"])
+        found = await self._call(self.api.list_services, self._selector_of(deployment),
+                                 deployment["metadata"]["namespace"])
         return found[0] if found else None
 
     async def status(self, name: str) -> InstanceStatus:

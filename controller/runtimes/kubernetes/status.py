@@ -37,8 +37,8 @@ def instance_status(deployment: JSON, pods: Sequence[JSON], cluster_domain: str,
     if failed is not None:
         code, message = failed
         return InstanceStatus(name, State.EXITED, exit_code=code, labels=labels, message=message)
-    endpoint = Endpoint((service_address(service) if service else None) or _service_host(meta, cluster_domain),
-                        _port(deployment))
+    endpoint = (service_endpoint(service, cluster_domain) if service
+                else Endpoint(_service_host(meta, cluster_domain), _port(deployment)))
     message = _progress_message(deployment, pods)
     return InstanceStatus(name, State.RUNNING, endpoint=endpoint, labels=labels, message=message)
 
@@ -49,6 +49,12 @@ def _labels(annotations: Mapping[str, str]) -> dict[str, str]:
     except json.JSONDecodeError:
         return {}
     return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def service_endpoint(service: JSON, cluster_domain: str) -> Endpoint:
+    """Where the instance answers: its Service's ClusterIP (its DNS name while it has none) and port."""
+    host = service_address(service) or _service_host(service.get("metadata", {}), cluster_domain)
+    return Endpoint(host, int(service["spec"]["ports"][0]["port"]))
 
 
 def service_address(service: JSON) -> str | None:
