@@ -191,7 +191,7 @@ def test_an_app_past_its_disk_quota_is_stopped_and_says_why(site: Site) -> None:
     (instance,) = site.instances("alice-hog")
     assert not (instance / "home" / "many").exists(), "what the stopped app wrote is freed"
     log = (instance / "app.log").read_text()
-    assert "diskhog:" in log and log.count("===== spaceport: starting") == 1, log
+    assert "diskhog: many 600" in log and log.count("===== spaceport: starting") == 1, log
     site.client.app.state.reconciler.kick()  # type: ignore[attr-defined]
     site.wait_stage("bob/keeper", {"RUNNING"})
     assert site.runtime_json("alice/hog")["stage"] == "RUNTIME_ERROR"  # a failed instance, not a restart loop
