@@ -47,9 +47,9 @@ http {{
   upstream static_up {{ server 127.0.0.1:{static_port}; keepalive 64; }}
   upstream app_up {{ server 127.0.0.1:{app_port}; keepalive 64; }}
   map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
-  server {{ listen 127.0.0.1:{static_port}; root {tmp}/www; }}
+  server {{ listen 127.0.0.1:{static_port} backlog=4096; root {tmp}/www; }}
   server {{
-    listen 127.0.0.1:{nginx_port};
+    listen 127.0.0.1:{nginx_port} backlog=4096;
     location /static/ {{ proxy_pass http://static_up/; proxy_http_version 1.1;
       proxy_set_header Connection ""; proxy_set_header Host $host; }}
     location /app/ {{ proxy_pass http://app_up/; proxy_http_version 1.1; proxy_buffering off;
@@ -106,7 +106,10 @@ def serve_upstream(port: int) -> None:
     import uvloop
 
     uvloop.install()
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    # aiohttp's default listen backlog is 128: a proxy that opens 200 upstream connections at once (the
+    # WebSocket figure) overflowed it, and each dropped SYN cost a 1 s retransmit (the ~1.1 s totals that
+    # moved between proxies from run to run; TcpExtListenOverflows counted them)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, backlog=4096)
 
 
 def serve_proxy(port: int, static_port: int, app_port: int) -> None:
@@ -437,6 +440,7 @@ def measure(
         ["upstream", "via", "req/s", "p50 ms", "p99 ms", "x direct", "x nginx", "p50 vs direct ms"],
         rows,
     )
+    print_added_latency(targets, args.duration, tool)
 
     streams = {
         "direct": (f"http://127.0.0.1:{app_port}", f"ws://127.0.0.1:{app_port}/ws"),
@@ -476,6 +480,26 @@ def measure(
         f"SSE: {args.sse_events} events (median of 5)  |  WebSocket: {args.websockets} concurrent sockets x "
         f"{args.ws_rounds} echo round trips",
         ["via", "SSE ms", "x direct", "x nginx", "WS total ms", "WS p99 ms", "x direct", "x nginx"],
+        rows,
+    )
+
+
+def print_added_latency(targets: dict[str, dict[str, str]], duration: int, tool: str) -> None:
+    """One connection, one request at a time: the latency a proxy adds to a request, with no queue.
+
+    Under saturation (the table above) a p50 is mostly time spent waiting behind the other connections'
+    requests, so it measures throughput again (Little's law) and grows with the connection count; here
+    every request finds every process idle, which is the latency a visitor of a quiet space sees."""
+    rows = []
+    for upstream, paths in targets.items():
+        results = {via: http_load(url, duration, 1) for via, url in paths.items()}
+        for via, res in results.items():
+            rows.append([upstream, via, f"{res.p50_ms * 1000:.0f}", f"{res.p99_ms * 1000:.0f}",
+                         f"{(res.p50_ms - results['direct'].p50_ms) * 1000:+.0f}",
+                         f"{(res.p99_ms - results['direct'].p99_ms) * 1000:+.0f}"])  # fmt: skip
+    print_table(
+        f"Added latency: HTTP GET over 1 connection, one request at a time, {duration}s each ({tool})",
+        ["upstream", "via", "p50 us", "p99 us", "p50 vs direct us", "p99 vs direct us"],
         rows,
     )
 
