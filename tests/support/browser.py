@@ -23,12 +23,13 @@ NETWORK_CHANGED = "ERR_NETWORK_CHANGED"
 
 
 def until_shown(page: Page, show: Callable[[int], None], seen: list[str], timeout: float, reload: Callable[[], None],
-                tries: int = 3) -> None:
+                tries: int = 10) -> None:
     """Run `show(ms)` (an expect that raises AssertionError, or a Playwright action that raises its Error)
     until it passes or `timeout` seconds are up. The suite makes network namespaces, veth pairs and Docker
     networks all the time, and Chromium cancels a page's requests in flight when the machine's interfaces
     change (`net::ERR_NETWORK_CHANGED`; a stop-32 run's OAuth app never rendered for it): then `reload()` (up
-    to `tries` times), as a visitor would press reload. Any other failure is the test's."""
+    to `tries` times: a Gradio page loads ~100 assets over seconds, and a run with three workers saw three
+    changes hit one page load), as a visitor would press reload. Any other failure is the test's."""
     deadline = time.monotonic() + timeout
     mark = len(seen)
     while True:
