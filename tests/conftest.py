@@ -20,6 +20,9 @@ from controller.config import Settings
 from controller.services.platform import Platform
 from tests.support.databases import fresh_database
 from tests.support.tiers import missing
+from tests.support.tls import share_default_context
+
+share_default_context()
 
 
 def _require(var: str, what: str) -> str:

@@ -82,10 +82,13 @@ def test_image_serves_and_runs_worker_and_beat(image: tuple[docker.DockerClient,
         assert api["info"]["version"] == version
         code, out = container.exec_run(["python", "-c", "import importlib.metadata as m; print(m.version('spaceport'))"])
         assert (code, out.decode().strip()) == (0, version)
-        code, out = container.exec_run(["sh", "-c", "id -u; git --version; buildah --version; touch /opt/spaceport/x"])
-        lines = out.decode().splitlines()
-        assert lines[0] == "1000" and lines[1].startswith("git version") and lines[2].startswith("buildah version")
-        assert code != 0, "the running user must not be able to change Spaceport's own code"
+        assert _exec(container, "id -u") == (0, "1000")
+        git, buildah = _exec(container, "git --version"), _exec(container, "buildah --version")
+        assert git[0] == 0 and git[1].startswith("git version"), git
+        assert buildah[0] == 0 and buildah[1].startswith("buildah version"), buildah  # each alone: a run under
+        # load once saw `buildah --version` print nothing between the others, and said nothing more
+        code, out = _exec(container, "touch /opt/spaceport/x")
+        assert code != 0, f"the running user must not be able to change Spaceport's own code: {out}"
         code, out = container.exec_run(["sh", "-c", "cat /proc/[0-9]*/comm"])
         assert "haproxy" in out.decode().split(), "serve runs the HAProxy data plane in front of itself"
         assert "data plane: HAProxy on 0.0.0.0:8000" in container.logs().decode(errors="replace")
@@ -94,6 +97,12 @@ def test_image_serves_and_runs_worker_and_beat(image: tuple[docker.DockerClient,
     assert "Usage: spaceport worker" in _run(client, tag, "worker", "--help")
     assert "Usage: spaceport beat" in _run(client, tag, "beat", "--help")
     assert "Usage: spaceport worker" in _run(client, tag, "spaceport", "worker", "--help")  # the k8s args form
+
+
+def _exec(container: docker.models.containers.Container, command: str) -> tuple[int, str]:
+    """Run `command` in the container: its exit code and output (stdout and stderr)."""
+    code, out = container.exec_run(["sh", "-c", command])
+    return int(code), out.decode(errors="replace").strip()
 
 
 def _wait_healthy(base: str, container: docker.models.containers.Container, attempts: int = 240) -> object:
