@@ -35,20 +35,22 @@ def _require(var: str, what: str) -> str:
 
 # The slowest files (live servers, builds) first: under `--dist loadfile` each worker takes the next file
 # when it is done, so a slow file started last keeps one worker busy while the other idles (longest first
-# makes that tail short). Order from `make test PYTEST_ARGS=--durations=60` runs; a file not listed
-# keeps its place after these, a renamed one just loses its own.
+# makes that tail short). Order: every file over 18 s in a `make test PYTEST_ARGS=--durations=0` run with 3
+# workers; a file not listed keeps its place after these, a renamed one just loses its own.
 SLOW_FIRST = (
-    "tests/reliability/test_faults.py", "tests/volumes/test_live.py", "tests/controller/test_run_live.py",
-    "tests/security/test_bad_input.py", "tests/builder/test_venv.py", "tests/controller/test_oldrepos_live.py",
-    "tests/zerogpu/test_zerogpu_live.py", "tests/runtimes/test_spaceport_image.py",
-    "tests/security/test_secret_leaks.py", "tests/controller/test_docker_live.py", "tests/web/test_browser.py",
-    "tests/security/test_fuzz.py", "tests/controller/test_oldrepos_local_live.py",
-    "tests/security/test_app_isolation.py", "tests/reliability/test_secrets.py", "tests/hub/test_hub_client.py",
-    "tests/builder/test_image.py", "tests/oauth/test_browser.py", "tests/runtimes/test_contract.py",
-    "tests/proxy/test_gradio.py", "tests/controller/test_quotas_live.py", "tests/security/test_build_sandbox.py",
-    "tests/builder/test_buildah.py", "tests/runtimes/test_sandbox.py", "tests/runtimes/test_registry_live.py",
-    "tests/reliability/test_replicas.py", "tests/security/test_abuse.py", "tests/git_lfs/test_git_lfs_attacks.py",
-    "tests/web/test_pages.py", "tests/zerogpu/test_device_api_reach.py", "tests/security/test_egress.py",
+    "tests/builder/test_venv.py", "tests/volumes/test_live.py", "tests/controller/test_run_live.py",
+    "tests/reliability/test_faults.py", "tests/security/test_bad_input.py", "tests/security/test_fuzz.py",
+    "tests/runtimes/test_spaceport_image.py", "tests/controller/test_oldrepos_live.py",
+    "tests/zerogpu/test_zerogpu_live.py", "tests/controller/test_docker_live.py",
+    "tests/reliability/test_secrets.py", "tests/security/test_secret_leaks.py", "tests/web/test_browser.py",
+    "tests/hub/test_hub_client.py", "tests/oauth/test_browser.py", "tests/builder/test_image.py",
+    "tests/security/test_app_isolation.py", "tests/runtimes/test_registry_live.py",
+    "tests/runtimes/test_contract.py", "tests/controller/test_quotas_live.py", "tests/runtimes/test_sandbox.py",
+    "tests/reliability/test_replicas.py", "tests/security/test_build_sandbox.py",
+    "tests/controller/test_oldrepos_local_live.py", "tests/security/test_abuse.py", "tests/proxy/test_gradio.py",
+    "tests/builder/test_buildah.py", "tests/git_lfs/test_git_lfs_attacks.py", "tests/oauth/test_flow.py",
+    "tests/zerogpu/test_device_api_reach.py", "tests/web/test_pages.py", "tests/git_lfs/test_git_lfs_live.py",
+    "tests/security/test_egress.py", "tests/security/test_storage_limits.py",
 )
 
 
