@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from builder.contexttar import extract_context
 from builder.errors import BUILD_ERROR, BuildCancelled, BuildFailure
 from builder.image import DOCKERFILE, TAIL_LINES, TIME_LIMIT_MESSAGE, failure_summary
 
@@ -146,7 +147,7 @@ class BuildahEngine:
             context_dir = Path(tmp) / "context"
             context_dir.mkdir()
             with tarfile.open(fileobj=context, mode="r:*") as tar:
-                tar.extractall(context_dir, filter="tar")
+                extract_context(tar, context_dir)
             argv = self.bud_argv(context_dir, tag=tag, build_args=dict(build_args or {}), labels=dict(labels or {}),
                                  no_cache=no_cache)
             tail, steps = stream_process(argv, self.process_env(), log, deadline, cancel, track_steps=True)

@@ -9,7 +9,7 @@ OUT=${1:-$STATE/env.sh}
 mkdir -p "$STATE"
 log() { echo "[services] $*" >&2; }
 
-PKGS="docker.io debootstrap redis-server postgresql chromium chromium-driver nginx-light haproxy docker-registry buildah skopeo bubblewrap git git-lfs iproute2 iptables util-linux procps"
+PKGS="docker.io debootstrap redis-server postgresql chromium chromium-driver nginx-light haproxy docker-registry buildah golang-github-containers-common skopeo bubblewrap git git-lfs iproute2 iptables util-linux procps"
 install_packages() {
   local missing=()
   for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
