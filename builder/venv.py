@@ -313,12 +313,14 @@ def share_files(venv: Path, store: Path) -> Shared:
     store.mkdir(mode=0o700, exist_ok=True)
     prune_store(store)
     files = size = new = 0
-    for path in _shareable(venv):
-        info = path.lstat()
+    buckets: set[str] = set()  # made once each: a mkdir per file contended for the store's lock across builds
+    for path, info in _shareable(venv):
         with path.open("rb") as handle:
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        if digest[:2] not in buckets:
+            (store / digest[:2]).mkdir(mode=0o700, exist_ok=True)
+            buckets.add(digest[:2])
         entry = store / digest[:2] / f"{digest}-{stat.S_IMODE(info.st_mode):o}"
-        entry.parent.mkdir(mode=0o700, exist_ok=True)
         try:
             os.link(path, entry)
             new += 1
@@ -344,15 +346,16 @@ def prune_store(store: Path) -> int:
     return pruned
 
 
-def _shareable(venv: Path) -> Iterator[Path]:
+def _shareable(venv: Path) -> Iterator[tuple[Path, os.stat_result]]:
+    """The venv's regular, non-empty, root-owned files with one link (not yet shared), with their lstat."""
     for top, _dirs, names in os.walk(venv, followlinks=False):
         for name in names:
-            path = Path(top) / name
-            if path.suffix == ".pyc" or name == MARKER:
+            if name.endswith(".pyc") or name == MARKER:
                 continue
+            path = Path(top, name)
             info = path.lstat()
             if stat.S_ISREG(info.st_mode) and info.st_size > 0 and info.st_uid == 0 and info.st_nlink == 1:
-                yield path
+                yield path, info
 
 
 def _replace_by_link(path: Path, entry: Path, info: os.stat_result) -> bool:
