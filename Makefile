@@ -45,7 +45,7 @@ TEST_WALL_SECONDS ?= 4200
 TEST_MAXFAIL ?= 25
 TEST_FAILURES := $(CURDIR)/.test-failures.log
 # Three workers on two cores: a third of the suite's time is spent waiting (apps starting, builds, Docker), and a
-# third worker fills it (pytest 16:32 -> 13:25 on the 2-core CI machine, measured; CPU 80% -> 91% busy).
+# third worker fills it (pytest 16:32 -> 13:30-14:40 on the 2-core CI machine, measured; CPU 80% -> ~90% busy).
 TEST_WORKERS ?= 3
 
 test: $(STAMP)

@@ -90,10 +90,11 @@ def test_image_serves_and_runs_worker_and_beat(image: tuple[docker.DockerClient,
         code, out = container.exec_run(["python", "-c", "import importlib.metadata as m; print(m.version('spaceport'))"])
         assert (code, out.decode().strip()) == (0, version)
         assert _exec(container, "id -u") == (0, "1000")
+        # Each command alone, its exit code in the message: a run under load once saw `buildah --version` print
+        # nothing between the others, and said nothing more.
         git, buildah = _exec(container, "git --version"), _exec(container, "buildah --version")
         assert git[0] == 0 and git[1].startswith("git version"), git
-        assert buildah[0] == 0 and buildah[1].startswith("buildah version"), buildah  # each alone: a run under
-        # load once saw `buildah --version` print nothing between the others, and said nothing more
+        assert buildah[0] == 0 and buildah[1].startswith("buildah version"), buildah
         code, out = _exec(container, "touch /opt/spaceport/x")
         assert code != 0, f"the running user must not be able to change Spaceport's own code: {out}"
         code, out = container.exec_run(["sh", "-c", "cat /proc/[0-9]*/comm"])
