@@ -337,7 +337,9 @@ class DockerRuntime:
         code = container.attrs.get("State", {}).get("ExitCode")
         try:
             tail = container.logs(tail=20).decode(errors="replace").strip()
-        except NotFound:  # removed since it was listed or inspected: its exit is all there is to say
+        except APIError as exc:  # removed (404), or its removal under way (409), since it was listed or inspected:
+            if exc.status_code not in (404, 409):  # its exit is all there is to say
+                raise
             tail = ""
         return InstanceStatus(name, State.EXITED, exit_code=code, labels=labels,
                               message=f"exited with code {code}\n{tail}".strip())  # fmt: skip
