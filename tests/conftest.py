@@ -18,6 +18,7 @@ import pytest
 
 from controller.config import Settings
 from controller.services.platform import Platform
+from tests.support.browser import without_netlink
 from tests.support.databases import fresh_database
 from tests.support.tiers import missing
 from tests.support.tls import share_default_context
@@ -91,8 +92,9 @@ def pg_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def chromium_path() -> str:
-    return _require("SPACEPORT_TEST_CHROMIUM", "Chromium")
+def chromium_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An executable that runs the test Chromium blind to the host's interface changes (support/nonetlink.py)."""
+    return str(without_netlink(Path(_require("SPACEPORT_TEST_CHROMIUM", "Chromium")), tmp_path_factory.mktemp("chromium")))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -17,13 +17,11 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.oauth.conftest import PASSWORD, Site, make_site
-from tests.support.browser import until_shown, watch
+from tests.support.browser import CHROMIUM_ARGS, until_shown, watch
 from tests.support.server import make_server
 from tests.support.spaces import wait_stage
 
 pytestmark = pytest.mark.browser
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
 README = """---
 title: Sign in with Spaceport

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
+from tests.support.browser import CHROMIUM_ARGS
 from tests.support.gitrepo import make_repo, push, remote
 from tests.support.server import LiveServer, make_server
 from tests.support.spaces import wait_stage
@@ -28,8 +29,6 @@ from tests.support.spaces import wait_stage
 # The module's fixture starts a server and deploys three spaces: a bound for a loaded 2-core machine.
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(1200)]
 PASSWORD = "correct-horse-1"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 README = "---\nsdk: static\nstartup_duration_timeout: 5m\n---\n"
 HOSTILE_JS = r"""
 (async function () {

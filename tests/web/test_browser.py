@@ -10,13 +10,11 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from tests.support.browser import until_shown, watch
+from tests.support.browser import CHROMIUM_ARGS, until_shown, watch
 from tests.support.spaces import wait_stage
 from tests.web.conftest import FIXTURES, PASSWORD, SCREENSHOTS, Site
 
 pytestmark = pytest.mark.browser
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 FAILED = {"BUILD_ERROR", "CONFIG_ERROR", "RUNTIME_ERROR"}  # a fresh space is NO_APP_FILE until the push lands
 BUILD_TIMEOUT_MS = 540_000  # a cold sandboxed gradio build (per-owner cache copied from the seed) on 2 cores
 

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from tests.support.browser import CHROMIUM_ARGS
 from tests.web.conftest import Site
-from tests.web.test_browser import CHROMIUM_ARGS, log_in, shot
+from tests.web.test_browser import log_in, shot
 
 pytestmark = pytest.mark.browser
 
