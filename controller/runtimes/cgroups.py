@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.runtimes import procs
+
 V1_CONTROLLERS = ("memory", "pids", "cpu", "freezer")
 V2_CONTROLLERS = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
@@ -162,8 +164,10 @@ class Cgroups:
         except OSError:
             return False
 
-    def kill(self, name: str) -> None:
-        """SIGKILL every process of the instance; frozen first so nothing forks meanwhile."""
+    def kill(self, name: str, timeout: float = 10.0) -> None:
+        """SIGKILL every process of the instance (frozen first so nothing forks meanwhile) and wait until
+        they are gone: a killed process takes a while to exit (its memory torn down, its devices closed), and
+        a stopped instance must hold nothing (a ZeroGPU worker's GPU, a port) by the time its stop returns."""
         if not any(d.exists() for d in self.dirs(name)):
             return
         self.set_frozen(name, True)
@@ -171,6 +175,9 @@ class Cgroups:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.set_frozen(name, False)
+        deadline = time.monotonic() + timeout
+        while any(procs.is_alive(pid, None) for pid in self.pids(name)) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def remove(self, name: str) -> None:
         for directory in self.dirs(name):

@@ -28,9 +28,10 @@ def default_sleep(session: Session, space: Space) -> int | None:
 
 
 def pause(session: Session, platform: Platform, space: Space) -> None:
+    """The space shows PAUSED at once; its accelerators stay its own until the reconciler has stopped its
+    instance (`_stop_all` releases them then), so no other space is given a device its processes still use."""
     space.desired = "paused"
     space.stage = Stage.PAUSED.value
-    release_accelerators(session, space)
     platform.after_commit(session, platform.kick)
 
 
