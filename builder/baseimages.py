@@ -32,7 +32,8 @@ ALIASES_SETTING = "SPACEPORT_BASE_IMAGE_ALIASES"
 MIRROR_SETTING = "SPACEPORT_REGISTRY_MIRROR"
 BOOTSTRAP_COMMAND = "spaceport images bootstrap"
 DEBIAN_BASE = "spaceport/base-debian:bookworm"
-SUPPORTED_PYTHONS = ("3.11",)
+SUPPORTED_PYTHONS = ("3.11",)  # what Debian bookworm packages (the bootstrap makes these from Debian alone)
+CANDIDATE_PYTHONS = tuple(f"3.{minor}" for minor in range(6, 15))  # minors a host interpreter may provide
 DEBIAN_NODE_MAJOR = "18"  # what bookworm's nodejs package provides
 UV_BASE = "spaceport/base-uv:latest"
 UV_IMAGE = "ghcr.io/astral-sh/uv"
@@ -78,6 +79,13 @@ def nearest_python(requested: str, available: Iterable[str]) -> str | None:
         return max(versions, key=_version_key)
     return min(versions, key=lambda v: (abs(_version_key(v)[1] - want[1]) if _version_key(v)[:1] == want[:1] else 99,
                                         -_version_key(v)[1]))
+
+
+def site_pythons(available: Callable[[str], bool], base: Callable[[str], str] = python_base) -> tuple[str, ...]:
+    """The Python minors this site has `base` images for: Debian's own (always: a missing one gets the bootstrap
+    hint) and every other one the engine has (`spaceport images bootstrap --python X.Y` from a host interpreter)."""
+    extra = [version for version in CANDIDATE_PYTHONS if version not in SUPPORTED_PYTHONS and available(base(version))]
+    return tuple(sorted({*SUPPORTED_PYTHONS, *extra}, key=_version_key))
 
 
 def default_aliases(python_versions: Iterable[str] = SUPPORTED_PYTHONS) -> dict[str, str]:
@@ -345,9 +353,9 @@ def fallback_alias(image: str, aliases: Mapping[str, str]) -> tuple[str, str] | 
         nearest = nearest_python(canon.group(1), have)
         if nearest is None:
             return None
-        return have[nearest], (f"Python {canon.group(1)} is not available on this server (Debian bookworm "
-                               f"packages only {', '.join(sorted(have, key=_version_key))}); using the nearest, "
-                               f"Python {nearest}")
+        return have[nearest], (f"Python {canon.group(1)} is not available on this server (it has base images for "
+                               f"Python {', '.join(sorted(have, key=_version_key))}; `{BOOTSTRAP_COMMAND} --python "
+                               f"{canon.group(1)}` makes one from a host interpreter); using the nearest, Python {nearest}")
     uv = _UV_VERSION_TAG.match(name)
     if uv is not None and f"{UV_IMAGE}:latest" in aliases:
         return aliases[f"{UV_IMAGE}:latest"], (f"uv {uv.group('version')} is not available on this server (no "

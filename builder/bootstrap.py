@@ -15,9 +15,12 @@
 `build_spaceport_image` makes Spaceport's own image (`spaceport/spaceport:<version>`) from
 runtime-images/spaceport/Dockerfile on the Python base, with a context of this checkout's package files.
 
-Debian bookworm packages only Python 3.11. Other versions would need `uv python install`, which
-downloads python-build-standalone from GitHub; that is unreachable on registry-less sites, so those
-versions are skipped with a progress message (configure an alias or a mirror for them instead).
+Debian bookworm packages only Python 3.11. Another version (`python_versions`) is made from an interpreter
+installed on the host, found as local builds find theirs (`find_python`: pyenv, SPACEPORT_BUILD_PYTHON_PATH,
+uv's managed Pythons; builder/pythons.py): runtime-images/hostpython/Dockerfile copies its installation
+(without site-packages and the test suite) onto the 3.11 image of the same kind, which already has every
+library CPython links against, and re-makes /opt/venv with it. A version the host does not have either is
+skipped with a progress message (an alias or a mirror can provide it instead).
 Idempotent: images that exist are skipped.
 """
 
@@ -53,6 +56,7 @@ CA_ENV = {
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 Progress = Callable[[str], None]
+FindPython = Callable[[str], Path | None]  # X.Y -> a host interpreter of that version, or None
 
 
 def runtime_images_dir() -> Path:
@@ -70,6 +74,7 @@ def bootstrap_images(
     sdk: bool = True,
     node: bool = True,
     uv_tools: bool = True,
+    find_python: FindPython | None = None,
 ) -> list[str]:
     """Make sure the base images exist; returns the image names that are available afterwards."""
     ready: list[str] = []
@@ -78,19 +83,24 @@ def bootstrap_images(
     else:
         build_debian_base(client, ca_dir=ca_dir, progress=progress)
     ready.append(DEBIAN_BASE)
-    for version in python_versions:
-        name = python_base(version)
-        if image_available(client, name):
-            progress(f"{name}: present")
-        elif version not in DEBIAN_PYTHONS:
-            progress(f"{name}: skipped (Debian bookworm only packages Python {', '.join(DEBIAN_PYTHONS)}; "
-                     "uv cannot download other Pythons without GitHub access)")
+    debian_python = DEBIAN_PYTHONS[0]
+    order = sorted(python_versions, key=lambda v: v not in DEBIAN_PYTHONS)  # the bases host Pythons go on first
+    for version in order:
+        if version in DEBIAN_PYTHONS:
+            name = _ensure(client, python_base(version), "cpu", DEBIAN_BASE, progress)
+            ready += [name] + ([_ensure(client, sdk_base(version), "sdk", name, progress)] if sdk else [])
             continue
-        else:
-            build_python_base(client, version, progress=progress)
-        ready.append(name)
+        interpreter = find_python(version) if find_python is not None else None
+        if interpreter is None and not image_available(client, python_base(version)):
+            progress(f"{python_base(version)}: skipped (Debian bookworm only packages Python {', '.join(DEBIAN_PYTHONS)} "
+                     f"and this host has no Python {version} where uv finds it: install one (pyenv, or a directory "
+                     "in SPACEPORT_BUILD_PYTHON_PATH) and bootstrap again)")
+            continue
+        kinds = [(python_base, _ensure(client, python_base(debian_python), "cpu", DEBIAN_BASE, progress))]
         if sdk:
-            ready.append(_ensure(client, sdk_base(version), "sdk", name, progress))
+            kinds.append((sdk_base, _ensure(client, sdk_base(debian_python), "sdk", kinds[0][1], progress)))
+        for named, base in kinds:
+            ready.append(ensure_host_python(client, named(version), base, version, interpreter, progress))
     if node:
         ready.append(_ensure(client, node_base(DEBIAN_NODE_MAJOR), "node", DEBIAN_BASE, progress))
     if uv_tools:
@@ -113,6 +123,60 @@ def ensure_uv_base(client: docker.DockerClient, *, progress: Progress = print) -
     run_docker_build(client, context, tag=UV_BASE, dockerfile="Dockerfile", log=progress)
     progress(f"{UV_BASE}: ready")
     return UV_BASE
+
+
+def ensure_host_python(client: docker.DockerClient, name: str, base: str, version: str, interpreter: Path | None,
+                        progress: Progress) -> str:
+    """`name` from runtime-images/hostpython/Dockerfile on `base`, with the host's `interpreter` (version X.Y)."""
+    if image_available(client, name):
+        progress(f"{name}: present")
+        return name
+    if interpreter is None:
+        raise BuildFailure(BUILD_ERROR, f"{name}: no Python {version} on this host to build it from")
+    prefix = host_python_prefix(interpreter, version)
+    progress(f"{name}: building from runtime-images/hostpython/Dockerfile on {base} with the host's Python {version} ({prefix})")
+    context = host_python_context(prefix, version)
+    run_docker_build(client, context, tag=name, dockerfile="Dockerfile", log=progress,
+                     build_args={"BASE_IMAGE": base, "PYTHON_VERSION": version})
+    progress(f"{name}: ready")
+    return name
+
+
+def host_python_prefix(interpreter: Path, version: str) -> Path:
+    """The installation prefix of a host interpreter, checked to be CPython `version` (X.Y)."""
+    probe = subprocess.run([str(interpreter), "-c", "import sys, platform; print(sys.base_prefix); "
+                            "print('%d.%d' % sys.version_info[:2]); print(platform.python_implementation())"],
+                           capture_output=True, text=True, check=False, timeout=60, env={"PATH": _DEFAULT_PATH})
+    lines = probe.stdout.split("\n")
+    if probe.returncode != 0 or len(lines) < 3 or lines[1:3] != [version, "CPython"]:
+        raise BuildFailure(BUILD_ERROR, f"{interpreter} is not CPython {version} "
+                                        f"({(probe.stdout + probe.stderr).strip()[-300:]})")
+    return Path(lines[0])
+
+
+def host_python_context(prefix: Path, version: str) -> IO[bytes]:
+    """runtime-images/hostpython/ plus python/ = the installation at `prefix`, without what a base does not need
+    (site-packages contents: the host's own packages; the test suite; static libraries), deterministic."""
+    lib = f"lib/python{version}/"
+    skipped = (f"{lib}site-packages/", f"{lib}test/", f"{lib}config-")
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        rel = info.name.removeprefix("python/")
+        if any(rel.startswith(part) and rel != part.rstrip("/") for part in skipped[:2]):
+            return None
+        if rel.startswith(skipped[2]) and rel.endswith(".a"):
+            return None
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mtime = FIXED_MTIME
+        return info
+
+    buffer: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)  # noqa: SIM115 (returned)
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(runtime_images_dir() / "hostpython" / "Dockerfile", arcname="Dockerfile", filter=keep)
+        tar.add(prefix, arcname="python", filter=keep)
+    buffer.seek(0)
+    return buffer
 
 
 def _ensure(client: docker.DockerClient, name: str, flavor: str, base: str, progress: Progress) -> str:
@@ -164,10 +228,6 @@ def _slim(rootfs: Path) -> None:
 def _changes(trusted: bool) -> list[str]:
     env = {"PATH": _DEFAULT_PATH, "LANG": "C.UTF-8", **(CA_ENV if trusted else {})}
     return [f"ENV {key}={value}" for key, value in env.items()] + ['CMD ["/bin/bash"]']
-
-
-def build_python_base(client: docker.DockerClient, version: str, *, progress: Progress) -> None:
-    build_from_runtime_images(client, python_base(version), "cpu", DEBIAN_BASE, progress=progress)
 
 
 def build_from_runtime_images(client: docker.DockerClient, name: str, flavor: str, base: str, *, progress: Progress) -> None:

@@ -32,11 +32,13 @@ from docker.utils.build import exclude_paths
 from builder import buildpacks, sdkdeps
 from builder.artifact import ImageArtifact
 from builder.baseimages import (
-    SUPPORTED_PYTHONS,
+    BOOTSTRAP_COMMAND,
     default_aliases,
     external_from_lines,
     nearest_python,
     resolve_from_lines,
+    sdk_base,
+    site_pythons,
 )
 from builder.buildpacks.base import CONTAINER_PORT, RenderContext, RepoFiles
 from builder.certs import ca_bundle
@@ -131,8 +133,8 @@ def prepare_dockerfile(
         user_dockerfile = path.read_text(encoding="utf-8", errors="replace") if path is not None else None
     ctx = RenderContext(files=files, build_arg_names=tuple(sorted(build_args)), dockerfile=user_dockerfile,
                         sdk_release=sdkdeps.release_for(config))
-    effective = {**default_aliases(), **(aliases or {})}
     exists = available or (lambda ref: client is not None and image_available(client, ref))
+    effective = {**default_aliases(site_pythons(exists)), **(aliases or {})}
 
     def resolve(space: SpaceConfig) -> tuple[str, list[str]]:
         text = buildpacks.for_config(space).render(space, ctx)
@@ -141,11 +143,13 @@ def prepare_dockerfile(
     try:
         resolved, messages = resolve(config)
     except BuildFailure:
-        nearest = nearest_python(config.python, SUPPORTED_PYTHONS) or DEFAULT_PYTHON
+        have = site_pythons(exists, sdk_base)
+        nearest = nearest_python(config.python, have) or DEFAULT_PYTHON
         if config.sdk == "docker" or config.python == nearest:
             raise
-        log(f"warning: no base image for Python {config.python} (python_version in README.md) on this server "
-            f"(Debian bookworm packages only {', '.join(SUPPORTED_PYTHONS)}); building with the nearest, Python {nearest}")
+        log(f"warning: no base image for Python {config.python} (python_version in README.md, else the site default) "
+            f"on this server (it has Python {', '.join(have)}; `{BOOTSTRAP_COMMAND} --python {config.python}` makes one "
+            f"from a host interpreter); building with the nearest, Python {nearest}")
         resolved, messages = resolve(dataclasses.replace(config, python_version=nearest))
     for message in messages:
         log(message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from typing import Annotated
@@ -52,18 +53,23 @@ def logs(space: Annotated[str, typer.Argument(help="OWNER/NAME")], build: bool =
 @images_app.command("bootstrap")
 def images_bootstrap(python: Annotated[list[str] | None, typer.Option("--python", help="Python versions")] = None,
                      data_dir: DataDir = None) -> None:
-    """Build the local base images from Debian packages (no registry needed). Idempotent."""
+    """Build the local base images from Debian packages (no registry needed); a --python Debian lacks is made from
+    an interpreter installed on this host where builds find theirs (pyenv, SPACEPORT_BUILD_PYTHON_PATH). Idempotent."""
+    from builder import pythons
     from builder.bootstrap import bootstrap_images
     from controller.runtimes.factory import docker_client
+    from controller.services.builds import venv_policy
 
     settings = settings_for(data_dir)
     client = docker_client(settings.docker_host)
+    search = pythons.discovery_env(os.environ, settings.artifacts_dir, venv_policy(settings).python_source)
     with err.status("bootstrapping base images") as status:
         def progress(line: str) -> None:
             status.update(line[:100])
             err.print(f"[dim]{line}[/dim]")
 
-        built = bootstrap_images(client, python_versions=tuple(python or ["3.11"]), ca_dir=settings.extra_ca_dir, progress=progress)
+        built = bootstrap_images(client, python_versions=tuple(python or ["3.11"]), ca_dir=settings.extra_ca_dir,
+                                 progress=progress, find_python=lambda version: pythons.find(version, search))
     for image in built:
         out.print(image)
 

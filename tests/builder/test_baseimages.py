@@ -14,9 +14,12 @@ from builder.baseimages import (
     nearest_python,
     parse_aliases,
     resolve_from_lines,
+    site_pythons,
 )
+from builder.buildpacks.base import RepoFiles
 from builder.errors import BUILD_ERROR, BuildFailure
-from builder.image import CA_BUNDLE, DOCKERFILE, failure_summary, inject_ca, make_context
+from builder.image import CA_BUNDLE, DOCKERFILE, failure_summary, inject_ca, make_context, prepare_dockerfile
+from builder.spaceconfig import load_space_config
 
 ALIASES = default_aliases(("3.11",))
 
@@ -248,3 +251,24 @@ def test_context_honours_dockerignore_for_docker_spaces(tmp_path: Path) -> None:
     (tmp_path / "debug.log").write_text("")
     names = tar_names(make_context(tmp_path, "FROM x\n", None, use_dockerignore=True))
     assert "debug.log" not in names and "app.py" in names and DOCKERFILE in names
+
+
+def test_pythons_made_from_host_interpreters_are_used_and_are_the_nearest_for_the_rest(tmp_path: Path) -> None:
+    """An engine with base images for 3.10 (`spaceport images bootstrap --python 3.10`) and Debian's 3.11."""
+    engine = {f"spaceport/base-{kind}:{v}" for kind in ("python", "sdk") for v in ("3.10", "3.11")}
+    have = engine.__contains__
+    assert site_pythons(have) == ("3.10", "3.11") and site_pythons(nothing) == ("3.11",)
+    text, messages = resolve_from_lines("FROM python:3.10-slim\nFROM python:3.9\n", default_aliases(site_pythons(have)),
+                                        None, have)
+    assert text == "FROM spaceport/base-python:3.10\nFROM spaceport/base-sdk:3.10\n"
+    assert "using the nearest, Python 3.10" in messages[-1] and "--python 3.9" in messages[-1]
+    (tmp_path / "app.py").write_text("import gradio\n")
+    for wanted, used in (("3.10", "3.10"), ("3.8", "3.10"), ("3.12", "3.11")):
+        (tmp_path / "README.md").write_text(f"---\nsdk: gradio\nsdk_version: 4.44.1\napp_file: app.py\n"
+                                            f"python_version: '{wanted}'\n---\n")
+        log: list[str] = []
+        config = load_space_config(tmp_path)
+        dockerfile = prepare_dockerfile(tmp_path, config, RepoFiles.scan(tmp_path), {}, None, None, None, log.append,
+                                        available=have)
+        assert dockerfile.startswith(f"FROM spaceport/base-sdk:{used}\n"), (wanted, dockerfile[:80])
+        assert any("it has Python 3.10, 3.11" in line for line in log) == (wanted != used), log

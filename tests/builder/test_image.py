@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,8 +14,10 @@ import docker
 import httpx
 import pytest
 
+from builder import pythons
 from builder.artifact import ImageArtifact
-from builder.bootstrap import HOST_CA_DIR, bootstrap_images
+from builder.baseimages import python_base
+from builder.bootstrap import HOST_CA_DIR, bootstrap_images, ensure_host_python
 from builder.build import build
 from builder.buildpacks.base import RepoFiles
 from builder.errors import BUILD_ERROR, BuildFailure
@@ -187,3 +191,26 @@ def test_time_limit_stops_a_silent_step(client: docker.DockerClient, tmp_path: P
     with pytest.raises(BuildFailure, match="time limit"):
         build(tmp_path, kind="image", cache_dir=tmp_path, log=lambda _line: None, tag="spaceport/test-builder-slow:a",
               client=client, time_limit=2)
+
+
+def test_a_python_debian_lacks_is_made_from_a_host_interpreter(client: docker.DockerClient) -> None:
+    """`spaceport images bootstrap --python 3.10`: Debian bookworm has only 3.11, this host (pyenv) has 3.10."""
+    env = pythons.discovery_env(dict(os.environ), Path(tempfile.gettempdir()), pythons.PythonSource())
+    version = next((v for v in ("3.10", "3.9", "3.12") if pythons.find(v, env) is not None), None)
+    if version is None:
+        pytest.skip("no Python 3.9, 3.10 or 3.12 on this host for uv to find")
+    interpreter = pythons.find(version, env)
+    name = f"spaceport-test/host-python:{version}-{uuid.uuid4().hex[:8]}"
+    log: list[str] = []
+    ensure_host_python(client, name, python_base("3.11"), version, interpreter, log.append)
+    try:
+        script = ("import sys, ssl, sqlite3, ctypes, venv, os; print('%d.%d' % sys.version_info[:2], sys.prefix, "
+                  "sys.base_prefix, os.getuid(), os.access(sys.prefix, os.W_OK))")
+        out = client.containers.run(name, ["python3", "-c", script], user="1000", remove=True).decode().split()
+        assert out == [version, "/opt/venv", "/opt/python", "1000", "True"]  # the venv is uid 1000's, as in base-python
+        lib = f"/opt/python/lib/python{version}"
+        left = client.containers.run(name, ["sh", "-c", f"ls {lib}/site-packages | wc -l; ls {lib}/test | wc -l"],
+                                     remove=True).decode().split()
+        assert left == ["0", "0"]  # none of the host's own packages, nor its test suite
+    finally:
+        client.images.remove(name, force=True)
