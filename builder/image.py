@@ -29,7 +29,7 @@ import requests
 import urllib3.exceptions
 from docker.utils.build import exclude_paths
 
-from builder import buildpacks, sdkdeps
+from builder import buildpacks, pythons, sdkdeps
 from builder.artifact import ImageArtifact
 from builder.baseimages import (
     BOOTSTRAP_COMMAND,
@@ -135,6 +135,10 @@ def prepare_dockerfile(
                         sdk_release=sdkdeps.release_for(config))
     exists = available or (lambda ref: client is not None and image_available(client, ref))
     effective = {**default_aliases(site_pythons(exists)), **(aliases or {})}
+
+    if config.sdk != "docker":
+        version, _why = pythons.requested(config.python_version, source, DEFAULT_PYTHON, log)
+        config = dataclasses.replace(config, python_version=version)
 
     def resolve(space: SpaceConfig) -> tuple[str, list[str]]:
         text = buildpacks.for_config(space).render(space, ctx)

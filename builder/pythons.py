@@ -187,3 +187,17 @@ def requirements_python(text: str, default: str) -> str | None:
         fits = [minor for minor, row in zip(_CANDIDATES, verdicts, strict=True) if all(row)]
         return fits[-1] if fits else None
     return None
+
+
+def requested(python_version: str | None, source: Path, default: str, log: Log) -> tuple[str, str]:
+    """(minor, why): README.md's python_version, else the Python every line of requirements.txt is marked for
+    (logged), else the site default. Both builders (local venv and image) start from this."""
+    if python_version:
+        return python_version, "python_version in README.md"
+    requirements = source / "requirements.txt"
+    marked = requirements_python(requirements.read_text(errors="replace"), default) if requirements.is_file() else None
+    if marked is None:
+        return default, "the default python_version, as on Hugging Face Spaces"
+    log(f"spaceport: README.md sets no python_version and every line of requirements.txt is marked for "
+        f"other Pythons than {default} (they would all be skipped): building with Python {marked}")
+    return marked, "the python_version markers of requirements.txt"

@@ -170,15 +170,7 @@ def _choose_python(config: SpaceConfig, source: Path, env: dict[str, str], polic
                    log: Log) -> tuple[SpaceConfig, Path]:
     """README.md's python_version, else the Python every line of requirements.txt is marked for, else the site
     default; downloaded or the nearest installed (warning) if need be."""
-    requested = config.python_version or policy.default_python
-    why = "python_version in README.md" if config.python_version else "the default python_version, as on Hugging Face Spaces"
-    requirements = source / "requirements.txt"
-    if not config.python_version and requirements.is_file():
-        marked = pythons.requirements_python(requirements.read_text(errors="replace"), policy.default_python)
-        if marked is not None:
-            log(f"spaceport: README.md sets no python_version and every line of requirements.txt is marked for "
-                f"other Pythons than {policy.default_python} (they would all be skipped): building with Python {marked}")
-            requested, why = marked, "the python_version markers of requirements.txt"
+    requested, why = pythons.requested(config.python_version, source, policy.default_python, log)
     chosen = pythons.choose(requested, why, env, policy.python_source, log)
     return dataclasses.replace(config, python_version=chosen.version), chosen.interpreter
 

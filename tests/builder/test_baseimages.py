@@ -272,3 +272,17 @@ def test_pythons_made_from_host_interpreters_are_used_and_are_the_nearest_for_th
                                         available=have)
         assert dockerfile.startswith(f"FROM spaceport/base-sdk:{used}\n"), (wanted, dockerfile[:80])
         assert any("it has Python 3.10, 3.11" in line for line in log) == (wanted != used), log
+
+
+def test_requirements_marked_for_another_python_pick_its_base_as_local_builds_do(tmp_path: Path) -> None:
+    """AaronBarbosa12/twitter_sentiment_ml marks every line `python_version < "3.10"`; the site has a 3.8 base."""
+    engine = {f"spaceport/base-{kind}:{v}" for kind in ("python", "sdk") for v in ("3.8", "3.11")}
+    (tmp_path / "app.py").write_text("import folium\n")
+    (tmp_path / "README.md").write_text("---\nsdk: gradio\nsdk_version: 3.0.6\napp_file: app.py\n---\n")
+    (tmp_path / "requirements.txt").write_text('folium==0.14.0 ; python_version >= "3.8" and python_version < "3.10"\n')
+    log: list[str] = []
+    dockerfile = prepare_dockerfile(tmp_path, load_space_config(tmp_path), RepoFiles.scan(tmp_path), {}, None, None,
+                                    None, log.append, available=engine.__contains__)
+    assert dockerfile.startswith("FROM spaceport/base-sdk:3.8\n")
+    assert "marked for other Pythons than 3.10" in log[0] and "building with Python 3.9" in log[0]  # newest they admit
+    assert "building with the nearest, Python 3.8" in log[1]  # the site has no 3.9 base
