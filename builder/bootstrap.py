@@ -84,8 +84,7 @@ def bootstrap_images(
         build_debian_base(client, ca_dir=ca_dir, progress=progress)
     ready.append(DEBIAN_BASE)
     debian_python = DEBIAN_PYTHONS[0]
-    order = sorted(python_versions, key=lambda v: v not in DEBIAN_PYTHONS)  # the bases host Pythons go on first
-    for version in order:
+    for version in python_versions:
         if version in DEBIAN_PYTHONS:
             name = _ensure(client, python_base(version), "cpu", DEBIAN_BASE, progress)
             ready += [name] + ([_ensure(client, sdk_base(version), "sdk", name, progress)] if sdk else [])
@@ -158,13 +157,11 @@ def host_python_context(prefix: Path, version: str) -> IO[bytes]:
     """runtime-images/hostpython/ plus python/ = the installation at `prefix`, without what a base does not need
     (site-packages contents: the host's own packages; the test suite; static libraries), deterministic."""
     lib = f"lib/python{version}/"
-    skipped = (f"{lib}site-packages/", f"{lib}test/", f"{lib}config-")
+    emptied = (f"{lib}site-packages/", f"{lib}test/")  # the directories stay, their contents go
 
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         rel = info.name.removeprefix("python/")
-        if any(rel.startswith(part) and rel != part.rstrip("/") for part in skipped[:2]):
-            return None
-        if rel.startswith(skipped[2]) and rel.endswith(".a"):
+        if rel.startswith(emptied) or (rel.startswith(f"{lib}config-") and rel.endswith(".a")):
             return None
         info.uid = info.gid = 0
         info.uname = info.gname = ""
